@@ -1,0 +1,165 @@
+"""`agent --stdio`: configuration, libvirt connection and the stdio transport.
+
+The protocol and every option are documented in `agents/protocol.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import tomllib
+from dataclasses import fields, replace
+from typing import Any
+
+import libvirt
+import libvirtaio
+
+from agents.domains import Domains
+from agents.host import AgentConfig, HostFacts
+from agents.protocol import MAX_LINE, Agent, LineReader, LineWriter, encode, serve
+from agents.storage import PoolConfig, Storage
+from agents.translate import HostPolicy
+
+log = logging.getLogger("agents")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="agent", description="Strato host agent (see agents/protocol.py)")
+    parser.add_argument("--stdio", action="store_true", help="speak newline-delimited JSON-RPC on stdin/stdout")
+    parser.add_argument("--config", help="JSON or TOML file with the same keys as the flags")
+    parser.add_argument("--uri")
+    parser.add_argument("--virt-type", choices=("kvm", "qemu"))
+    parser.add_argument("--pool", action="append", metavar="NAME=PATH")
+    parser.add_argument("--cores-per-numa-node", type=int)
+    parser.add_argument("--prefix")
+    parser.add_argument("--console-log-dir")
+    parser.add_argument("--socket-dir")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def load_config(args: argparse.Namespace) -> AgentConfig:
+    """Defaults, then the config file, then flags (flags win)."""
+    values: dict[str, Any] = {}
+    if args.config:
+        with open(args.config, "rb") as f:
+            raw = f.read()
+        data = tomllib.loads(raw.decode()) if args.config.endswith(".toml") else json.loads(raw)
+        values.update({k.replace("-", "_"): v for k, v in data.items()})
+    for f in fields(AgentConfig):
+        flag = getattr(args, f.name, None)
+        if flag is not None:
+            values[f.name] = flag
+    known = {f.name for f in fields(AgentConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise SystemExit(f"agent: unknown configuration keys: {', '.join(sorted(unknown))}")
+    if "pools" in values:
+        values["pools"] = tuple(_pool(p) for p in values["pools"])
+    return replace(AgentConfig(), **values)
+
+
+def _pool(spec: Any) -> PoolConfig:
+    if isinstance(spec, dict):
+        return PoolConfig(str(spec["name"]), os.path.abspath(str(spec["path"])))
+    name, sep, path = str(spec).partition("=")
+    if not sep or not name or not path:
+        raise SystemExit(f"agent: --pool wants NAME=PATH, got {spec!r}")
+    return PoolConfig(name, os.path.abspath(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # --pool maps to the `pools` key.
+    args.pools = args.pool
+    logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
+                        format="%(asctime)s agent[%(process)d] %(levelname)s %(name)s: %(message)s")
+    if not args.stdio:
+        print("agent: only --stdio is supported", file=sys.stderr)
+        return 2
+    config = load_config(args)
+    try:
+        asyncio.run(run_stdio(config))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def run_stdio(config: AgentConfig) -> None:
+    loop = asyncio.get_running_loop()
+    reader, writer = await _stdio_streams(loop)
+    # Opened on the loop thread: libvirtaio registers the connection's socket with this loop.
+    agent, conn = _open(config, loop)
+    agent.domains.watch(lambda event: writer.write(encode(event)))
+    log.info("ready: uri=%s virt_type=%s prefix=%s", config.uri, agent.domains.host.virt_type, config.prefix)
+    try:
+        await serve(agent, reader, writer)
+    finally:
+        conn.close()
+
+
+class _FileReader:
+    """stdin that is a regular file (asyncio pipes refuse those): read in a thread."""
+
+    async def readline(self) -> bytes:
+        return await asyncio.to_thread(sys.stdin.buffer.readline, MAX_LINE)
+
+
+class _FileWriter:
+    """stdout that is a regular file: writes never wait, so write directly."""
+
+    def write(self, data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+    async def drain(self) -> None:
+        return None
+
+
+async def _stdio_streams(loop: asyncio.AbstractEventLoop) -> tuple[LineReader, LineWriter]:
+    reader: LineReader
+    writer: LineWriter
+    try:
+        stream = asyncio.StreamReader(limit=MAX_LINE)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stream), sys.stdin.buffer)
+        reader = stream
+    except ValueError:
+        reader = _FileReader()
+    try:
+        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout.buffer)
+        writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    except ValueError:
+        writer = _FileWriter()
+    return reader, writer
+
+
+def _open(config: AgentConfig, loop: asyncio.AbstractEventLoop) -> tuple[Agent, libvirt.virConnect]:
+    # libvirt's event loop must be the asyncio one before the connection opens, so lifecycle
+    # events and keep-alives arrive without a polling thread.
+    libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
+    # libvirt prints every error to stderr by default; errors reach the caller as responses.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    conn = libvirt.open(config.uri)
+    conn.setKeepAlive(5, 3)
+    facts = HostFacts.read(conn)
+    policy = HostPolicy(
+        virt_type=facts.pick_virt_type(config.virt_type),
+        mhz_per_core=facts.mhz,
+        cores_per_numa_node=facts.cores_per_numa_node(config.cores_per_numa_node),
+        prefix=config.prefix,
+        console_log_dir=os.path.abspath(config.console_log_dir),
+        socket_dir=os.path.abspath(config.socket_dir),
+    )
+    storage = Storage(conn, config.prefix, list(config.pools))
+    storage.ensure_pools()
+    for directory in (policy.console_log_dir, policy.socket_dir):
+        os.makedirs(directory, exist_ok=True)
+    return Agent(config, facts, storage, Domains(conn, policy, storage)), conn
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Storage pools and qcow2 volumes through libvirt's storage API.
+
+Every method here blocks (libvirt and qemu-img calls); the protocol layer runs them in threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+import libvirt
+
+from agents.errors import AgentError
+from agents.storage_xml import DirPool, Volume
+from agents.translate import VolumeRef
+
+log = logging.getLogger(__name__)
+
+_VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_IMPORT_FORMATS = ("raw", "qcow2")
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    name: str  # Strato's name; libvirt's is prefix + name
+    path: str
+
+
+class Storage:
+    def __init__(self, conn: libvirt.virConnect, prefix: str, pools: list[PoolConfig]) -> None:
+        if not pools:
+            raise ValueError("at least one pool is needed")
+        self.conn = conn
+        self.prefix = prefix
+        self.pools = {p.name: p for p in pools}
+        self.default = pools[0].name
+
+    # -- pools ------------------------------------------------------------------------------
+
+    def ensure_pools(self) -> None:
+        """Each configured pool exists in libvirt as a `dir` pool, active and autostarted."""
+        for pool in self.pools.values():
+            os.makedirs(pool.path, exist_ok=True)
+            name = self.prefix + pool.name
+            try:
+                lv = self.conn.storagePoolLookupByName(name)
+            except libvirt.libvirtError:
+                log.info("defining storage pool %s at %s", name, pool.path)
+                lv = self.conn.storagePoolDefineXML(DirPool(name=name, path=pool.path).to_xml(), 0)
+            if not lv.isActive():
+                lv.create(0)
+            if not lv.autostart():
+                lv.setAutostart(1)
+
+    def _pool(self, name: str | None) -> tuple[str, libvirt.virStoragePool]:
+        name = name or self.default
+        if name not in self.pools:
+            raise AgentError("notfound", f"no pool {name!r} on this host")
+        return name, self.conn.storagePoolLookupByName(self.prefix + name)
+
+    def pool_facts(self) -> list[dict[str, Any]]:
+        facts = []
+        for pool in self.pools.values():
+            _state, capacity, allocation, available = self.conn.storagePoolLookupByName(
+                self.prefix + pool.name).info()
+            facts.append({"name": pool.name, "path": pool.path, "capacity": capacity,
+                          "allocation": allocation, "available": available})
+        return facts
+
+    # -- volumes ----------------------------------------------------------------------------
+
+    def _volume(self, pool: str | None, name: str) -> tuple[str, libvirt.virStorageVol]:
+        _check_name(name)
+        pool_name, lv = self._pool(pool)
+        try:
+            return pool_name, lv.storageVolLookupByName(name)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                raise AgentError("notfound", f"no volume {name!r} in pool {pool_name!r}") from None
+            raise
+
+    def _refuse_existing(self, lv: libvirt.virStoragePool, pool_name: str, name: str) -> None:
+        _check_name(name)
+        lv.refresh(0)
+        if name in lv.listVolumes():
+            raise AgentError("invalid", f"volume {name!r} already exists in pool {pool_name!r}")
+
+    def describe(self, pool_name: str, vol: libvirt.virStorageVol) -> dict[str, Any]:
+        desc = Volume.from_xml(vol.XMLDesc(0))
+        return {"pool": pool_name, "name": vol.name(), "path": vol.path(),
+                "capacity": vol.info()[1], "format": desc.format}
+
+    def resolve(self, pool: str | None, name: str) -> VolumeRef:
+        _pool_name, vol = self._volume(pool, name)
+        fmt = Volume.from_xml(vol.XMLDesc(0)).format
+        return VolumeRef(path=vol.path(), format="raw" if fmt == "raw" else "qcow2")
+
+    def create(self, pool: str | None, name: str, size: int) -> dict[str, Any]:
+        _check_size(size)
+        pool_name, lv = self._pool(pool)
+        self._refuse_existing(lv, pool_name, name)
+        vol = lv.createXML(Volume(name=name, capacity=size, format="qcow2").to_xml(), 0)
+        return self.describe(pool_name, vol)
+
+    def import_(self, pool: str | None, name: str, source_path: str) -> dict[str, Any]:
+        pool_name, lv = self._pool(pool)
+        self._refuse_existing(lv, pool_name, name)
+        info = _image_info(source_path)
+        fmt = info.get("format")
+        if fmt not in _IMPORT_FORMATS:
+            raise AgentError("invalid", f"{source_path}: format {fmt!r} is not raw or qcow2")
+        if info.get("backing-filename"):
+            # A backing file could point anywhere on the host; imports must be self-contained.
+            raise AgentError("invalid", f"{source_path}: images with a backing file are refused")
+        final = os.path.join(self.pools[pool_name].path, name)
+        partial = os.path.join(self.pools[pool_name].path, f".{name}.importing")
+        # The format is the one qemu-img detected from content, passed explicitly so a raw
+        # image that happens to look like another format is never reinterpreted.
+        _run(["qemu-img", "convert", "-q", "-f", fmt, "-O", "qcow2", source_path, partial])
+        os.replace(partial, final)
+        lv.refresh(0)
+        return self.describe(pool_name, lv.storageVolLookupByName(name))
+
+    def clone(self, pool: str | None, source: str, name: str, size: int | None) -> dict[str, Any]:
+        pool_name, src = self._volume(pool, source)
+        _pool_name, lv = self._pool(pool_name)
+        self._refuse_existing(lv, pool_name, name)
+        capacity = src.info()[1]
+        if size is not None:
+            _check_size(size)
+            if size < capacity:
+                raise AgentError("invalid", f"size {size} is smaller than the source's {capacity}")
+        vol = lv.createXMLFrom(Volume(name=name, capacity=capacity, format="qcow2").to_xml(), src, 0)
+        if size is not None and size > capacity:
+            vol.resize(size, 0)
+        return self.describe(pool_name, vol)
+
+    def resize(self, pool: str | None, name: str, size: int) -> dict[str, Any]:
+        _check_size(size)
+        pool_name, vol = self._volume(pool, name)
+        capacity = vol.info()[1]
+        if size < capacity:
+            raise AgentError("invalid", f"volume {name!r} is {capacity} bytes; shrinking is refused")
+        if size > capacity:
+            vol.resize(size, 0)
+        return self.describe(pool_name, vol)
+
+    def delete(self, pool: str | None, name: str) -> dict[str, Any]:
+        _pool_name, vol = self._volume(pool, name)
+        vol.delete(0)
+        return {}
+
+    def list(self, pool: str | None) -> list[dict[str, Any]]:
+        pool_name, lv = self._pool(pool)
+        lv.refresh(0)
+        return sorted((self.describe(pool_name, v) for v in lv.listAllVolumes(0)), key=lambda v: v["name"])
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or not _VOLUME_NAME.match(name):
+        raise AgentError("invalid", f"bad volume name {name!r} (letters, digits, '.', '_', '-')")
+
+
+def _check_size(size: Any) -> None:
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise AgentError("invalid", f"size must be a positive integer of bytes, got {size!r}")
+
+
+def _image_info(path: str) -> dict[str, Any]:
+    if not os.path.isfile(path):
+        raise AgentError("notfound", f"no such file: {path}")
+    out = _run(["qemu-img", "info", "--output=json", path])
+    return json.loads(out)
+
+
+def _run(argv: list[str]) -> str:
+    """Run a tool with an argument list (never a shell); failures become `internal` errors."""
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise AgentError("internal", f"{argv[0]} failed: {proc.stderr.strip()}")
+    return proc.stdout
