@@ -1,0 +1,138 @@
+"""Helpers shared by the API modules: paths, bodies, envelopes, owner-scoped loading."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from sqlalchemy import Select, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from orchestrator.errors import ApiError, invalid, notexist
+from orchestrator.fields import API_ROOT, Invalid, ListQuery, Resource, link, ref_id
+from orchestrator.keys import SESSIONS, USER
+
+T = TypeVar("T")
+
+
+def path(tail: str) -> str:
+    """A route under the API root whose final slash is optional (spec §2)."""
+    return f"{API_ROOT}/{tail}" + "{_slash:/?}"
+
+
+def owner_link(owner_uuid: str) -> dict[str, str]:
+    return link("user", owner_uuid)
+
+
+def caller(request: web.Request) -> str:
+    return request[USER]
+
+
+def session(request: web.Request) -> Any:
+    """One unit of work: ``async with session(request) as s:`` commits on success."""
+    return request.app[SESSIONS].begin()
+
+
+async def read_json(request: web.Request, *, empty: Any = None) -> Any:
+    raw = await request.read()
+    if not raw.strip():
+        if empty is None:
+            raise invalid("A JSON request body is required")
+        return empty
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise invalid(f"Malformed JSON: {e}") from None
+
+
+class Objects(list[Any]):
+    """The objects of a create or bulk request; ``bare`` when one object came unwrapped."""
+
+    bare: bool = False
+
+
+def objects_of(body: Any) -> Objects:
+    """``{"objects": [...]}``, a bare list, or one bare object (spec §7.1)."""
+    objects = Objects()
+    if isinstance(body, dict) and "objects" in body:
+        body = body["objects"]
+    elif isinstance(body, dict):
+        body, objects.bare = [body], True
+    if not isinstance(body, list) or not body:
+        raise invalid("Expected an object, a list of objects or {\"objects\": [...]}", "objects")
+    objects.extend(body)
+    return objects
+
+
+async def for_each(objects: Objects, work: Callable[[Any], Awaitable[T]]) -> list[T]:
+    """``await work(obj)`` for each object, collecting every error, prefixed ``objects.N.``
+    unless a single bare object was sent."""
+    results, errors = [], []
+    for i, obj in enumerate(objects):
+        try:
+            results.append(await work(obj))
+        except ApiError as e:
+            errors.append(e if objects.bare else e.prefixed(f"objects.{i}"))
+    if errors:
+        raise ApiError.collect(errors)
+    return results
+
+
+def respond(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        text=json.dumps(data),
+        content_type="application/json",
+        charset="utf-8",
+        headers=headers,
+    )
+
+
+def no_content() -> web.Response:
+    return web.Response(status=204)
+
+
+def envelope(objects: list[dict[str, Any]], lq: ListQuery, total: int) -> dict[str, Any]:
+    return {"meta": {"limit": lq.limit, "offset": lq.offset, "total_count": total}, "objects": objects}
+
+
+def list_query(request: web.Request, resource: Resource) -> ListQuery:
+    return resource.list_query(request.query, request.query.getall)
+
+
+async def page(s: AsyncSession, stmt: Select[Any], lq: ListQuery) -> tuple[list[Any], int]:
+    """Rows of one page plus the total count after filtering (``limit=0``: everything)."""
+    stmt = stmt.where(*lq.where)
+    total = await s.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
+    stmt = stmt.order_by(*lq.order_by).offset(lq.offset)
+    if lq.limit:
+        stmt = stmt.limit(lq.limit)
+    rows = list((await s.scalars(stmt)).unique())
+    return rows, total or 0
+
+
+async def get_owned(s: AsyncSession, stmt: Select[Any], what: str) -> Any:
+    row = (await s.scalars(stmt)).first()
+    if row is None:
+        raise notexist(what)
+    return row
+
+
+async def list_view(request: web.Request, resource: Resource, stmt: Select[Any], *, short: bool) -> web.Response:
+    lq = list_query(request, resource)
+    async with session(request) as s:
+        rows, total = await page(s, stmt, lq)
+        objects = [resource.dump(row, short=short, only=lq.fields) for row in rows]
+    return respond(envelope(objects, lq, total))
+
+
+def query_uuids(request: web.Request, name: str) -> list[str]:
+    """A comma-separated uuid list from the query string (``avoid``)."""
+    raw = request.query.get(name, "")
+    values = [v.strip() for v in raw.split(",") if v.strip()]
+    try:
+        return [ref_id(v, "servers") for v in values]
+    except Invalid as e:
+        raise invalid(str(e), name) from None

@@ -1,0 +1,209 @@
+"""/drives/: the drive field table and its handlers (spec §18–§20)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import Select, delete, select
+from sqlalchemy.orm import selectinload
+
+from orchestrator.api.common import (
+    caller,
+    for_each,
+    get_owned,
+    list_view,
+    no_content,
+    objects_of,
+    path,
+    query_uuids,
+    read_json,
+    respond,
+    session,
+)
+from orchestrator.api.standard import (
+    acl_fields,
+    jobs_field,
+    meta_field,
+    owner_field,
+    resource_uri_field,
+    tags_field,
+    uuid_field,
+)
+from orchestrator.db.models import Drive, ServerDrive
+from orchestrator.drives import IDLE, active_server, check_deletable, check_size, round_size
+from orchestrator.errors import forbidden, invalid
+from orchestrator.fields import NOT_PROVIDED, Bool, Field, Int, Output, Resource, Str, StrList, link
+from orchestrator.keys import CAPABILITIES
+from orchestrator.tagging import forget_resources, set_resource_tags
+
+EDITABLE_WHILE_IN_USE = frozenset({"name", "meta", "tags", "allow_multimount"})  # spec §20.5
+
+
+def _mounted_on(drive: Drive) -> list[dict[str, str]]:
+    return [link("servers", uuid) for uuid in dict.fromkeys(a.server_uuid for a in drive.attachments)]
+
+
+def _runtime(drive: Drive) -> dict[str, Any]:
+    return {"is_downloadable": True, "is_ephemeral": False,
+            "is_snapshotable": None if drive.status == "creating" else False,
+            "snapshots_allocated_size": 0, "storage_type": drive.storage_type}
+
+
+def _always(value: Any) -> Any:
+    return lambda drive: value
+
+
+DRIVE = Resource("drives", list_methods=("get", "put", "delete", "post"), default_order=(Drive.created, Drive.uuid),
+                 fields=(
+    uuid_field(Drive, "UUID of the drive"),
+    resource_uri_field("drives"),
+    owner_field("Owner of the drive", required=False),
+    Field("name", Str(max_length=1024), required=True, lookups=("exact", "contains"), column=Drive.name,
+          orderable=True, help="Human readable name of the drive"),
+    Field("size", Int(minimum=1), required=True, help="Size of the drive in bytes"),
+    Field("media", Str(), required=True, choices=("cdrom", "disk"), lookups=("exact",), column=Drive.media,
+          help="Media representation type"),
+    Field("storage_type", Str(), nullable=True, default=None, choices=("dssd", "zadara"), lookups=("exact",),
+          column=Drive.storage_type, help="Underlying storage"),
+    Field("affinities", StrList(choices=("ssd",)), default=list, choices=None,
+          help="A list of affinities this drive should belong to", schema={"choices": ["ssd"]}),
+    Field("allow_multimount", Bool(), default=False, help="Allow the drive to be mounted on multiple servers"),
+    Field("iops", Int(minimum=1), nullable=True, default=None, help="IOPS limit per drive"),
+    meta_field("User defined meta information"),
+    tags_field(Drive),
+    Field("status", Str(), readonly=True, short=True, lookups=("exact",), column=Drive.status,
+          help="Status of the drive.", schema={"required": True}),
+    Field("mounted_on", Output(), readonly=True, get=_mounted_on,
+          help="Servers on which this drive is mounted on"),
+    jobs_field(),
+    Field("licenses", Output(), readonly=True, get=lambda d: d.licenses,
+          help="A list of licenses attached to this drive", schema={"readonly": False, "default": []}),
+    Field("snapshots", Output(), readonly=True, get=_always([]), help="Snapshots of the drive"),
+    Field("remote_snapshots", Output(), readonly=True, get=_always([]), help="Drive's Remote snapshots"),
+    Field("backup_scheduler", Output(), readonly=True, get=_always(None), help="Drive's Backup scheduler"),
+    Field("runtime", Output(), readonly=True, get=_runtime, help="Runtime information of the drive"),
+    *acl_fields(),
+))
+assert DRIVE.by_name["snapshots"].schema.get("default", NOT_PROVIDED) == NOT_PROVIDED
+
+routes = web.RouteTableDef()
+
+
+def owned(request: web.Request) -> Select[Any]:
+    return (select(Drive).where(Drive.owner_uuid == caller(request))
+            .options(selectinload(Drive.attachments), selectinload(Drive.tag_links)))
+
+
+def one(request: web.Request) -> Select[Any]:
+    return owned(request).where(Drive.uuid == request.match_info["uuid"])
+
+
+@routes.get(path("drives"))
+async def list_drives(request: web.Request) -> web.Response:
+    return await list_view(request, DRIVE, owned(request), short=True)
+
+
+@routes.get(path("drives/detail"))
+async def list_drives_detail(request: web.Request) -> web.Response:
+    return await list_view(request, DRIVE, owned(request), short=False)
+
+
+@routes.get(path("drives/schema"))
+async def schema(request: web.Request) -> web.Response:
+    return respond(DRIVE.schema())
+
+
+@routes.post(path("drives"))
+async def create(request: web.Request) -> web.Response:
+    objects, owner, caps = objects_of(await read_json(request)), caller(request), request.app[CAPABILITIES]
+    avoid = query_uuids(request, "avoid")
+    async with session(request) as s:
+        async def make(body: Any) -> Drive:
+            values = DRIVE.validate(body, create=True)
+            storage_type = values["storage_type"] or caps.default_storage_type
+            if storage_type not in caps.storage_types:
+                raise invalid(f"storage_type {storage_type!r} is not offered", "storage_type")
+            check_size(caps, storage_type, values["size"])
+            tags = values.pop("tags", [])
+            drive = Drive(owner_uuid=owner, **{**values, "storage_type": storage_type,
+                                              "size": round_size(values["size"])}, status="creating", avoid=avoid)
+            s.add(drive)
+            await s.flush()
+            await set_resource_tags(s, "drives", drive.uuid, tags, owner)
+            return drive
+
+        uuids = [drive.uuid for drive in await for_each(objects, make)]
+    # HOOK (orchestration): the scheduler picks a pool (honouring drive.avoid) and the host agent
+    # creates each volume; the drive leaves "creating" for "unmounted" when its volume exists.
+    async with session(request) as s:
+        rows = {row.uuid: row for row in (await s.scalars(owned(request).where(Drive.uuid.in_(uuids)))).all()}
+    created = [DRIVE.dump(rows[u]) for u in uuids]
+    return respond({"objects": created}, 201, {"Location": created[0]["resource_uri"]})
+
+
+@routes.get(path("drives/{uuid}"))
+async def get(request: web.Request) -> web.Response:
+    async with session(request) as s:
+        drive = await get_owned(s, one(request), "Drive")
+        fields = request.query.get("fields")
+        return respond(DRIVE.dump(drive, only={f.strip() for f in fields.split(",")} if fields else None))
+
+
+@routes.put(path("drives/{uuid}"))
+async def edit(request: web.Request) -> web.Response:
+    values = DRIVE.validate(await read_json(request), create=False)
+    caps = request.app[CAPABILITIES]
+    async with session(request) as s:
+        drive = await get_owned(s, one(request), "Drive")
+        if "storage_type" in values and values.pop("storage_type") not in (None, drive.storage_type):
+            raise invalid("storage_type cannot change after creation", "storage_type")
+        if await active_server(s, drive.uuid) is not None:
+            values = {k: v for k, v in values.items() if k in EDITABLE_WHILE_IN_USE}
+        if "size" in values:
+            size = round_size(values["size"])
+            check_size(caps, drive.storage_type, size)
+            if size < drive.size:
+                raise invalid("Drives cannot shrink", "size")
+            if size != drive.size and drive.status not in IDLE:
+                raise forbidden(f'Cannot resize drive in status "{drive.status}"')
+            values["size"] = size
+            # HOOK (orchestration): a larger size starts a volume resize on the host ("resizing").
+        if "tags" in values:
+            await set_resource_tags(s, "drives", drive.uuid, values.pop("tags"), caller(request))
+        for key, value in values.items():
+            setattr(drive, key, value)
+    async with session(request) as s:
+        return respond(DRIVE.dump(await get_owned(s, one(request), "Drive")))
+
+
+@routes.delete(path("drives/{uuid}"))
+async def remove(request: web.Request) -> web.Response:
+    async with session(request) as s:
+        await delete_drives(s, [await get_owned(s, one(request), "Drive")])
+    return no_content()
+
+
+@routes.delete(path("drives"))
+async def remove_many(request: web.Request) -> web.Response:
+    wanted = objects_of(await read_json(request))
+    async with session(request) as s:
+        async def find(obj: Any) -> Drive:
+            uuid = obj.get("uuid") if isinstance(obj, dict) else obj
+            if not isinstance(uuid, str):
+                raise invalid("Each object needs a uuid", "uuid")
+            return await get_owned(s, owned(request).where(Drive.uuid == uuid), "Drive")
+
+        await delete_drives(s, await for_each(wanted, find))
+    return no_content()
+
+
+async def delete_drives(s: Any, drives: list[Drive]) -> None:
+    for drive in drives:
+        await check_deletable(s, drive)
+    ids = [drive.uuid for drive in drives]
+    # Drives attached to stopped servers leave those servers' lists (spec §20.8).
+    await s.execute(delete(ServerDrive).where(ServerDrive.drive_uuid.in_(ids)))
+    await forget_resources(s, ids)
+    await s.execute(delete(Drive).where(Drive.uuid.in_(ids)))
+    # HOOK (orchestration): the volumes are deleted on their storage hosts here.

@@ -1,0 +1,265 @@
+"""/servers/: the server field table and its handlers (spec §10–§14)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import Select, delete, select
+from sqlalchemy.orm import selectinload
+
+from orchestrator.api.common import (
+    caller,
+    for_each,
+    get_owned,
+    list_view,
+    no_content,
+    objects_of,
+    path,
+    read_json,
+    respond,
+    session,
+)
+from orchestrator.api.standard import (
+    acl_fields,
+    jobs_field,
+    meta_field,
+    owner_field,
+    resource_uri_field,
+    tags_field,
+    uuid_field,
+)
+from orchestrator.db.models import Drive, Server, ServerDrive, new_uuid
+from orchestrator.drives import check_deletable, refresh_mount_status
+from orchestrator.errors import forbidden, invalid
+from orchestrator.fields import Bool, Field, Int, Nested, Output, Ref, RefList, Resource, Str, StrList, link
+from orchestrator.keys import CAPABILITIES
+from orchestrator.servers import write_server
+from orchestrator.tagging import forget_resources
+
+
+def _attachments(server: Server) -> list[dict[str, Any]]:
+    return [{"boot_order": d.boot_order, "dev_channel": d.dev_channel, "device": d.device,
+             "drive": link("drives", d.drive_uuid), "runtime": None} for d in server.drive_links]
+
+
+def _nics(server: Server) -> list[dict[str, Any]]:
+    def conf(c: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if c is None else {"conf": c["conf"], "ip": c["ip"] and link("ips", c["ip"])}
+
+    return [{"boot_order": n["boot_order"], "ip_v4_conf": conf(n["ip_v4_conf"]), "ip_v6_conf": conf(n["ip_v6_conf"]),
+             "mac": n["mac"], "model": n["model"], "runtime": None,
+             "vlan": n["vlan"] and link("vlans", n["vlan"])} for n in server.nics]
+
+
+def _runtime(server: Server) -> dict[str, Any] | None:
+    if server.status == "stopped":
+        return None
+    return {"active_since": server.active_since.isoformat() if server.active_since else None, "nics": []}
+
+
+DRIVE_ATTACHMENT = (
+    Field("boot_order", Int(minimum=1), nullable=True, default=None, help="Drive boot order"),
+    Field("dev_channel", Str(max_length=16), required=True,
+          help="Device channel in format {controller:unit} ex. 0:1, 0:2, etc."),
+    Field("device", Str(), required=True, choices=("ide", "virtio", "scsi"), help="Device emulation type"),
+    Field("drive", Ref("drives"), required=True, help="Drive UUID"),
+    Field("runtime", Output(), readonly=True, help="Attached drive's runtime information"),
+)
+IP_CONF = (
+    Field("conf", Str(), default="dhcp", choices=("dhcp", "static", "manual"), help="Configuration type",
+          schema={"required": True}),
+    Field("ip", Ref("ips"), nullable=True, default=None, help="An IP address reference"),
+)
+NIC = (
+    Field("boot_order", Int(minimum=1), nullable=True, default=None, help="Device boot order"),
+    Field("ip_v4_conf", Nested(IP_CONF), nullable=True, default=None, help="Public IPv4 configuration"),
+    Field("ip_v6_conf", Nested(IP_CONF), nullable=True, default=None, help="Public IPv6 configuration"),
+    Field("mac", Str(max_length=17), nullable=True, help="MAC address of the server NIC", schema={"required": True}),
+    Field("model", Str(), nullable=True, choices=("rtl8139", "e1000", "virtio"), help="Model of NIC"),
+    Field("runtime", Output(), readonly=True, help="NIC runtime information"),
+    Field("vlan", Ref("vlans"), nullable=True, default=None, help="UUID of the private VLAN"),
+)
+
+SERVER = Resource("servers", list_methods=("get", "put", "delete", "post"), default_order=(Server.created, Server.uuid),
+                  fields=(
+    uuid_field(Server, "UUID of server"),
+    resource_uri_field("servers"),
+    owner_field("UUID of the server owner", required=True),
+    Field("name", Str(max_length=1024), required=True, short=True, lookups=("exact", "contains"),
+          column=Server.name, orderable=True, help="Human readable name of server"),
+    Field("cpu", Int(), required=True, help="Server's CPU Clock speed measured in MHz"),
+    Field("mem", Int(), required=True, help="Server's Random Access Memory measured in bytes"),
+    Field("smp", Int(), nullable=True, default=None,
+          help="Symmetric Multiprocessing (SMP) i.e. number of CPU cores"),
+    Field("vnc_password", Str(max_length=64), required=True, help="VNC Password to connect to server"),
+    Field("cpu_type", Str(), default="amd", choices=("amd", "intel"),
+          help="Specify the CPU type of the host on which this virtual server should run"),
+    Field("hypervisor", Str(), default="kvm", choices=("kvm",),
+          help="Specify hypervisor on which this server should run"),
+    Field("cpu_model", Str(), nullable=True, default=None, choices=("kvm64",),
+          help="Choose the virtual CPU model; by default the host's CPU capabilities are passed through"),
+    Field("cpus_instead_of_cores", Bool(), default=False,
+          help="Expose server SMPs as separate CPUs, instead of cores of a single CPU."),
+    Field("enable_numa", Bool(), default=False, help="Expose NUMA topology to the server."),
+    Field("hv_relaxed", Bool(), default=False, help="Improve performance of Windows servers."),
+    Field("hv_tsc", Bool(), default=False, help="Improves performance of Windows servers (reference TSC page)."),
+    Field("context", Bool(), default=True, help="Enable guest context serial device"),
+    Field("drives", Nested(DRIVE_ATTACHMENT, many=True), default=list, get=_attachments,
+          help="List of attached Drives to server"),
+    Field("nics", Nested(NIC, many=True), default=list, get=_nics, help="The list of nics attached to this server"),
+    meta_field("User assigned meta information for this server"),
+    tags_field(Server),
+    Field("pubkeys", RefList("keypairs"), default=list, get=lambda s: [link("pubkeys", k) for k in s.pubkeys],
+          help="List of SSH keys for that server"),
+    Field("requirements", StrList(), default=list,
+          help="A collection of special requirements for this server"),
+    Field("auto_start", Bool(), default=False, help="Enable auto starting of the guest after a clone."),
+    Field("allocation_pool", Str(max_length=256), nullable=True, default=None,
+          help="Host Allocation Pool associated to the server"),
+    Field("is_grey", Bool(), default=False, help="Specifies if server can be used to fill spare capacity"),
+    Field("gpus", Nested((Field("model", Str(), required=True, help="Model of the GPU"),), many=True),
+          default=list, help="List of attached GPUs"),
+    Field("epcs", Nested((Field("size", Int(minimum=1), required=True, help="Size of the EPC in bytes"),), many=True),
+          default=list, help="List of defined EPCs"),
+    Field("status", Str(), readonly=True, short=True, lookups=("exact",), column=Server.status,
+          help="Status of the guest."),
+    Field("runtime", Output(), readonly=True, short=True, get=_runtime, help="Runtime information of the guest"),
+    jobs_field(),
+    *acl_fields(),
+))
+
+routes = web.RouteTableDef()
+
+
+def owned(request: web.Request) -> Select[Any]:
+    return (select(Server).where(Server.owner_uuid == caller(request))
+            .options(selectinload(Server.drive_links), selectinload(Server.tag_links)))
+
+
+def one(request: web.Request) -> Select[Any]:
+    return owned(request).where(Server.uuid == request.match_info["uuid"])
+
+
+@routes.get(path("servers"))
+async def list_servers(request: web.Request) -> web.Response:
+    return await list_view(request, SERVER, owned(request), short=True)
+
+
+@routes.get(path("servers/detail"))
+async def list_servers_detail(request: web.Request) -> web.Response:
+    return await list_view(request, SERVER, owned(request), short=False)
+
+
+@routes.get(path("servers/schema"))
+async def schema(request: web.Request) -> web.Response:
+    return respond(SERVER.schema())
+
+
+@routes.post(path("servers"))
+async def create(request: web.Request) -> web.Response:
+    objects, owner, caps = objects_of(await read_json(request)), caller(request), request.app[CAPABILITIES]
+    async with session(request) as s:
+        async def make(body: Any) -> Server:
+            values = SERVER.validate(body, create=True)
+            server = Server(uuid=new_uuid(), owner_uuid=owner, smp=0, smp_auto=True, status="stopped",
+                            drive_links=[])
+            s.add(server)  # flushed by write_server's first query, once its columns are set
+            await write_server(s, server, values, owner, caps, creating=True)
+            await s.flush()
+            return server
+
+        uuids = [server.uuid for server in await for_each(objects, make)]
+    async with session(request) as s:
+        rows = {row.uuid: row for row in (await s.scalars(owned(request).where(Server.uuid.in_(uuids)))).all()}
+    created = [SERVER.dump(rows[u]) for u in uuids]
+    return respond({"objects": created}, 201, {"Location": created[0]["resource_uri"]})
+
+
+@routes.get(path("servers/{uuid}"))
+async def get(request: web.Request) -> web.Response:
+    async with session(request) as s:
+        server = await get_owned(s, one(request), "Server")
+        return respond(SERVER.dump(server, only=_only(request)))
+
+
+@routes.get(path("servers/{uuid}/runtime"))
+async def runtime(request: web.Request) -> web.Response:
+    async with session(request) as s:
+        server = await get_owned(s, one(request), "Server")
+        return respond(_runtime(server) or {})
+
+
+@routes.put(path("servers/{uuid}"))
+async def edit(request: web.Request) -> web.Response:
+    values = SERVER.validate(await read_json(request), create=False)
+    async with session(request) as s:
+        server = await get_owned(s, one(request), "Server")
+        await write_server(s, server, values, caller(request), request.app[CAPABILITIES], creating=False)
+    async with session(request) as s:
+        return respond(SERVER.dump(await get_owned(s, one(request), "Server")))
+
+
+@routes.delete(path("servers/{uuid}"))
+async def remove(request: web.Request) -> web.Response:
+    recurse = _recurse(request)
+    async with session(request) as s:
+        await delete_servers(s, [await get_owned(s, one(request), "Server")], recurse)
+    return no_content()
+
+
+@routes.delete(path("servers"))
+async def remove_many(request: web.Request) -> web.Response:
+    recurse, wanted = _recurse(request), objects_of(await read_json(request))
+    async with session(request) as s:
+        async def find(obj: Any) -> Server:
+            uuid = obj.get("uuid") if isinstance(obj, dict) else obj
+            if not isinstance(uuid, str):
+                raise invalid("Each object needs a uuid", "uuid")
+            return await get_owned(s, owned(request).where(Server.uuid == uuid), "Server")
+
+        await delete_servers(s, await for_each(wanted, find), recurse)
+    return no_content()
+
+
+RECURSE = {"all_drives": ("disk", "cdrom"), "disks": ("disk",), "cdroms": ("cdrom",)}
+
+
+def _recurse(request: web.Request) -> tuple[str, ...]:
+    value = request.query.get("recurse")
+    if value is None:
+        return ()
+    if value not in RECURSE:
+        raise invalid(f"recurse must be one of {', '.join(RECURSE)}", "recurse")
+    return RECURSE[value]
+
+
+def _only(request: web.Request) -> set[str] | None:
+    raw = request.query.get("fields")
+    return {f.strip() for f in raw.split(",")} if raw else None
+
+
+async def delete_servers(s: Any, servers: list[Server], media: tuple[str, ...]) -> None:
+    """Delete stopped servers and, with ``recurse``, their drives of the given media (spec §12.7)."""
+    for server in servers:
+        if server.status != "stopped":
+            raise forbidden(f'Cannot delete server in state "{server.status}"; it must be "stopped"')
+    server_ids = [server.uuid for server in servers]
+    attached = {link.drive_uuid for server in servers for link in server.drive_links}
+    shared = set((await s.scalars(select(ServerDrive.drive_uuid).where(
+        ServerDrive.drive_uuid.in_(attached), ServerDrive.server_uuid.not_in(server_ids)))).all())
+    doomed = [] if not media else (await s.scalars(select(Drive).where(
+        Drive.uuid.in_(attached - shared), Drive.media.in_(media)))).all()
+    for drive in doomed:
+        await check_deletable(s, drive)
+    for server in servers:
+        await s.delete(server)
+    await s.flush()
+    await forget_resources(s, server_ids + [d.uuid for d in doomed])
+    if doomed:
+        await s.execute(delete(Drive).where(Drive.uuid.in_([d.uuid for d in doomed])))
+        # HOOK (orchestration): the drives' volumes are deleted on their storage hosts here.
+    await refresh_mount_status(s, attached - {d.uuid for d in doomed})
+
+
+

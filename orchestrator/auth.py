@@ -1,0 +1,129 @@
+"""Users, passwords and the authentication middleware (spec §3).
+
+Passwords are stored with scrypt (slow, salted).  Basic auth sends the
+password with every request, so a verified (email, password) pair is
+remembered for a minute under an HMAC keyed with a per-process secret: the
+cache never holds a reusable credential, and a password changed from the
+command line takes effect within that minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from orchestrator.db.models import ApiToken, User
+from orchestrator.errors import ApiError
+from orchestrator.keys import AUTH, USER
+
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+CHALLENGE = {"WWW-Authenticate": 'Basic realm="users"'}
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        _, n, r, p, salt, digest = stored.split("$")
+        candidate = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p))
+    except ValueError:
+        return False
+    return hmac.compare_digest(candidate.hex(), digest)
+
+
+def hash_token(token: str) -> str:
+    # Tokens carry 256 random bits: a fast hash is enough to keep the database copy useless.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token() -> str:
+    return "strato_" + secrets.token_urlsafe(32)
+
+
+async def create_user(session: AsyncSession, email: str, password: str) -> User:
+    user = User(email=email, password_hash=hash_password(password))
+    session.add(user)
+    await session.flush()
+    return user
+
+
+async def create_token(session: AsyncSession, user: User) -> str:
+    token = new_token()
+    session.add(ApiToken(token_hash=hash_token(token), user_uuid=user.uuid))
+    await session.flush()
+    return token
+
+
+def unauthorized(message: str = "Authentication required") -> ApiError:
+    return ApiError("permission", message, None, status=401, headers=CHALLENGE)
+
+
+class Authenticator:
+    """Resolves a request's credentials to a user uuid."""
+
+    def __init__(self, sessions: async_sessionmaker, ttl: float = 60.0, size: int = 10_000) -> None:
+        self._sessions = sessions
+        self._ttl, self._size = ttl, size
+        self._key = secrets.token_bytes(32)
+        self._cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+    async def user_for(self, authorization: str | None) -> str:
+        if not authorization:
+            raise unauthorized()
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "basic":
+            return await self._basic(value.strip())
+        if scheme.lower() == "bearer":
+            return await self._bearer(value.strip())
+        raise unauthorized("Unsupported authorization scheme")
+
+    async def _basic(self, value: str) -> str:
+        try:
+            email, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise unauthorized("Malformed Basic credentials") from None
+        if not sep:
+            raise unauthorized("Malformed Basic credentials")
+        cache_key = hmac.new(self._key, f"{email}\x00{password}".encode(), "sha256").hexdigest()
+        cached = self._cache.get(cache_key)
+        if cached and cached[1] > time.monotonic():
+            return cached[0]
+        async with self._sessions() as session:
+            row = (await session.execute(select(User.uuid, User.password_hash).where(User.email == email))).first()
+        # scrypt takes tens of milliseconds: keep it off the event loop.
+        if row is None or not await asyncio.to_thread(check_password, password, row.password_hash):
+            raise unauthorized("Wrong e-mail or password")
+        self._cache[cache_key] = (row.uuid, time.monotonic() + self._ttl)
+        if len(self._cache) > self._size:
+            self._cache.popitem(last=False)
+        return row.uuid
+
+    async def _bearer(self, token: str) -> str:
+        async with self._sessions() as session:
+            user = await session.scalar(select(ApiToken.user_uuid).where(ApiToken.token_hash == hash_token(token)))
+        if user is None:
+            raise unauthorized("Unknown API token")
+        return user
+
+
+@web.middleware
+async def auth_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    request[USER] = await request.app[AUTH].user_for(request.headers.get("Authorization"))
+    return await handler(request)

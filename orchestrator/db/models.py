@@ -1,0 +1,160 @@
+"""The store: SQLAlchemy 2 typed models.  Every resource row has an owner.
+
+NICs live as JSON on their server (they have no collection of their own,
+spec §17); drive attachments and tag links are tables because both sides are
+queried (``mounted_on``, ``/tags/{uuid}/servers/``).
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, TypeDecorator
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def new_uuid() -> str:
+    return str(uuidlib.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite drops the offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON, int: BigInteger}
+
+
+class User(Base):
+    __tablename__ = "users"
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    clone_naming: Mapped[str] = mapped_column(String(16), default="NONE")
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_uuid: Mapped[str] = mapped_column(ForeignKey("users.uuid", ondelete="CASCADE"), index=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TagLink(Base):
+    __tablename__ = "tag_links"
+    tag_uuid: Mapped[str] = mapped_column(ForeignKey("tags.uuid", ondelete="CASCADE"), primary_key=True)
+    res_uuid: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    res_type: Mapped[str] = mapped_column(String(16))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Tag(Base):
+    __tablename__ = "tags"
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
+    owner_uuid: Mapped[str] = mapped_column(ForeignKey("users.uuid"), index=True)
+    name: Mapped[str] = mapped_column(String(1024))
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    links: Mapped[list[TagLink]] = relationship(
+        cascade="all, delete-orphan", order_by=TagLink.position, lazy="raise"
+    )
+
+
+def _tag_links(owner: str) -> Any:
+    # Tags are a polymorphic relation (servers, drives, ips, vlans): no foreign key on res_uuid.
+    return relationship(
+        TagLink,
+        primaryjoin=f"foreign(TagLink.res_uuid) == {owner}.uuid",
+        order_by=TagLink.tag_uuid,
+        viewonly=True,
+        lazy="raise",
+    )
+
+
+class ServerDrive(Base):
+    """One entry of a server's ``drives`` list, in submission order."""
+
+    __tablename__ = "server_drives"
+    server_uuid: Mapped[str] = mapped_column(ForeignKey("servers.uuid", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    drive_uuid: Mapped[str] = mapped_column(ForeignKey("drives.uuid"), index=True)
+    device: Mapped[str] = mapped_column(String(8))
+    dev_channel: Mapped[str] = mapped_column(String(16))
+    boot_order: Mapped[int | None] = mapped_column(Integer)
+    drive: Mapped[Drive] = relationship(lazy="raise")
+
+
+class Server(Base):
+    __tablename__ = "servers"
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
+    owner_uuid: Mapped[str] = mapped_column(ForeignKey("users.uuid"), index=True)
+    name: Mapped[str] = mapped_column(String(1024))
+    cpu: Mapped[int]
+    mem: Mapped[int]
+    smp: Mapped[int]
+    smp_auto: Mapped[bool]  # smp follows cpu until a client sets it (spec §11 rule 4)
+    vnc_password: Mapped[str] = mapped_column(String(64))
+    cpu_type: Mapped[str] = mapped_column(String(16))
+    hypervisor: Mapped[str] = mapped_column(String(16))
+    cpu_model: Mapped[str | None] = mapped_column(String(32))
+    cpus_instead_of_cores: Mapped[bool]
+    enable_numa: Mapped[bool]
+    hv_relaxed: Mapped[bool]
+    hv_tsc: Mapped[bool]
+    context: Mapped[bool]
+    auto_start: Mapped[bool]
+    is_grey: Mapped[bool]
+    allocation_pool: Mapped[str | None] = mapped_column(String(256))
+    meta: Mapped[dict[str, Any]]
+    requirements: Mapped[list[Any]]
+    nics: Mapped[list[Any]]
+    gpus: Mapped[list[Any]]
+    epcs: Mapped[list[Any]]
+    pubkeys: Mapped[list[Any]]
+    status: Mapped[str] = mapped_column(String(16), default="stopped")
+    host: Mapped[str | None] = mapped_column(String(256))  # where it runs (orchestration)
+    active_since: Mapped[datetime | None]
+    created: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    drive_links: Mapped[list[ServerDrive]] = relationship(
+        cascade="all, delete-orphan", order_by=ServerDrive.position, lazy="raise"
+    )
+    tag_links: Mapped[list[TagLink]] = _tag_links("Server")
+
+
+class Drive(Base):
+    __tablename__ = "drives"
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
+    owner_uuid: Mapped[str] = mapped_column(ForeignKey("users.uuid"), index=True)
+    name: Mapped[str] = mapped_column(String(1024))
+    size: Mapped[int]
+    media: Mapped[str] = mapped_column(String(8))
+    storage_type: Mapped[str] = mapped_column(String(16))
+    affinities: Mapped[list[Any]]
+    allow_multimount: Mapped[bool]
+    iops: Mapped[int | None]
+    meta: Mapped[dict[str, Any]]
+    licenses: Mapped[list[Any]] = mapped_column(default=list)
+    status: Mapped[str] = mapped_column(String(16), default="creating")
+    avoid: Mapped[list[Any]] = mapped_column(default=list)  # ?avoid= kept for the scheduler
+    pool: Mapped[str | None] = mapped_column(String(256))    # storage pool holding the volume
+    volume: Mapped[str | None] = mapped_column(String(256))  # volume name inside that pool
+    created: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    attachments: Mapped[list[ServerDrive]] = relationship(
+        order_by=ServerDrive.server_uuid, lazy="raise", viewonly=True
+    )
+    tag_links: Mapped[list[TagLink]] = _tag_links("Drive")

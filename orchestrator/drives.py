@@ -1,0 +1,49 @@
+"""Rules for drives (spec §18–§20): status from attachments, size rounding, delete checks."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from orchestrator.capabilities import Capabilities
+from orchestrator.db.models import Drive, Server, ServerDrive
+from orchestrator.errors import forbidden, invalid
+
+IDLE = frozenset({"mounted", "unmounted"})
+ALLOCATION = 4096  # sizes round up to whole 4 KiB blocks (spec §20.4)
+
+
+def round_size(size: int) -> int:
+    return -(-size // ALLOCATION) * ALLOCATION
+
+
+def check_size(caps: Capabilities, storage_type: str, size: int, point: str = "size") -> None:
+    limits = caps.drive_size(storage_type)
+    if not limits["min"] <= size <= limits["max"]:
+        raise invalid(f"size must be between {limits['min']} and {limits['max']} bytes for {storage_type}", point)
+
+
+async def refresh_mount_status(s: AsyncSession, drive_uuids: set[str]) -> None:
+    """Idle drives are ``mounted`` while any server lists them, else ``unmounted``."""
+    if not drive_uuids:
+        return
+    attached = set((await s.scalars(select(ServerDrive.drive_uuid).where(
+        ServerDrive.drive_uuid.in_(drive_uuids)))).all())
+    for drive in (await s.scalars(select(Drive).where(Drive.uuid.in_(drive_uuids)))).all():
+        if drive.status in IDLE:
+            drive.status = "mounted" if drive.uuid in attached else "unmounted"
+
+
+async def active_server(s: AsyncSession, drive_uuid: str) -> str | None:
+    """A server that lists the drive and is not stopped, if any."""
+    return await s.scalar(select(Server.uuid).join(ServerDrive, ServerDrive.server_uuid == Server.uuid).where(
+        ServerDrive.drive_uuid == drive_uuid, Server.status != "stopped").limit(1))
+
+
+async def check_deletable(s: AsyncSession, drive: Drive) -> None:
+    """Deletable when idle (or uploading) and attached only to stopped servers (spec §20.8)."""
+    if drive.status not in IDLE | {"uploading"}:
+        raise forbidden(f'Cannot delete drive in status "{drive.status}"')
+    busy = await active_server(s, drive.uuid)
+    if busy is not None:
+        raise forbidden(f"Drive {drive.uuid} is attached to server {busy}, which is not stopped")

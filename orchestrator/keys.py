@@ -1,0 +1,21 @@
+"""Typed keys for state kept on the app and on each request (no globals, no string keys)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+if TYPE_CHECKING:
+    from orchestrator.auth import Authenticator
+    from orchestrator.capabilities import Capabilities
+    from orchestrator.config import Config
+
+CONFIG: web.AppKey[Config] = web.AppKey("config")
+ENGINE = web.AppKey("engine", AsyncEngine)
+SESSIONS = web.AppKey("sessions", async_sessionmaker)
+AUTH: web.AppKey[Authenticator] = web.AppKey("authenticator")
+CAPABILITIES: web.AppKey[Capabilities] = web.AppKey("capabilities")
+
+USER = web.RequestKey("user", str)  # uuid of the authenticated caller

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Prepares this Debian machine for Strato: system packages, the virtual environment,
+# the libvirt daemons and the test guest image. Idempotent: each step is skipped when done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+    # hypervisor host
+    libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
+    # building libvirt-python in the venv
+    libvirt-dev pkg-config gcc python3-dev python3-venv
+    # the test guest image (tests/guest/build-image.sh)
+    linux-image-cloud-amd64 busybox-static syslinux syslinux-common mtools dosfstools cpio gzip
+    # remote hosts over SSH, PostgreSQL store tests, networking
+    openssh-server openssh-client postgresql dnsmasq-base iproute2
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.strato-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e '.[test]'
+    touch "$stamp"
+fi
+
+# No systemd here: start the libvirt daemons ourselves when they are not running.
+scripts/start-libvirt.sh
+
+# The test guest: a tiny bootable disk built from Debian packages.
+tests/guest/build-image.sh
