@@ -1,0 +1,39 @@
+"""Fixtures shared by every test package."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.strato_process import Api, StratoServer
+
+
+@pytest.fixture(scope="session")
+def strato_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StratoServer]:
+    server = StratoServer(tmp_path_factory.mktemp("strato") / "data")
+    server.cli("users", "create", "alice@example.com", "--password", "alice-pw")
+    server.cli("users", "create", "bob@example.com", "--password", "bob-pw")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def alice(strato_server: StratoServer) -> Api:
+    return Api(strato_server.base, ("alice@example.com", "alice-pw"))
+
+
+@pytest.fixture(scope="session")
+def bob(strato_server: StratoServer) -> Api:
+    return Api(strato_server.base, ("bob@example.com", "bob-pw"))
+
+
+@pytest.fixture(scope="session")
+def anonymous(strato_server: StratoServer) -> Api:
+    return Api(strato_server.base, None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    Path(config.rootpath, "build").mkdir(exist_ok=True)

@@ -1,0 +1,123 @@
+"""A real ``strato serve`` process on a free port, and a small HTTP client for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = ROOT.parent / "shared" / "spec"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def strato(*args: str, env: dict[str, str] | None = None) -> str:
+    """Run the ``strato`` command line and return its standard output."""
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], check=True, capture_output=True,
+                         text=True, cwd=ROOT, env={**os.environ, **(env or {})})
+    return out.stdout.strip()
+
+
+@dataclass
+class Api:
+    """HTTP client for one user: ``api.get("servers/")`` → ``requests.Response``."""
+
+    base: str
+    auth: tuple[str, str] | None
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def url(self, path: str) -> str:
+        return path if path.startswith("http") else f"{self.base}/api/2.0/{path.lstrip('/')}"
+
+    def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+                **kw: Any) -> requests.Response:
+        data = raw if raw is not None else (None if body is None else json.dumps(body))
+        headers = {"Content-Type": "application/json", **kw.pop("headers", {})}
+        return self.session.request(method, self.url(path), data=data, auth=self.auth, headers=headers,
+                                    timeout=60, **kw)
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> requests.Response:
+        return self.request("POST", path, body, **kw)
+
+    def put(self, path: str, body: Any = None, **kw: Any) -> requests.Response:
+        return self.request("PUT", path, body, **kw)
+
+    def delete(self, path: str, body: Any = None, **kw: Any) -> requests.Response:
+        return self.request("DELETE", path, body, **kw)
+
+    def ok(self, method: str, path: str, body: Any = None, status: int = 200) -> Any:
+        """The JSON body of a request that must answer ``status``."""
+        r = self.request(method, path, body)
+        assert r.status_code == status, f"{method} {path}: {r.status_code} {r.text}"
+        return r.json() if r.content else None
+
+
+class StratoServer:
+    """``strato serve`` in a subprocess with its own data directory (and database URL)."""
+
+    def __init__(self, data_dir: Path, db: str | None = None, extra_env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.db_args = ["--db", db] if db else []
+        self.env = {**(extra_env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = data_dir / "serve.log"
+
+    def cli(self, *args: str) -> str:
+        return strato(*args, "--data-dir", str(self.data_dir), *self.db_args, env=self.env)
+
+    def add_user(self, email: str, password: str) -> Api:
+        self.cli("users", "create", email, "--password", password)
+        return Api(self.base, (email, password))
+
+    def start(self) -> StratoServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator.cli", "serve", "--data-dir", str(self.data_dir),
+                 "--listen", f"127.0.0.1:{self.port}", *self.db_args],
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"strato serve exited: {self.log.read_text()[-3000:]}")
+            try:
+                requests.get(f"{self.base}/api/2.0/capabilities/", timeout=1)
+                return self
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError(f"strato serve did not answer: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def load_dump(name: str) -> tuple[str, Any]:
+    """A dump file → (first line, JSON body or None)."""
+    text = (SPEC / "dumps" / name).read_text()
+    head, _, body = text.partition("\n\n")
+    body = body.strip()
+    return head.splitlines()[0], (json.loads(body) if body else None)
