@@ -1,0 +1,242 @@
+"""Fixtures for the agent tests: a real `agent --stdio` subprocess against the real libvirtd,
+real QEMU guests (domain type qemu), and the test guest image.
+
+Nothing is skipped: an unreachable libvirtd or a missing guest image fails the tests.
+Each module gets its own prefix and pool; teardown removes every domain with that prefix
+and the pool, talking to libvirt directly so it works even when the agent died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from agents.client import AgentClient
+
+ROOT = Path(__file__).resolve().parents[2]
+GUEST_IMAGE = ROOT / "build" / "guest" / "strato-guest.img"
+URI = "qemu:///system"
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def make_marker_file(directory: Path, marker: str, size: int = 1 << 20) -> Path:
+    """A raw image whose first bytes name it, for the guest's report to find."""
+    path = directory / f"{marker}.raw"
+    with open(path, "wb") as f:
+        f.write(f"STRATO-MARKER:{marker}\n".encode())
+        f.truncate(size)
+    return path
+
+
+def server_spec(**overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "uuid": new_uuid(), "name": "test", "cpu": 2000, "mem": 192 << 20, "smp": 1,
+        "cpus_instead_of_cores": False, "enable_numa": False, "hv_relaxed": False, "hv_tsc": False,
+        "cpu_model": None, "vnc_password": "secret-password", "context": False, "drives": [], "nics": [],
+    }
+    spec.update(overrides)
+    return spec
+
+
+def drive(volume: str, device: str, channel: str, media: str = "disk", boot_order: int | None = None) -> dict[str, Any]:
+    return {"uuid": new_uuid(), "pool": None, "volume": volume, "media": media, "device": device,
+            "dev_channel": channel, "boot_order": boot_order}
+
+
+@dataclass
+class Report:
+    """What the guest printed between STRATO-REPORT-BEGIN and -END."""
+
+    values: dict[str, str] = field(default_factory=dict)
+    numa: list[dict[str, str]] = field(default_factory=list)
+    blocks: list[dict[str, str]] = field(default_factory=list)
+    nics: list[dict[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, text: str) -> Report:
+        report = cls()
+        for line in text.splitlines():
+            line = line.strip()
+            kind, _, rest = line.partition(" ")
+            fields_ = dict(re.findall(r"(\S+?)=(\S*)", rest))
+            if kind == "numa":
+                report.numa.append(fields_)
+            elif kind == "block":
+                report.blocks.append(fields_)
+            elif kind == "nic":
+                report.nics.append(fields_)
+            elif "=" in line:
+                key, _, value = line.partition("=")
+                report.values[key] = value
+        return report
+
+
+async def wait_for_report(log_path: str, occurrence: int = 1, timeout: float = 120) -> Report:
+    """The `occurrence`-th report in the serial log (a reset prints another one)."""
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        try:
+            text = Path(log_path).read_text(errors="replace").replace("\r", "")
+        except FileNotFoundError:
+            text = ""
+        reports = re.findall(r"STRATO-REPORT-BEGIN\n(.*?)STRATO-REPORT-END", text, re.S)
+        if len(reports) >= occurrence:
+            return Report.parse(reports[occurrence - 1])
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"no report #{occurrence} in {log_path} after {timeout}s; log tail:\n{text[-2000:]}")
+
+
+@dataclass
+class AgentProcess:
+    """A running `agent --stdio` with its client; `restart()` starts a fresh process."""
+
+    args: list[str]
+    stderr_path: Path
+    proc: asyncio.subprocess.Process | None = None
+    client: AgentClient | None = None
+
+    async def start(self) -> AgentClient:
+        with open(self.stderr_path, "ab") as stderr:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agents.cli", "--stdio", *self.args,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=stderr, cwd=ROOT,
+                limit=16 << 20,
+            )
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        self.client = AgentClient(self.proc.stdout, self.proc.stdin)
+        try:
+            assert await self.client.call("ping", timeout=30) == {"pong": True}
+        except Exception as err:
+            raise AssertionError(f"agent did not answer ping ({err!r}); stderr:\n{self.stderr()}") from err
+        return self.client
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")[-4000:]
+
+    async def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
+            await self.proc.wait()
+        if self.client is not None:
+            await self.client.close()
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self.client is not None:
+            await self.client.close()
+
+
+@dataclass
+class AgentEnv:
+    prefix: str
+    base: Path
+    pool_dir: Path
+    log_dir: Path
+    sock_dir: Path
+    agent: AgentProcess
+
+    @property
+    def client(self) -> AgentClient:
+        assert self.agent.client is not None
+        return self.agent.client
+
+    def console_log(self, server_uuid: str) -> str:
+        return str(self.log_dir / f"{self.prefix}{server_uuid}.log")
+
+
+def _open_to_qemu(path: Path) -> None:
+    """QEMU runs as libvirt-qemu: let it traverse our private (0700) tmp tree."""
+    for p in [path, *path.parents]:
+        if str(p) in ("/", "/tmp", "/var/tmp"):
+            break
+        os.chmod(p, os.stat(p).st_mode | 0o755)
+
+
+def cleanup_libvirt(prefix: str) -> None:
+    conn = libvirt.open(URI)
+    try:
+        for dom in conn.listAllDomains(0):
+            if dom.name().startswith(prefix):
+                if dom.isActive():
+                    dom.destroy()
+                if dom.isPersistent():
+                    dom.undefine()
+        for pool in conn.listAllStoragePools(0):
+            if pool.name().startswith(prefix):
+                if pool.isActive():
+                    for vol in pool.listAllVolumes(0):
+                        vol.delete(0)
+                    pool.destroy()
+                pool.undefine()
+    finally:
+        conn.close()
+
+
+async def make_agent_env(*extra: str) -> AgentEnv:
+    if not GUEST_IMAGE.exists():
+        pytest.fail(f"{GUEST_IMAGE} is missing: run tests/guest/build-image.sh")
+    # Not pytest's tmp_path: other pytest runs sharing this machine prune old numbered
+    # basetemps, which would delete a running guest's disks. Removed again at teardown.
+    base = Path(tempfile.mkdtemp(prefix="strato-agent-test-", dir="/var/tmp"))
+    prefix = f"t{secrets.token_hex(3)}-"
+    pool_dir, log_dir, sock_dir = base / "pool", base / "console", base / "s"
+    for d in (pool_dir, log_dir, sock_dir):
+        d.mkdir()
+    _open_to_qemu(pool_dir)
+    args = ["--uri", URI, "--virt-type", "qemu", "--prefix", prefix, "--pool", f"default={pool_dir}",
+            "--console-log-dir", str(log_dir), "--socket-dir", str(sock_dir), *extra]
+    agent = AgentProcess(args=args, stderr_path=base / "agent.stderr")
+    env = AgentEnv(prefix=prefix, base=base, pool_dir=pool_dir, log_dir=log_dir, sock_dir=sock_dir, agent=agent)
+    await agent.start()
+    return env
+
+
+@pytest.fixture(scope="module")
+async def agent_env() -> AsyncIterator[AgentEnv]:
+    env = await make_agent_env("--cores-per-numa-node", "2")
+    try:
+        yield env
+    finally:
+        await env.agent.stop()
+        await asyncio.to_thread(cleanup_libvirt, env.prefix)
+        shutil.rmtree(env.base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+async def boot_volume(agent_env: AgentEnv) -> str:
+    """The test guest image imported once per module (raw → qcow2) as volume `boot`."""
+    vol = await agent_env.client.call("volume.import", name="boot", source_path=str(GUEST_IMAGE), timeout=120)
+    assert vol["format"] == "qcow2"
+    return "boot"
+
+
+async def import_markers(env: AgentEnv, *markers: str) -> None:
+    for marker in markers:
+        source = make_marker_file(env.base, marker)
+        await env.client.call("volume.import", name=marker, source_path=str(source), timeout=60)
