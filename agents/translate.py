@@ -16,7 +16,7 @@ Device placement, chosen so guest device names follow `dev_channel` order:
   bridges, so the other devices (NICs, SCSI controllers, video) keep libvirt's automatic
   root-bus slots, assigned in document order (NICs in list order).
 * `scsi` C:U → virtio-scsi controller index C, `<address type='drive' controller='C' bus='0'
-  target='0' unit='U'/>` (U is the LUN).
+  target='0' unit='U'/>` (U is the LUN); controllers 0..max C all exist, in index order.
 * target dev names (vdX / hdX / sdX) are handed out per family in (C, U) order.
 * a `cdrom` on ide/scsi is `device='cdrom'` + `<readonly/>`; on virtio a read-only virtio disk.
 """
@@ -373,8 +373,9 @@ def _bridges(spec: ServerSpec) -> list[Controller]:
 
 
 def _scsi_controllers(spec: ServerSpec) -> list[Controller]:
-    indexes = sorted({d.controller for d in spec.drives if d.device == "scsi"})
-    return [Controller(type="scsi", index=c, model="virtio-scsi") for c in indexes]
+    # Every index up to the highest used: libvirt would fill a gap with an lsilogic controller.
+    used = [d.controller for d in spec.drives if d.device == "scsi"]
+    return [Controller(type="scsi", index=c, model="virtio-scsi") for c in range(max(used) + 1)] if used else []
 
 
 def _disks(spec: ServerSpec, volumes: dict[str, VolumeRef]) -> list[Disk]:
@@ -400,7 +401,7 @@ def _disks(spec: ServerSpec, volumes: dict[str, VolumeRef]) -> list[Disk]:
                 target=stem + _disk_letters(n),
                 bus=device,
                 readonly=cdrom,
-                serial=drive.uuid.replace("-", "")[:20],
+                serial=drive.uuid.replace("-", "")[-20:],
                 boot_order=drive.boot_order,
                 alias=drive_alias(drive.uuid),
                 address=address,
