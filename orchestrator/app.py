@@ -6,14 +6,17 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from orchestrator.api import capabilities, drives, servers, tags
+from orchestrator.api import capabilities, drives, server_actions, servers, tags
 from orchestrator.auth import Authenticator, auth_middleware
 from orchestrator.capabilities import Capabilities
+from orchestrator.cloud import Cloud
 from orchestrator.config import Config
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
 from orchestrator.errors import error_middleware
-from orchestrator.keys import AUTH, CAPABILITIES, CONFIG, ENGINE, SESSIONS
+from orchestrator.hosts.registry import ensure_local_host
+from orchestrator.keys import AUTH, CAPABILITIES, CLOUD, CONFIG, ENGINE, SCHEDULER, SESSIONS
 from orchestrator.protocol import negotiation_middleware, request_id_middleware
+from orchestrator.scheduler import Scheduler
 
 
 async def database(app: web.Application) -> AsyncIterator[None]:
@@ -26,6 +29,19 @@ async def database(app: web.Application) -> AsyncIterator[None]:
     await engine.dispose()
 
 
+async def hosts(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    app[SCHEDULER] = Scheduler(config.cpu_overcommit, config.mem_overcommit)
+    cloud = Cloud(app[SESSIONS], shutdown_window=config.shutdown_window, heartbeat=config.heartbeat)
+    if config.local_host:
+        async with app[SESSIONS].begin() as s:
+            await ensure_local_host(s, config)
+    await cloud.start()
+    app[CLOUD] = cloud
+    yield
+    await cloud.stop()
+
+
 def create_app(config: Config) -> web.Application:
     # Order matters: request ids wrap everything, errors are rendered before them, and content
     # negotiation and OPTIONS come before authentication.
@@ -36,6 +52,7 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[CAPABILITIES] = Capabilities.from_config(config.capabilities)
     app.cleanup_ctx.append(database)
-    for module in (servers, drives, tags, capabilities):
+    app.cleanup_ctx.append(hosts)
+    for module in (servers, server_actions, drives, tags, capabilities):
         app.add_routes(module.routes)
     return app

@@ -20,6 +20,14 @@ class Config:
     db: str | None = None          # SQLAlchemy URL; default: SQLite file in data_dir
     max_body: int = 1024 * 1024    # bytes; uploads have their own path
     capabilities: dict[str, Any] = field(default_factory=dict)  # overrides of capabilities defaults
+    # Hosts and placement
+    local_host: bool = True              # register this machine when no host is registered
+    local_virt_type: str | None = None   # kvm | qemu for that host (default: the agent's choice)
+    agent_prefix: str = "strato-"        # libvirt domain / pool name prefix of the local agent
+    cpu_overcommit: float = 4.0
+    mem_overcommit: float = 1.0
+    shutdown_window: float = 60.0        # seconds of ACPI presses before a shutdown gives up
+    heartbeat: float = 5.0
 
     @property
     def host(self) -> str:
@@ -42,7 +50,7 @@ class Config:
         for f in fields(cls):
             env = os.environ.get(f"STRATO_{f.name.upper()}")
             if env is not None:
-                values[f.name] = json.loads(env) if f.name in ("capabilities", "max_body") else env
+                values[f.name] = env if f.type in ("str", "str | None", "Path") else json.loads(env)
         values.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:

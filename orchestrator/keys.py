@@ -10,12 +10,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 if TYPE_CHECKING:
     from orchestrator.auth import Authenticator
     from orchestrator.capabilities import Capabilities
+    from orchestrator.cloud import Cloud
     from orchestrator.config import Config
+    from orchestrator.scheduler import Scheduler
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONS = web.AppKey("sessions", async_sessionmaker)
 AUTH: web.AppKey[Authenticator] = web.AppKey("authenticator")
 CAPABILITIES: web.AppKey[Capabilities] = web.AppKey("capabilities")
+CLOUD: web.AppKey[Cloud] = web.AppKey("cloud")
+SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler")
 
 USER = web.RequestKey("user", str)  # uuid of the authenticated caller

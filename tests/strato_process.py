@@ -76,7 +76,10 @@ class StratoServer:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.db_args = ["--db", db] if db else []
-        self.env = {**(extra_env or {})}
+        # Its own libvirt name prefix (pools, domains) so test servers can share one libvirtd;
+        # software emulation because nested KVM guests hang on these machines.
+        self.prefix = f"t{self.port}-"
+        self.env = {"STRATO_AGENT_PREFIX": self.prefix, "STRATO_LOCAL_VIRT_TYPE": "qemu", **(extra_env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "serve.log"
 
@@ -113,6 +116,21 @@ class StratoServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        remove_libvirt_objects(self.prefix)
+
+
+def remove_libvirt_objects(prefix: str) -> None:
+    """Destroy and undefine the domains and storage pools a test API node left behind."""
+    def names(*args: str) -> list[str]:
+        out = subprocess.run(["virsh", "-q", *args, "--name"], capture_output=True, text=True).stdout
+        return [n for n in out.split() if n.startswith(prefix)]
+
+    for domain in names("list", "--all"):
+        subprocess.run(["virsh", "-q", "destroy", domain], capture_output=True)
+        subprocess.run(["virsh", "-q", "undefine", domain, "--nvram"], capture_output=True)
+    for pool in names("pool-list", "--all"):
+        subprocess.run(["virsh", "-q", "pool-destroy", pool], capture_output=True)
+        subprocess.run(["virsh", "-q", "pool-undefine", pool], capture_output=True)
 
 
 def load_dump(name: str) -> tuple[str, Any]:

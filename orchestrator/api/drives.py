@@ -30,11 +30,11 @@ from orchestrator.api.standard import (
     tags_field,
     uuid_field,
 )
-from orchestrator.db.models import Drive, ServerDrive
+from orchestrator.db.models import Drive, ServerDrive, new_uuid
 from orchestrator.drives import IDLE, active_server, check_deletable, check_size, round_size
 from orchestrator.errors import forbidden, invalid
 from orchestrator.fields import NOT_PROVIDED, Bool, Field, Int, Output, Resource, Str, StrList, link
-from orchestrator.keys import CAPABILITIES
+from orchestrator.keys import CAPABILITIES, CLOUD, SCHEDULER
 from orchestrator.tagging import forget_resources, set_resource_tags
 
 EDITABLE_WHILE_IN_USE = frozenset({"name", "meta", "tags", "allow_multimount"})  # spec §20.5
@@ -117,8 +117,8 @@ async def schema(request: web.Request) -> web.Response:
 @routes.post(path("drives"))
 async def create(request: web.Request) -> web.Response:
     objects, owner, caps = objects_of(await read_json(request)), caller(request), request.app[CAPABILITIES]
-    avoid = query_uuids(request, "avoid")
-    async with session(request) as s:
+    avoid, scheduler, cloud = query_uuids(request, "avoid"), request.app[SCHEDULER], request.app[CLOUD]
+    async with scheduler.lock, session(request) as s:
         async def make(body: Any) -> Drive:
             values = DRIVE.validate(body, create=True)
             storage_type = values["storage_type"] or caps.default_storage_type
@@ -126,16 +126,18 @@ async def create(request: web.Request) -> web.Response:
                 raise invalid(f"storage_type {storage_type!r} is not offered", "storage_type")
             check_size(caps, storage_type, values["size"])
             tags = values.pop("tags", [])
-            drive = Drive(owner_uuid=owner, **{**values, "storage_type": storage_type,
-                                              "size": round_size(values["size"])}, status="creating", avoid=avoid)
+            uuid = new_uuid()
+            drive = Drive(uuid=uuid, owner_uuid=owner, **{**values, "storage_type": storage_type,
+                          "size": round_size(values["size"])}, status="creating", avoid=avoid, volume=f"{uuid}.qcow2")
             s.add(drive)
+            await scheduler.place_drive(s, drive, avoid)  # 503 when no storage host has room
             await s.flush()
             await set_resource_tags(s, "drives", drive.uuid, tags, owner)
             return drive
 
         uuids = [drive.uuid for drive in await for_each(objects, make)]
-    # HOOK (orchestration): the scheduler picks a pool (honouring drive.avoid) and the host agent
-    # creates each volume; the drive leaves "creating" for "unmounted" when its volume exists.
+    for uuid in uuids:  # the host agents create the volumes; each drive then leaves "creating"
+        cloud.spawn(cloud.create_volume(uuid))
     async with session(request) as s:
         rows = {row.uuid: row for row in (await s.scalars(owned(request).where(Drive.uuid.in_(uuids)))).all()}
     created = [DRIVE.dump(rows[u]) for u in uuids]
@@ -153,7 +155,7 @@ async def get(request: web.Request) -> web.Response:
 @routes.put(path("drives/{uuid}"))
 async def edit(request: web.Request) -> web.Response:
     values = DRIVE.validate(await read_json(request), create=False)
-    caps = request.app[CAPABILITIES]
+    caps, resized = request.app[CAPABILITIES], False
     async with session(request) as s:
         drive = await get_owned(s, one(request), "Drive")
         if "storage_type" in values and values.pop("storage_type") not in (None, drive.storage_type):
@@ -168,11 +170,15 @@ async def edit(request: web.Request) -> web.Response:
             if size != drive.size and drive.status not in IDLE:
                 raise forbidden(f'Cannot resize drive in status "{drive.status}"')
             values["size"] = size
-            # HOOK (orchestration): a larger size starts a volume resize on the host ("resizing").
+            if size != drive.size:
+                drive.status = "resizing"
+                resized = True
         if "tags" in values:
             await set_resource_tags(s, "drives", drive.uuid, values.pop("tags"), caller(request))
         for key, value in values.items():
             setattr(drive, key, value)
+    if resized:
+        request.app[CLOUD].spawn(request.app[CLOUD].resize_volume(drive.uuid))
     async with session(request) as s:
         return respond(DRIVE.dump(await get_owned(s, one(request), "Drive")))
 
@@ -180,7 +186,8 @@ async def edit(request: web.Request) -> web.Response:
 @routes.delete(path("drives/{uuid}"))
 async def remove(request: web.Request) -> web.Response:
     async with session(request) as s:
-        await delete_drives(s, [await get_owned(s, one(request), "Drive")])
+        volumes = await delete_drives(s, [await get_owned(s, one(request), "Drive")])
+    request.app[CLOUD].spawn(request.app[CLOUD].delete_volumes(volumes))
     return no_content()
 
 
@@ -194,11 +201,16 @@ async def remove_many(request: web.Request) -> web.Response:
                 raise invalid("Each object needs a uuid", "uuid")
             return await get_owned(s, owned(request).where(Drive.uuid == uuid), "Drive")
 
-        await delete_drives(s, await for_each(wanted, find))
+        volumes = await delete_drives(s, await for_each(wanted, find))
+    request.app[CLOUD].spawn(request.app[CLOUD].delete_volumes(volumes))
     return no_content()
 
 
-async def delete_drives(s: Any, drives: list[Drive]) -> None:
+Volume = tuple[str | None, str | None, str | None]  # (host, pool, volume name)
+
+
+async def delete_drives(s: Any, drives: list[Drive]) -> list[Volume]:
+    """Delete the rows; returns the volumes for the storage hosts to delete after commit."""
     for drive in drives:
         await check_deletable(s, drive)
     ids = [drive.uuid for drive in drives]
@@ -206,4 +218,4 @@ async def delete_drives(s: Any, drives: list[Drive]) -> None:
     await s.execute(delete(ServerDrive).where(ServerDrive.drive_uuid.in_(ids)))
     await forget_resources(s, ids)
     await s.execute(delete(Drive).where(Drive.uuid.in_(ids)))
-    # HOOK (orchestration): the volumes are deleted on their storage hosts here.
+    return [(d.host, d.pool, d.volume) for d in drives]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import Select, delete, select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import selectinload
 
 from orchestrator.api.common import (
@@ -20,6 +20,7 @@ from orchestrator.api.common import (
     respond,
     session,
 )
+from orchestrator.api.drives import Volume, delete_drives
 from orchestrator.api.standard import (
     acl_fields,
     jobs_field,
@@ -30,10 +31,10 @@ from orchestrator.api.standard import (
     uuid_field,
 )
 from orchestrator.db.models import Drive, Server, ServerDrive, new_uuid
-from orchestrator.drives import check_deletable, refresh_mount_status
+from orchestrator.drives import refresh_mount_status
 from orchestrator.errors import forbidden, invalid
 from orchestrator.fields import Bool, Field, Int, Nested, Output, Ref, RefList, Resource, Str, StrList, link
-from orchestrator.keys import CAPABILITIES
+from orchestrator.keys import CAPABILITIES, CLOUD
 from orchestrator.servers import write_server
 from orchestrator.tagging import forget_resources
 
@@ -204,7 +205,8 @@ async def edit(request: web.Request) -> web.Response:
 async def remove(request: web.Request) -> web.Response:
     recurse = _recurse(request)
     async with session(request) as s:
-        await delete_servers(s, [await get_owned(s, one(request), "Server")], recurse)
+        volumes = await delete_servers(s, [await get_owned(s, one(request), "Server")], recurse)
+    request.app[CLOUD].spawn(request.app[CLOUD].delete_volumes(volumes))
     return no_content()
 
 
@@ -218,7 +220,8 @@ async def remove_many(request: web.Request) -> web.Response:
                 raise invalid("Each object needs a uuid", "uuid")
             return await get_owned(s, owned(request).where(Server.uuid == uuid), "Server")
 
-        await delete_servers(s, await for_each(wanted, find), recurse)
+        volumes = await delete_servers(s, await for_each(wanted, find), recurse)
+    request.app[CLOUD].spawn(request.app[CLOUD].delete_volumes(volumes))
     return no_content()
 
 
@@ -239,8 +242,10 @@ def _only(request: web.Request) -> set[str] | None:
     return {f.strip() for f in raw.split(",")} if raw else None
 
 
-async def delete_servers(s: Any, servers: list[Server], media: tuple[str, ...]) -> None:
-    """Delete stopped servers and, with ``recurse``, their drives of the given media (spec §12.7)."""
+async def delete_servers(s: Any, servers: list[Server], media: tuple[str, ...]) -> list[Volume]:
+    """Delete stopped servers and, with ``recurse``, their drives of the given media (spec §12.7).
+
+    Returns the volumes of the deleted drives, for their storage hosts to delete after commit."""
     for server in servers:
         if server.status != "stopped":
             raise forbidden(f'Cannot delete server in state "{server.status}"; it must be "stopped"')
@@ -250,16 +255,13 @@ async def delete_servers(s: Any, servers: list[Server], media: tuple[str, ...]) 
         ServerDrive.drive_uuid.in_(attached), ServerDrive.server_uuid.not_in(server_ids)))).all())
     doomed = [] if not media else (await s.scalars(select(Drive).where(
         Drive.uuid.in_(attached - shared), Drive.media.in_(media)))).all()
-    for drive in doomed:
-        await check_deletable(s, drive)
     for server in servers:
         await s.delete(server)
     await s.flush()
-    await forget_resources(s, server_ids + [d.uuid for d in doomed])
-    if doomed:
-        await s.execute(delete(Drive).where(Drive.uuid.in_([d.uuid for d in doomed])))
-        # HOOK (orchestration): the drives' volumes are deleted on their storage hosts here.
+    await forget_resources(s, server_ids)
+    volumes = await delete_drives(s, list(doomed))
     await refresh_mount_status(s, attached - {d.uuid for d in doomed})
+    return volumes
 
 
 

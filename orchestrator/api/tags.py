@@ -128,7 +128,7 @@ async def create(request: web.Request) -> web.Response:
             tag = Tag(owner_uuid=owner, name=values["name"], meta=values.get("meta", {}))
             s.add(tag)
             await s.flush()
-            await write_tag(s, tag, values, owner)
+            await write_tag(s, tag, values, body, owner)
             return tag.uuid
 
         uuids = await for_each(objects, make)
@@ -146,10 +146,11 @@ async def get(request: web.Request) -> web.Response:
 
 @routes.put(path("tags/{uuid}"))
 async def edit(request: web.Request) -> web.Response:
-    values = TAG.validate(await read_json(request), create=False)
+    body = await read_json(request)
+    values = TAG.validate(body, create=False)
     async with session(request) as s:
         tag = await get_owned(s, one(request), "Tag")
-        await write_tag(s, tag, values, caller(request))
+        await write_tag(s, tag, values, body, caller(request))
     async with session(request) as s:
         return respond(TAG.dump(await get_owned(s, one(request), "Tag")))
 

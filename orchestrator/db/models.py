@@ -127,7 +127,8 @@ class Server(Base):
     epcs: Mapped[list[Any]]
     pubkeys: Mapped[list[Any]]
     status: Mapped[str] = mapped_column(String(16), default="stopped")
-    host: Mapped[str | None] = mapped_column(String(256))  # where it runs (orchestration)
+    # Where it runs. A server with a host holds a claim of its cpu and mem there (released on stop).
+    host: Mapped[str | None] = mapped_column(String(64), index=True)
     active_since: Mapped[datetime | None]
     created: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     drive_links: Mapped[list[ServerDrive]] = relationship(
@@ -151,6 +152,7 @@ class Drive(Base):
     licenses: Mapped[list[Any]] = mapped_column(default=list)
     status: Mapped[str] = mapped_column(String(16), default="creating")
     avoid: Mapped[list[Any]] = mapped_column(default=list)  # ?avoid= kept for the scheduler
+    host: Mapped[str | None] = mapped_column(String(64))     # storage host whose agent holds the volume
     pool: Mapped[str | None] = mapped_column(String(256))    # storage pool holding the volume
     volume: Mapped[str | None] = mapped_column(String(256))  # volume name inside that pool
     created: Mapped[datetime] = mapped_column(default=utcnow, index=True)
@@ -158,3 +160,18 @@ class Drive(Base):
         order_by=ServerDrive.server_uuid, lazy="raise", viewonly=True
     )
     tag_links: Mapped[list[TagLink]] = _tag_links("Drive")
+
+
+class Host(Base):
+    """A hypervisor host and how to reach its agent (DESIGN.md "Hosts and placement")."""
+
+    __tablename__ = "hosts"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    address: Mapped[str] = mapped_column(String(512))  # "local" or "ssh://user@host:port"
+    key_file: Mapped[str | None] = mapped_column(String(1024))
+    known_hosts: Mapped[str | None] = mapped_column(String(1024))
+    agent_command: Mapped[list[Any]]  # argv of `agent --stdio` on that host
+    state: Mapped[str] = mapped_column(String(16), default="down")  # up | down | draining
+    facts: Mapped[dict[str, Any]] = mapped_column(default=dict)    # host.facts of the last connection
+    last_heartbeat: Mapped[datetime | None]
+    created: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,297 @@
+"""The API node's side of the hosts: agent connections, drive volumes and server lifecycles.
+
+Handlers decide and record (validation, claims, the first transitional status) in the
+database and answer at once; the slow part runs here as a background task that talks to the
+host's agent and writes the outcome back.  Agent lifecycle events and reconciliation after a
+(re)connection keep the database's statuses in line with what libvirt says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.orm import selectinload
+
+from agents.client import AgentCallError, AgentGone
+from orchestrator.db.models import Drive, Host, Server, ServerDrive, utcnow
+from orchestrator.drives import IDLE, refresh_mount_status
+from orchestrator.hosts.connection import AgentConnection, HostAddress, Listener
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("starting", "running", "stopping", "paused", "unavailable")
+
+
+def server_spec(server: Server, drives: dict[str, Drive]) -> dict[str, Any]:
+    """The agent's ``server`` object (agents/protocol.py) for one server row."""
+    return {
+        "uuid": server.uuid, "name": server.name, "cpu": server.cpu, "mem": server.mem, "smp": server.smp,
+        "cpus_instead_of_cores": server.cpus_instead_of_cores, "enable_numa": server.enable_numa,
+        "hv_relaxed": server.hv_relaxed, "hv_tsc": server.hv_tsc, "cpu_model": server.cpu_model,
+        "vnc_password": server.vnc_password, "context": server.context,
+        "drives": [{"uuid": a.drive_uuid, "pool": drives[a.drive_uuid].pool, "volume": drives[a.drive_uuid].volume,
+                    "media": drives[a.drive_uuid].media, "device": a.device, "dev_channel": a.dev_channel,
+                    "boot_order": a.boot_order} for a in server.drive_links],
+        "nics": [{"mac": n["mac"], "model": n["model"], "network": None, "boot_order": n["boot_order"]}
+                 for n in server.nics],
+    }
+
+
+class Cloud(Listener):
+    def __init__(self, sessions: async_sessionmaker, *, shutdown_window: float = 60.0,
+                 heartbeat: float = 5.0) -> None:
+        self.sessions = sessions
+        self.shutdown_window = shutdown_window
+        self.heartbeat = heartbeat
+        self.connections: dict[str, AgentConnection] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    # --- lifetime -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        async with self.sessions() as s:
+            hosts = (await s.scalars(select(Host))).all()
+        for host in hosts:
+            self.connect(host)
+
+    def connect(self, host: Host) -> None:
+        address = HostAddress(host.name, host.address, tuple(host.agent_command), host.key_file, host.known_hosts)
+        connection = AgentConnection(address, self, heartbeat=self.heartbeat)
+        self.connections[host.name] = connection
+        connection.start()
+
+    async def disconnect(self, name: str) -> None:
+        connection = self.connections.pop(name, None)
+        if connection is not None:
+            await connection.stop()
+
+    async def stop(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for name in list(self.connections):
+            await self.disconnect(name)
+
+    def spawn(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(self._logged(work))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def _logged(self, work: Coroutine[Any, Any, Any]) -> Any:
+        try:
+            return await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task failed")
+
+    async def call(self, host: str, method: str, **params: Any) -> Any:
+        connection = self.connections.get(host)
+        if connection is None:
+            raise AgentGone(f"host {host} is not registered")
+        return await connection.call(method, **params)
+
+    # --- host events ------------------------------------------------------------------------------
+
+    async def host_up(self, host: str, facts: dict[str, Any]) -> None:
+        async with self.sessions.begin() as s:
+            row = await s.get(Host, host)
+            if row is None:
+                return
+            row.facts, row.last_heartbeat = facts, utcnow()
+            if row.state == "down":
+                row.state = "up"
+        await self.reconcile(host)
+
+    async def host_down(self, host: str) -> None:
+        async with self.sessions.begin() as s:
+            row = await s.get(Host, host)
+            if row is not None and row.state == "up":
+                row.state = "down"
+            for server in (await s.scalars(select(Server).where(Server.host == host,
+                                                                 Server.status.in_(ACTIVE)))).all():
+                server.status = "unavailable"
+            for drive in (await s.scalars(select(Drive).where(Drive.host == host, Drive.status.in_(IDLE)))).all():
+                drive.status = "unavailable"
+
+    async def agent_event(self, host: str, event: dict[str, Any]) -> None:
+        params = event.get("params", {})
+        state, uuid = params.get("state"), params.get("uuid")
+        if event.get("event") != "domain.lifecycle" or state is None:
+            return
+        if state == "stopped":
+            await self.finish_stop(uuid, host)
+            return
+        async with self.sessions.begin() as s:
+            server = await s.get(Server, uuid)
+            if server is None or server.host != host:
+                log.warning("host %s: event for a domain Strato does not know: %s", host, params)
+                return
+            if state == "running" and server.status in ("starting", "unavailable", "paused"):
+                server.status = "running"
+            elif state == "paused":
+                server.status = "paused"
+
+    async def reconcile(self, host: str) -> None:
+        """Compare the database with what the host's libvirt says (after any (re)connection)."""
+        domains = {d["uuid"]: d for d in await self.call(host, "domain.list")}
+        volumes = {v["name"] for v in await self.call(host, "volume.list")}
+        async with self.sessions.begin() as s:
+            servers = (await s.scalars(select(Server).where(Server.host == host))).all()
+            known = {server.uuid for server in servers}
+            gone = []
+            for server in servers:
+                domain = domains.get(server.uuid)
+                if domain is not None and domain["state"] == "running":
+                    if server.status != "running":
+                        server.status = "running"
+                    if domain.get("active_since"):
+                        server.active_since = datetime.fromisoformat(domain["active_since"])
+                elif server.status != "starting" or domain is None:
+                    gone.append(server.uuid)
+            for uuid in set(domains) - known:
+                # Never destroyed silently: an operator decides what an unknown guest is.
+                log.warning("host %s runs domain %s that Strato does not know; left alone", host, uuid)
+            unsettled = (await s.scalars(select(Drive).where(Drive.host == host, Drive.status.in_(
+                ("creating", "unavailable", "resizing"))))).all()
+        for uuid in gone:
+            await self.finish_stop(uuid, host)
+        for drive in unsettled:
+            if drive.status == "creating" and drive.volume not in volumes:
+                self.spawn(self.create_volume(drive.uuid))
+            else:
+                await self._settle_drive(drive.uuid)
+
+    # --- drives ---------------------------------------------------------------------------------
+
+    async def create_volume(self, drive_uuid: str) -> None:
+        async with self.sessions() as s:
+            drive = await s.get(Drive, drive_uuid)
+        if drive is None or drive.host is None:
+            return
+        try:
+            volume = await self.call(drive.host, "volume.create", pool=drive.pool, name=drive.volume,
+                                     size=drive.size)
+        except (AgentCallError, AgentGone) as err:
+            log.error("drive %s: volume not created: %s", drive_uuid, err)
+            return  # stays "creating"; the host's next reconciliation retries
+        async with self.sessions.begin() as s:
+            row = await s.get(Drive, drive_uuid)
+            if row is not None:
+                row.pool = volume["pool"]
+        await self._settle_drive(drive_uuid)
+
+    async def resize_volume(self, drive_uuid: str) -> None:
+        async with self.sessions() as s:
+            drive = await s.get(Drive, drive_uuid)
+        if drive is not None and drive.host is not None:
+            try:
+                await self.call(drive.host, "volume.resize", pool=drive.pool, name=drive.volume, size=drive.size)
+            except (AgentCallError, AgentGone) as err:
+                log.error("drive %s: resize failed: %s", drive_uuid, err)
+        await self._settle_drive(drive_uuid)
+
+    async def _settle_drive(self, drive_uuid: str) -> None:
+        """A drive whose storage work ended returns to ``mounted`` / ``unmounted``."""
+        async with self.sessions.begin() as s:
+            drive = await s.get(Drive, drive_uuid)
+            if drive is None:
+                return
+            drive.status = "unmounted"
+            await s.flush()
+            await refresh_mount_status(s, {drive_uuid})
+
+    async def delete_volumes(self, volumes: list[tuple[str | None, str | None, str | None]]) -> None:
+        for host, pool, name in volumes:
+            if host is None or name is None:
+                continue
+            try:
+                await self.call(host, "volume.delete", pool=pool, name=name)
+            except (AgentCallError, AgentGone) as err:
+                log.error("volume %s/%s on %s not deleted: %s", pool, name, host, err)
+
+    # --- servers --------------------------------------------------------------------------------
+
+    async def start_server(self, uuid: str) -> None:
+        """Boot a server already placed (status ``starting``, ``host`` claimed)."""
+        async with self.sessions() as s:
+            server = await s.scalar(select(Server).where(Server.uuid == uuid)
+                                    .options(selectinload(Server.drive_links)))
+            if server is None or server.host is None:
+                return
+            drives = {d.uuid: d for d in (await s.scalars(select(Drive).where(
+                Drive.uuid.in_([a.drive_uuid for a in server.drive_links])))).all()}
+            spec, host = server_spec(server, drives), server.host
+        try:
+            domain = await self.call(host, "domain.start", server=spec)
+        except (AgentCallError, AgentGone) as err:
+            log.error("server %s did not start on %s: %s", uuid, host, err)
+            await self.finish_stop(uuid, host)  # boot failure: back to stopped, claim released
+            return
+        async with self.sessions.begin() as s:
+            server = await s.get(Server, uuid)
+            # The lifecycle event may have marked it running already.
+            booted = server is not None and server.host == host and server.status in ("starting", "running")
+            if booted:
+                server.status = "running"
+                server.active_since = datetime.fromisoformat(domain["active_since"]) if domain.get(
+                    "active_since") else utcnow()
+        if not booted:  # stopped (or deleted) while booting: the guest must not outlive its claim
+            with contextlib.suppress(AgentCallError, AgentGone):
+                await self.call(host, "domain.undefine", uuid=uuid)
+
+    async def stop_server(self, uuid: str, host: str) -> None:
+        with contextlib.suppress(AgentCallError):  # notfound: already gone
+            await self.call(host, "domain.stop", uuid=uuid)
+        await self.finish_stop(uuid, host)
+
+    async def restart_server(self, uuid: str, host: str) -> None:
+        await self.call(host, "domain.reset", uuid=uuid)
+
+    async def shutdown_server(self, uuid: str, host: str) -> None:
+        """ACPI power button every second for the window; a guest that ignores it stays running."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_window
+        while loop.time() < deadline:
+            try:
+                await self.call(host, "domain.shutdown", uuid=uuid)
+            except AgentCallError:
+                break  # the domain is gone: it shut down
+            await asyncio.sleep(1)
+            async with self.sessions() as s:
+                server = await s.get(Server, uuid)
+            if server is None or server.status != "stopping":
+                return
+        domains = {d["uuid"]: d for d in await self.call(host, "domain.list")}
+        if domains.get(uuid, {}).get("state") == "running":
+            async with self.sessions.begin() as s:
+                server = await s.get(Server, uuid)
+                if server is not None and server.status == "stopping":
+                    server.status = "running"
+        else:
+            await self.finish_stop(uuid, host)
+
+    async def finish_stop(self, uuid: str, host: str) -> None:
+        """The domain is off: status ``stopped``, claim released, definition removed."""
+        async with self.sessions.begin() as s:
+            server = await s.get(Server, uuid)
+            if server is None or server.host != host:
+                return
+            server.status, server.host, server.active_since = "stopped", None, None
+        with contextlib.suppress(AgentCallError, AgentGone):
+            await self.call(host, "domain.undefine", uuid=uuid)
+
+
+async def drive_hosts(s: Any, server: Server) -> tuple[set[str], list[str]]:
+    """Storage hosts of a server's drives, and the drives that are not ready to boot."""
+    rows = (await s.execute(select(Drive.uuid, Drive.host, Drive.status).join(
+        ServerDrive, ServerDrive.drive_uuid == Drive.uuid).where(ServerDrive.server_uuid == server.uuid))).all()
+    return {r.host for r in rows if r.host}, [r.uuid for r in rows if r.status != "mounted"]

@@ -1,0 +1,67 @@
+"""Registering hosts: the embedded local default and ``strato hosts add|list|drain|remove``."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from orchestrator.config import Config
+from orchestrator.db.models import Host, Server
+
+
+def local_agent_command(config: Config, name: str = "local", virt_type: str | None = None) -> list[str]:
+    data = config.data_dir.resolve()
+    command = [sys.executable, "-m", "agents.cli", "--stdio", "--prefix", config.agent_prefix,
+               "--pool", f"default={data / 'pools' / name}", "--console-log-dir", str(data / "console"),
+               "--socket-dir", str(data / "sockets")]
+    virt_type = virt_type or config.local_virt_type
+    return [*command, "--virt-type", virt_type] if virt_type else command
+
+
+async def ensure_local_host(s: AsyncSession, config: Config) -> None:
+    """With no host registered, this machine is the one host (a working one-machine cloud)."""
+    if await s.scalar(select(func.count()).select_from(Host)) == 0:
+        s.add(Host(name="local", address="local", agent_command=local_agent_command(config), state="down",
+                   facts={}))
+
+
+async def add_host(s: AsyncSession, name: str, address: str, *, agent_command: str | None, key_file: str | None,
+                   known_hosts: str | None, config: Config) -> Host:
+    if await s.get(Host, name) is not None:
+        raise ValueError(f"host {name} exists already")
+    if address == "local":
+        argv = shlex.split(agent_command) if agent_command else local_agent_command(config, name)
+    else:
+        argv = shlex.split(agent_command or "strato-agent --stdio")
+    host = Host(name=name, address=address, agent_command=argv, key_file=key_file, known_hosts=known_hosts,
+                state="down", facts={})
+    s.add(host)
+    return host
+
+
+async def list_hosts(s: AsyncSession) -> list[dict[str, Any]]:
+    running = dict((await s.execute(select(Server.host, func.count()).where(Server.host.is_not(None))
+                                    .group_by(Server.host))).all())
+    return [{"name": h.name, "address": h.address, "state": h.state, "servers": running.get(h.name, 0),
+             "cores": h.facts.get("cores"), "memory": h.facts.get("memory"), "virt_type": h.facts.get("virt_type")}
+            for h in (await s.scalars(select(Host).order_by(Host.name))).all()]
+
+
+async def drain_host(s: AsyncSession, name: str) -> None:
+    host = await s.get(Host, name)
+    if host is None:
+        raise ValueError(f"no host {name}")
+    host.state = "draining"  # keeps running servers; the scheduler places nothing new there
+
+
+async def remove_host(s: AsyncSession, name: str) -> None:
+    host = await s.get(Host, name)
+    if host is None:
+        raise ValueError(f"no host {name}")
+    if await s.scalar(select(func.count()).select_from(Server).where(Server.host == name)):
+        raise ValueError(f"host {name} still runs servers; stop them or drain it first")
+    await s.delete(host)

@@ -1,0 +1,111 @@
+"""Placement: which host runs a server, which storage host holds a drive (DESIGN.md "Hosts and placement").
+
+:func:`choose` is the pure decision (tested and benchmarked on its own); :func:`place_server`
+takes it and records the claim in the caller's transaction, so concurrent starts can neither
+overcommit a host nor break a feasible avoid.  A claim is a server row's ``host``: the
+capacity used on a host is the sum of the cpu and mem of the servers placed there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from orchestrator.db.models import Drive, Host, Server
+from orchestrator.errors import ApiError
+
+
+@dataclass
+class HostLoad:
+    name: str
+    cpu_capacity: float           # MHz, after overcommit
+    mem_capacity: float           # bytes, after overcommit
+    cpu_used: int = 0
+    mem_used: int = 0
+    cpu_type: str | None = None   # None: any family
+    free_storage: int = 0
+
+    def fits(self, cpu: int, mem: int) -> bool:
+        return self.cpu_used + cpu <= self.cpu_capacity and self.mem_used + mem <= self.mem_capacity
+
+    def headroom(self) -> float:
+        return min(1 - self.cpu_used / self.cpu_capacity, 1 - self.mem_used / self.mem_capacity)
+
+
+def choose(hosts: Sequence[HostLoad], fits: Iterable[str], avoid_hosts: Sequence[str | None],
+           key: Any = HostLoad.headroom) -> HostLoad | None:
+    """The best feasible host, avoiding as long a left prefix of ``avoid_hosts`` as possible.
+
+    ``avoid_hosts`` holds, in the client's priority order, the host of each avoided object
+    (None when it has none).  Best effort (spec §30): first the hosts free of every avoided
+    object, then of all but the last, and so on.
+    """
+    feasible = [h for h in hosts if h.name in set(fits)]
+    for keep in range(len(avoid_hosts), -1, -1):
+        banned = {h for h in avoid_hosts[:keep] if h is not None}
+        options = [h for h in feasible if h.name not in banned]
+        if options:
+            return max(options, key=key)
+    return None
+
+
+@dataclass
+class Scheduler:
+    cpu_overcommit: float = 4.0
+    mem_overcommit: float = 1.0
+    # SQLite serialises writers anyway; this lock keeps one API node's placements from
+    # interleaving between read and write.  PostgreSQL adds row locks on the host rows.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def loads(self, s: AsyncSession) -> list[HostLoad]:
+        hosts = (await s.scalars(select(Host).where(Host.state == "up").order_by(Host.name).with_for_update())).all()
+        used = {row.host: row for row in (await s.execute(
+            select(Server.host, func.sum(Server.cpu).label("cpu"), func.sum(Server.mem).label("mem"))
+            .where(Server.host.is_not(None)).group_by(Server.host))).all()}
+        loads = []
+        for host in hosts:
+            facts = host.facts
+            load = HostLoad(host.name, facts.get("cores", 1) * facts.get("mhz", 1000) * self.cpu_overcommit,
+                            facts.get("memory", 0) * self.mem_overcommit,
+                            free_storage=sum(p.get("available", 0) for p in facts.get("pools", [])))
+            if host.name in used:
+                load.cpu_used, load.mem_used = int(used[host.name].cpu), int(used[host.name].mem)
+            loads.append(load)
+        return loads
+
+    async def place_server(self, s: AsyncSession, server: Server, drive_hosts: set[str],
+                           avoid: Sequence[str]) -> str:
+        """Claim a host for ``server`` in the caller's transaction; 503 when none fits."""
+        loads = await self.loads(s)
+        fits = [h.name for h in loads if h.fits(server.cpu, server.mem)
+                and (not drive_hosts or drive_hosts == {h.name})]
+        chosen = choose(loads, fits, await hosts_of(s, avoid, server.owner_uuid))
+        if chosen is None:
+            raise ApiError("backend", "No host can fit this server now", None, status=503)
+        server.host = chosen.name
+        return chosen.name
+
+    async def place_drive(self, s: AsyncSession, drive: Drive, avoid: Sequence[str]) -> str:
+        loads = await self.loads(s)
+        fits = [h.name for h in loads if h.free_storage >= drive.size]
+        chosen = choose(loads, fits, await hosts_of(s, avoid, drive.owner_uuid), key=lambda h: h.free_storage)
+        if chosen is None:
+            raise ApiError("backend", "No storage host has room for this drive now", None, status=503)
+        drive.host = chosen.name
+        return chosen.name
+
+
+async def hosts_of(s: AsyncSession, uuids: Sequence[str], owner: str) -> list[str | None]:
+    """The host of each avoided object: a running server's host, a drive's storage host.
+
+    Unknown or other users' uuids count as having no host (spec §30.2: ignored)."""
+    servers = dict((await s.execute(select(Server.uuid, Server.host).where(
+        Server.uuid.in_(uuids), Server.owner_uuid == owner))).all())
+    drives = dict((await s.execute(select(Drive.uuid, Drive.host).where(
+        Drive.uuid.in_(uuids), Drive.owner_uuid == owner))).all())
+    return [servers.get(u) or drives.get(u) for u in uuids]
