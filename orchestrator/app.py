@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from orchestrator.api import capabilities, drives, server_actions, servers, tags
+from orchestrator.api import capabilities, drives, server_actions, servers, tags, uploads
 from orchestrator.auth import Authenticator, auth_middleware
 from orchestrator.capabilities import Capabilities
 from orchestrator.cloud import Cloud
@@ -53,6 +53,7 @@ def create_app(config: Config) -> web.Application:
     app[CAPABILITIES] = Capabilities.from_config(config.capabilities)
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(hosts)
-    for module in (servers, server_actions, drives, tags, capabilities):
+    # uploads before drives: /drives/upload/ must not be taken for /drives/{uuid}/.
+    for module in (servers, server_actions, uploads, drives, tags, capabilities):
         app.add_routes(module.routes)
     return app

@@ -13,15 +13,17 @@ import contextlib
 import logging
 from collections.abc import Coroutine
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import asyncssh
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import selectinload
 
 from agents.client import AgentCallError, AgentGone
 from orchestrator.db.models import Drive, Host, Server, ServerDrive, utcnow
-from orchestrator.drives import IDLE, refresh_mount_status
+from orchestrator.drives import IDLE, refresh_mount_status, round_size
 from orchestrator.hosts.connection import AgentConnection, HostAddress, Listener
 
 log = logging.getLogger(__name__)
@@ -187,6 +189,39 @@ class Cloud(Listener):
             row = await s.get(Drive, drive_uuid)
             if row is not None:
                 row.pool = volume["pool"]
+        await self._settle_drive(drive_uuid)
+
+    async def import_volume(self, drive_uuid: str, source: Path) -> None:
+        """Import an uploaded image into the drive's volume; remote hosts receive it over SFTP."""
+        async with self.sessions() as s:
+            drive = await s.get(Drive, drive_uuid)
+        try:
+            if drive is None or drive.host is None:
+                return
+            connection = self.connections[drive.host]
+            remote = source
+            if not connection.address.is_local:
+                await connection.up.wait()
+                assert connection.ssh is not None
+                remote = Path("/tmp") / f"strato-upload-{drive_uuid}.img"
+                async with connection.ssh.start_sftp_client() as sftp:
+                    await sftp.put(str(source), str(remote))
+            try:
+                volume = await self.call(drive.host, "volume.import", pool=drive.pool, name=drive.volume,
+                                         source_path=str(remote))
+            finally:
+                if remote != source:
+                    async with connection.ssh.start_sftp_client() as sftp:  # type: ignore[union-attr]
+                        await sftp.remove(str(remote))
+        except (AgentCallError, AgentGone, OSError, asyncssh.Error) as err:
+            log.error("drive %s: upload not imported: %s", drive_uuid, err)
+            return  # stays "uploading": the client may delete it and try again
+        finally:
+            source.unlink(missing_ok=True)
+        async with self.sessions.begin() as s:
+            row = await s.get(Drive, drive_uuid)
+            if row is not None:
+                row.pool, row.size = volume["pool"], max(row.size, round_size(volume["capacity"]))
         await self._settle_drive(drive_uuid)
 
     async def resize_volume(self, drive_uuid: str) -> None:
