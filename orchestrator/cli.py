@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import logging
 import os
 import sys
@@ -17,6 +18,7 @@ from orchestrator.auth import create_token, create_user
 from orchestrator.config import Config
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
 from orchestrator.db.models import User
+from orchestrator.hosts.registry import add_host, drain_host, list_hosts, remove_host
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -79,6 +81,44 @@ def tokens_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hosts(args: argparse.Namespace, work) -> int:  # type: ignore[no-untyped-def]
+    try:
+        result = asyncio.run(_with_session(_config(args), work))
+    except ValueError as e:
+        print(f"strato: {e}", file=sys.stderr)
+        return 1
+    if result is not None:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def hosts_add(args: argparse.Namespace) -> int:
+    if bool(args.ssh) == bool(args.local):
+        print("strato: give exactly one of --ssh USER@HOST[:PORT] and --local", file=sys.stderr)
+        return 2
+    address = "local" if args.local else f"ssh://{args.ssh}"
+    config = _config(args)
+
+    async def work(session):  # type: ignore[no-untyped-def]
+        host = await add_host(session, args.name, address, agent_command=args.agent_command, key_file=args.key,
+                              known_hosts=args.known_hosts, config=config)
+        return {"name": host.name, "address": host.address, "agent_command": host.agent_command}
+
+    return _hosts(args, work)
+
+
+def hosts_list(args: argparse.Namespace) -> int:
+    return _hosts(args, list_hosts)
+
+
+def hosts_drain(args: argparse.Namespace) -> int:
+    return _hosts(args, lambda session: drain_host(session, args.name))
+
+
+def hosts_remove(args: argparse.Namespace) -> int:
+    return _hosts(args, lambda session: remove_host(session, args.name))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="strato", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
@@ -98,6 +138,21 @@ def parser() -> argparse.ArgumentParser:
     t = tokens.add_parser("create", parents=[common], help="create a Bearer API token for a user")
     t.add_argument("email")
     t.set_defaults(func=tokens_create)
+    hosts = sub.add_parser("hosts", help="hypervisor hosts").add_subparsers(dest="action", required=True)
+    h = hosts.add_parser("add", parents=[common], help="register a host (a running API node connects within seconds)")
+    h.add_argument("name")
+    h.add_argument("--ssh", metavar="USER@HOST[:PORT]", help="reach the agent over SSH")
+    h.add_argument("--local", action="store_true", help="run the agent as a local subprocess")
+    h.add_argument("--key", help="SSH private key file")
+    h.add_argument("--known-hosts", help="known_hosts file to check the host key against (default ~/.ssh/...)")
+    h.add_argument("--agent-command", help="the agent's command line on the host (default: strato-agent --stdio)")
+    h.set_defaults(func=hosts_add)
+    for name, func, text in (("list", hosts_list, "list hosts"), ("drain", hosts_drain, "place nothing new there"),
+                             ("remove", hosts_remove, "forget a host that runs no server")):
+        h = hosts.add_parser(name, parents=[common], help=text)
+        if name != "list":
+            h.add_argument("name")
+        h.set_defaults(func=func)
     return p
 
 

@@ -58,10 +58,22 @@ class Cloud(Listener):
     # --- lifetime -------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.sync_hosts()
+        self.spawn(self._watch_hosts())
+
+    async def sync_hosts(self) -> None:
+        """Connect hosts registered since (``strato hosts add``), drop removed ones."""
         async with self.sessions() as s:
-            hosts = (await s.scalars(select(Host))).all()
-        for host in hosts:
-            self.connect(host)
+            hosts = {host.name: host for host in (await s.scalars(select(Host))).all()}
+        for name in set(self.connections) - set(hosts):
+            await self.disconnect(name)
+        for name in set(hosts) - set(self.connections):
+            self.connect(hosts[name])
+
+    async def _watch_hosts(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            await self.sync_hosts()
 
     def connect(self, host: Host) -> None:
         address = HostAddress(host.name, host.address, tuple(host.agent_command), host.key_file, host.known_hosts)
