@@ -37,8 +37,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 
-# No systemd here: start the libvirt daemons ourselves when they are not running.
-scripts/start-libvirt.sh
+# This machine is also a hypervisor host: the same preparation an operator runs on each host
+# (libvirt, QEMU, the agent user, the daemons started even without systemd). Nested KVM guests
+# hang on these build machines, so tests and the default local host use software emulation.
+STRATO_NO_KVM=${STRATO_NO_KVM:-1} deploy/prepare-host.sh
 
 # The test guest: a tiny bootable disk built from Debian packages.
 tests/guest/build-image.sh

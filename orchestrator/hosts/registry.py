@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -12,6 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from orchestrator.config import Config
 from orchestrator.db.models import Host, Server
 
+HOST_CONFIG = "/etc/strato/agent.json"  # written by deploy/prepare-host.sh
+
 
 def local_agent_command(config: Config, name: str = "local", virt_type: str | None = None) -> list[str]:
     data = config.data_dir.resolve()
@@ -19,7 +22,10 @@ def local_agent_command(config: Config, name: str = "local", virt_type: str | No
                "--pool", f"default={data / 'pools' / name}", "--console-log-dir", str(data / "console"),
                "--socket-dir", str(data / "sockets")]
     virt_type = virt_type or config.local_virt_type
-    return [*command, "--virt-type", virt_type] if virt_type else command
+    if virt_type:
+        return [*command, "--virt-type", virt_type]
+    # deploy/prepare-host.sh records the host's virt type there.
+    return [*command, "--config", HOST_CONFIG] if Path(HOST_CONFIG).exists() else command
 
 
 async def ensure_local_host(s: AsyncSession, config: Config) -> None:
@@ -36,7 +42,7 @@ async def add_host(s: AsyncSession, name: str, address: str, *, agent_command: s
     if address == "local":
         argv = shlex.split(agent_command) if agent_command else local_agent_command(config, name)
     else:
-        argv = shlex.split(agent_command or "strato-agent --stdio")
+        argv = shlex.split(agent_command or f"strato-agent --stdio --config {HOST_CONFIG}")
     host = Host(name=name, address=address, agent_command=argv, key_file=key_file, known_hosts=known_hosts,
                 state="down", facts={})
     s.add(host)

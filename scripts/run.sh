@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Sets this machine up (idempotent) and runs a one-machine Strato cloud on it.
+#   STRATO_LISTEN (127.0.0.1:8080), STRATO_DATA_DIR (./data),
+#   STRATO_ADMIN_EMAIL / STRATO_ADMIN_PASSWORD: the first user, created when missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+DATA_DIR=${STRATO_DATA_DIR:-./data}
+EMAIL=${STRATO_ADMIN_EMAIL:-admin@example.com}
+if [ ! -f "$DATA_DIR/.admin-created" ]; then
+    PASSWORD=${STRATO_ADMIN_PASSWORD:-$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(12))')}
+    .venv/bin/strato users create "$EMAIL" --password "$PASSWORD" --data-dir "$DATA_DIR" >/dev/null 2>&1 || true
+    mkdir -p "$DATA_DIR" && touch "$DATA_DIR/.admin-created"
+    echo "strato: user $EMAIL, password $PASSWORD"
+fi
+exec .venv/bin/strato serve --data-dir "$DATA_DIR" --listen "${STRATO_LISTEN:-127.0.0.1:8080}"
