@@ -163,8 +163,10 @@ async def create(request: web.Request) -> web.Response:
     async with session(request) as s:
         async def make(body: Any) -> Server:
             values = SERVER.validate(body, create=True)
+            # Lists start empty: a rejected key leaves its column unset, and the next query's autoflush
+            # must not fail on NULL before write_server reports the validation errors.
             server = Server(uuid=new_uuid(), owner_uuid=owner, smp=0, smp_auto=True, status="stopped",
-                            drive_links=[])
+                            drive_links=[], nics=[], gpus=[], epcs=[], pubkeys=[])
             s.add(server)  # flushed by write_server's first query, once its columns are set
             await write_server(s, server, values, owner, caps, creating=True)
             await s.flush()
