@@ -101,8 +101,8 @@ async def write_tag(s: Any, tag: Tag, values: dict[str, Any], body: dict[str, An
     for key in ("name", "meta"):
         if key in values:
             setattr(tag, key, values[key])
-    if body.get("resources") is not None or ("resources" in body and body["resources"] is None):
-        pairs = await resolve_resources(s, body["resources"] or [], owner)
+    if "resources" in body:  # the parsed references (uuid, URI or object forms, spec §5.1); null = none
+        pairs = await resolve_resources(s, values.get("resources") or [], owner)
         await s.execute(delete(TagLink).where(TagLink.tag_uuid == tag.uuid))
         s.add_all(TagLink(tag_uuid=tag.uuid, res_type=t, res_uuid=u, position=i) for i, (t, u) in enumerate(pairs))
     await s.flush()

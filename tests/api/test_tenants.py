@@ -59,8 +59,8 @@ def test_references_in_bodies_are_400(alice: Api, bob: Api, bobs: dict[str, Any]
     free = make_drive(bob)
     mine = make_server(alice)
     assert_error(alice.put(f"servers/{mine['uuid']}/", {"drives": [attach(free["uuid"])]}), 400, "drives.0.drive")
-    assert_error(alice.post("servers/", {"objects": [{**{"name": "x", "cpu": 1000, "mem": 2**29, "vnc_password": "p"},
-                                                      "drives": [attach(free["uuid"])]}]}), 400, "objects.0.drives.0.drive")
+    body = {"name": "x", "cpu": 1000, "mem": 2**29, "vnc_password": "p", "drives": [attach(free["uuid"])]}
+    assert_error(alice.post("servers/", {"objects": [body]}), 400, "objects.0.drives.0.drive")
     assert_error(alice.put(f"servers/{mine['uuid']}/", {"tags": [bobs["tags"]["uuid"]]}), 400, "tags.0")
     my_tag = make_tag(alice)
     assert_error(alice.put(f"tags/{my_tag['uuid']}/", {"resources": [bobs["servers"]["uuid"]]}), 400, "resources.0")
