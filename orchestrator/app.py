@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from orchestrator.api import capabilities, drives, server_actions, servers, tags, uploads
+from orchestrator.api import availability, capabilities, drives, jobs, profile, server_actions, servers, tags, uploads
 from orchestrator.auth import Authenticator, auth_middleware
 from orchestrator.capabilities import Capabilities
 from orchestrator.cloud import Cloud
@@ -32,7 +32,8 @@ async def database(app: web.Application) -> AsyncIterator[None]:
 async def hosts(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     app[SCHEDULER] = Scheduler(config.cpu_overcommit, config.mem_overcommit)
-    cloud = Cloud(app[SESSIONS], shutdown_window=config.shutdown_window, heartbeat=config.heartbeat)
+    cloud = Cloud(app[SESSIONS], app[SCHEDULER], config.data_dir / "transit",
+                  shutdown_window=config.shutdown_window, heartbeat=config.heartbeat)
     if config.local_host:
         async with app[SESSIONS].begin() as s:
             await ensure_local_host(s, config)
@@ -53,7 +54,6 @@ def create_app(config: Config) -> web.Application:
     app[CAPABILITIES] = Capabilities.from_config(config.capabilities)
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(hosts)
-    # uploads before drives: /drives/upload/ must not be taken for /drives/{uuid}/.
-    for module in (servers, server_actions, uploads, drives, tags, capabilities):
+    for module in (availability, servers, server_actions, uploads, drives, tags, jobs, profile, capabilities):
         app.add_routes(module.routes)
     return app

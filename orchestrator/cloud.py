@@ -11,20 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import asyncssh
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import selectinload
 
 from agents.client import AgentCallError, AgentGone
-from orchestrator.db.models import Drive, Host, Server, ServerDrive, utcnow
+from orchestrator.db.models import Drive, Host, Job, JobLink, Server, ServerDrive, utcnow
 from orchestrator.drives import IDLE, refresh_mount_status, round_size
+from orchestrator.errors import forbidden, notexist
 from orchestrator.hosts.connection import AgentConnection, HostAddress, Listener
+from orchestrator.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +49,18 @@ def server_spec(server: Server, drives: dict[str, Drive]) -> dict[str, Any]:
 
 
 class Cloud(Listener):
-    def __init__(self, sessions: async_sessionmaker, *, shutdown_window: float = 60.0,
-                 heartbeat: float = 5.0) -> None:
+    def __init__(self, sessions: async_sessionmaker, scheduler: Scheduler, scratch: Path, *,
+                 shutdown_window: float = 60.0, heartbeat: float = 5.0) -> None:
         self.sessions = sessions
+        self.scheduler = scheduler
+        self.scratch = scratch  # where images in transit between hosts wait
         self.shutdown_window = shutdown_window
         self.heartbeat = heartbeat
         self.connections: dict[str, AgentConnection] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
+        # libvirt refuses a volume build while another runs in the same pool ("pool has
+        # asynchronous jobs running"): one volume.create at a time per host.
+        self.volume_locks: dict[str, asyncio.Lock] = {}
 
     # --- lifetime -------------------------------------------------------------------------------
 
@@ -192,8 +199,9 @@ class Cloud(Listener):
         if drive is None or drive.host is None:
             return
         try:
-            volume = await self.call(drive.host, "volume.create", pool=drive.pool, name=drive.volume,
-                                     size=drive.size)
+            async with self.volume_locks.setdefault(drive.host, asyncio.Lock()):
+                volume = await self.call(drive.host, "volume.create", pool=drive.pool, name=drive.volume,
+                                         size=drive.size)
         except (AgentCallError, AgentGone) as err:
             log.error("drive %s: volume not created: %s", drive_uuid, err)
             return  # stays "creating"; the host's next reconciliation retries
@@ -210,21 +218,7 @@ class Cloud(Listener):
         try:
             if drive is None or drive.host is None:
                 return
-            connection = self.connections[drive.host]
-            remote = source
-            if not connection.address.is_local:
-                await connection.up.wait()
-                assert connection.ssh is not None
-                remote = Path("/tmp") / f"strato-upload-{drive_uuid}.img"
-                async with connection.ssh.start_sftp_client() as sftp:
-                    await sftp.put(str(source), str(remote))
-            try:
-                volume = await self.call(drive.host, "volume.import", pool=drive.pool, name=drive.volume,
-                                         source_path=str(remote))
-            finally:
-                if remote != source:
-                    async with connection.ssh.start_sftp_client() as sftp:  # type: ignore[union-attr]
-                        await sftp.remove(str(remote))
+            volume = await self._import_file(drive, source)
         except (AgentCallError, AgentGone, OSError, asyncssh.Error) as err:
             log.error("drive %s: upload not imported: %s", drive_uuid, err)
             return  # stays "uploading": the client may delete it and try again
@@ -235,6 +229,103 @@ class Cloud(Listener):
             if row is not None:
                 row.pool, row.size = volume["pool"], max(row.size, round_size(volume["capacity"]))
         await self._settle_drive(drive_uuid)
+
+    async def _import_file(self, drive: Drive, source: Path) -> dict[str, Any]:
+        """``volume.import`` of a file on the API node into the drive's host (SFTP when remote)."""
+        connection = self.connections[drive.host]  # type: ignore[index]
+        remote = source
+        if not connection.address.is_local:
+            await connection.up.wait()
+            assert connection.ssh is not None
+            remote = Path("/tmp") / f"strato-import-{drive.uuid}.img"
+            async with connection.ssh.start_sftp_client() as sftp:
+                await sftp.put(str(source), str(remote))
+        try:
+            return await self.call(drive.host, "volume.import", pool=drive.pool,  # type: ignore[arg-type]
+                                   name=drive.volume, source_path=str(remote))
+        finally:
+            if remote != source and connection.ssh is not None:
+                async with connection.ssh.start_sftp_client() as sftp:
+                    await sftp.remove(str(remote))
+
+    async def run_clone(self, job_uuid: str) -> None:
+        """Copy a ``drive_clone`` job's source volume into its destination, then settle both."""
+        async with self.sessions() as s:
+            job = await s.get(Job, job_uuid)
+            if job is None:
+                return
+            source_uuid, target_uuid = (u.rstrip("/").rsplit("/", 1)[1] for u in job.resources)
+            source, target = await s.get(Drive, source_uuid), await s.get(Drive, target_uuid)
+        ok = False
+        try:
+            if source is None or target is None or source.host is None or target.host is None:
+                raise AgentGone("source or destination is gone")
+            if target.host == source.host:
+                volume = await self.call(source.host, "volume.clone", pool=source.pool, source=source.volume,
+                                         name=target.volume, size=target.size)
+            else:  # avoid put it on another storage host: the image travels through the API node
+                volume = await self._transfer(source, target)
+            ok = True
+        except (AgentCallError, AgentGone, OSError, asyncssh.Error) as err:
+            log.error("job %s: clone failed: %s", job_uuid, err)
+        async with self.sessions.begin() as s:
+            job = await s.get(Job, job_uuid)
+            target = await s.get(Drive, target_uuid)
+            if ok and target is not None:
+                target.pool = volume["pool"]
+            elif target is not None:  # nothing half-done is left: the failed copy goes away
+                await s.execute(delete(ServerDrive).where(ServerDrive.drive_uuid == target_uuid))
+                await s.delete(target)
+            if job is not None:
+                job.state, job.progress = ("success", 100) if ok else ("failed", job.progress)
+                await s.flush()
+                await self._finish_parent(s, job)
+        await self._settle_drive(target_uuid)
+        if not await self._still_cloning(source_uuid):
+            await self._settle_drive(source_uuid)
+
+    async def _still_cloning(self, drive_uuid: str) -> bool:
+        """Whether another running clone job reads this drive."""
+        async with self.sessions() as s:
+            jobs = (await s.scalars(select(Job).join(JobLink, JobLink.job_uuid == Job.uuid).where(
+                JobLink.res_uuid == drive_uuid, Job.state == "started", Job.operation == "drive_clone"))).all()
+        return any(job.resources[0].endswith(f"/{drive_uuid}/") for job in jobs)
+
+    async def _finish_parent(self, s: Any, job: Job) -> None:
+        if job.parent_uuid is None:
+            return
+        parent = await s.scalar(select(Job).where(Job.uuid == job.parent_uuid).options(selectinload(Job.children)))
+        states = [child.state for child in parent.children]
+        parent.progress = 100 * sum(state != "started" for state in states) // len(states)
+        if "started" in states:
+            return
+        parent.state = "failed" if "failed" in states else "success"
+        server = await s.get(Server, parent.resources[1].rstrip("/").rsplit("/", 1)[1])
+        if parent.state == "success" and server is not None and server.auto_start:
+            self.spawn(self.auto_start(server.uuid))
+
+    async def auto_start(self, uuid: str) -> None:
+        """A clone with ``auto_start`` starts once its drives are copied (spec §15)."""
+        await asyncio.sleep(0.5)  # let the clone's drives settle first
+        await self.place_and_start(uuid, [])
+
+    async def _transfer(self, source: Drive, target: Drive) -> dict[str, Any]:
+        """Copy a volume between storage hosts: fetch the image file, import it on the target."""
+        listing = await self.call(source.host, "volume.list", pool=source.pool)  # type: ignore[arg-type]
+        path = next(v["path"] for v in listing if v["name"] == source.volume)
+        connection = self.connections[source.host]  # type: ignore[index]
+        local = Path(path)
+        if not connection.address.is_local:
+            local = Path(self.scratch, f"{target.uuid}.img")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            assert connection.ssh is not None
+            async with connection.ssh.start_sftp_client() as sftp:
+                await sftp.get(path, str(local))
+        try:
+            return await self._import_file(target, local)
+        finally:
+            if local != Path(path):
+                local.unlink(missing_ok=True)
 
     async def resize_volume(self, drive_uuid: str) -> None:
         async with self.sessions() as s:
@@ -266,6 +357,22 @@ class Cloud(Listener):
                 log.error("volume %s/%s on %s not deleted: %s", pool, name, host, err)
 
     # --- servers --------------------------------------------------------------------------------
+
+    async def place_and_start(self, uuid: str, avoid: Sequence[str]) -> None:
+        """Check, place (claim) and mark ``starting`` in one transaction; boot in the background."""
+        async with self.scheduler.lock, self.sessions.begin() as s:
+            server = await s.get(Server, uuid)
+            if server is None:
+                raise notexist("Server")
+            if server.status != "stopped":
+                raise forbidden(f'Cannot start server in state "{server.status}"; it must be "stopped"')
+            hosts, not_ready = await drive_hosts(s, server)
+            if not_ready:
+                raise forbidden(f"Drive {not_ready[0]} is not ready to boot (it is still being created, "
+                                "copied or resized)")
+            await self.scheduler.place_server(s, server, hosts, avoid)
+            server.status = "starting"
+        self.spawn(self.start_server(uuid))
 
     async def start_server(self, uuid: str) -> None:
         """Boot a server already placed (status ``starting``, ``host`` claimed)."""

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from orchestrator.capabilities import Capabilities
 from orchestrator.db.models import Drive, Server, ServerDrive
 from orchestrator.errors import forbidden, invalid
+from orchestrator.tagging import set_resource_tags
 
 IDLE = frozenset({"mounted", "unmounted"})
+EDITABLE_WHILE_IN_USE = frozenset({"name", "meta", "tags", "allow_multimount"})  # spec §20.5
 ALLOCATION = 4096  # sizes round up to whole 4 KiB blocks (spec §20.4)
 
 
@@ -47,3 +51,32 @@ async def check_deletable(s: AsyncSession, drive: Drive) -> None:
     busy = await active_server(s, drive.uuid)
     if busy is not None:
         raise forbidden(f"Drive {drive.uuid} is attached to server {busy}, which is not stopped")
+
+
+async def write_drive(s: AsyncSession, drive: Drive, values: dict[str, Any], caps: Capabilities, owner: str,
+                      *, strict: bool) -> bool:
+    """Apply validated edits; True when a resize must run.  While the drive is in use by a
+    server that is not stopped, other keys are ignored (PUT) or refused (``strict``, resize)."""
+    if "storage_type" in values and values.pop("storage_type") not in (None, drive.storage_type):
+        raise invalid("storage_type cannot change after creation", "storage_type")
+    busy = await active_server(s, drive.uuid)
+    if busy is not None:
+        blocked = sorted(k for k in values if k not in EDITABLE_WHILE_IN_USE)
+        if strict and blocked:
+            raise forbidden(f"Drive {drive.uuid} is attached to server {busy}, which is not stopped")
+        values = {k: v for k, v in values.items() if k in EDITABLE_WHILE_IN_USE}
+    resized = False
+    if "size" in values:
+        size = values["size"] = round_size(values["size"])
+        check_size(caps, drive.storage_type, size)
+        if size < drive.size:
+            raise invalid("Drives cannot shrink", "size")
+        if size != drive.size:
+            if drive.status not in IDLE:
+                raise forbidden(f'Cannot resize drive in status "{drive.status}"')
+            drive.status, resized = "resizing", True
+    if "tags" in values:
+        await set_resource_tags(s, "drives", drive.uuid, values.pop("tags"), owner)
+    for key, value in values.items():
+        setattr(drive, key, value)
+    return resized

@@ -436,11 +436,9 @@ class Resource:
 
     # serialisation
     def dump(self, row: Any, *, short: bool = False, only: set[str] | None = None) -> dict[str, Any]:
-        return {
-            f.name: f.output(row)
-            for f in self.fields
-            if (not short or f.short) and (only is None or f.name in only)
-        }
+        if only is not None:  # ?fields= picks from every field, in either view
+            return {f.name: f.output(row) for f in self.fields if f.name in only}
+        return {f.name: f.output(row) for f in self.fields if not short or f.short}
 
     # list queries
     def list_query(self, query: Mapping[str, str], getall: Callable[[str], list[str]]) -> ListQuery:

@@ -30,14 +30,13 @@ from orchestrator.api.standard import (
     tags_field,
     uuid_field,
 )
+from orchestrator.cloning import CLONE_KEYS, plan_drive_clone
 from orchestrator.db.models import Drive, ServerDrive, new_uuid
-from orchestrator.drives import IDLE, active_server, check_deletable, check_size, round_size
-from orchestrator.errors import forbidden, invalid
+from orchestrator.drives import check_deletable, check_size, round_size, write_drive
+from orchestrator.errors import invalid
 from orchestrator.fields import NOT_PROVIDED, Bool, Field, Int, Output, Resource, Str, StrList, link
 from orchestrator.keys import CAPABILITIES, CLOUD, SCHEDULER
 from orchestrator.tagging import forget_resources, set_resource_tags
-
-EDITABLE_WHILE_IN_USE = frozenset({"name", "meta", "tags", "allow_multimount"})  # spec §20.5
 
 
 def _mounted_on(drive: Drive) -> list[dict[str, str]]:
@@ -92,7 +91,8 @@ routes = web.RouteTableDef()
 
 def owned(request: web.Request) -> Select[Any]:
     return (select(Drive).where(Drive.owner_uuid == caller(request))
-            .options(selectinload(Drive.attachments), selectinload(Drive.tag_links)))
+            .options(selectinload(Drive.attachments), selectinload(Drive.tag_links),
+                     selectinload(Drive.job_links)))
 
 
 def one(request: web.Request) -> Select[Any]:
@@ -154,33 +154,48 @@ async def get(request: web.Request) -> web.Response:
 
 @routes.put(path("drives/{uuid}"))
 async def edit(request: web.Request) -> web.Response:
-    values = DRIVE.validate(await read_json(request), create=False)
-    caps, resized = request.app[CAPABILITIES], False
+    return await _edit(request, strict=False, status=200)
+
+
+async def resize(request: web.Request) -> web.Response:
+    return await _edit(request, strict=True, status=202)
+
+
+async def _edit(request: web.Request, *, strict: bool, status: int) -> web.Response:
+    """PUT ignores what a drive in use cannot change; the resize action refuses it (spec §20.5, §20.6)."""
+    values = DRIVE.validate(await read_json(request, empty={} if strict else None), create=False)
     async with session(request) as s:
         drive = await get_owned(s, one(request), "Drive")
-        if "storage_type" in values and values.pop("storage_type") not in (None, drive.storage_type):
-            raise invalid("storage_type cannot change after creation", "storage_type")
-        if await active_server(s, drive.uuid) is not None:
-            values = {k: v for k, v in values.items() if k in EDITABLE_WHILE_IN_USE}
-        if "size" in values:
-            size = round_size(values["size"])
-            check_size(caps, drive.storage_type, size)
-            if size < drive.size:
-                raise invalid("Drives cannot shrink", "size")
-            if size != drive.size and drive.status not in IDLE:
-                raise forbidden(f'Cannot resize drive in status "{drive.status}"')
-            values["size"] = size
-            if size != drive.size:
-                drive.status = "resizing"
-                resized = True
-        if "tags" in values:
-            await set_resource_tags(s, "drives", drive.uuid, values.pop("tags"), caller(request))
-        for key, value in values.items():
-            setattr(drive, key, value)
+        resized = await write_drive(s, drive, values, request.app[CAPABILITIES], caller(request), strict=strict)
     if resized:
         request.app[CLOUD].spawn(request.app[CLOUD].resize_volume(drive.uuid))
     async with session(request) as s:
-        return respond(DRIVE.dump(await get_owned(s, one(request), "Drive")))
+        body = DRIVE.dump(await get_owned(s, one(request), "Drive"))
+    return respond({"objects": [body]} if strict else body, status)
+
+
+async def clone(request: web.Request) -> web.Response:
+    values = DRIVE.validate(await read_json(request, empty={}), create=False)
+    avoid, scheduler, cloud = query_uuids(request, "avoid"), request.app[SCHEDULER], request.app[CLOUD]
+    async with scheduler.lock, session(request) as s:
+        source = await get_owned(s, one(request), "Drive")
+        copy, job = await plan_drive_clone(s, source, {k: values[k] for k in CLONE_KEYS if k in values},
+                                           request.app[CAPABILITIES], scheduler, avoid)
+    cloud.spawn(cloud.run_clone(job.uuid))
+    async with session(request) as s:
+        return respond({"objects": [DRIVE.dump(await get_owned(s, owned(request).where(Drive.uuid == copy.uuid),
+                                                                "Drive"))]}, 202)
+
+
+ACTIONS = {"clone": clone, "resize": resize}
+
+
+@routes.post(path("drives/{uuid}/action"))
+async def action(request: web.Request) -> web.Response:
+    do = request.query.get("do")
+    if do not in ACTIONS:
+        raise invalid(f"Unknown action {do!r}; one of: {', '.join(ACTIONS)}", "do")
+    return await ACTIONS[do](request)
 
 
 @routes.delete(path("drives/{uuid}"))

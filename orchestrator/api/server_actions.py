@@ -12,11 +12,11 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from orchestrator.api.common import get_owned, path, query_uuids, read_json, respond, session
-from orchestrator.api.servers import one
-from orchestrator.cloud import drive_hosts
+from orchestrator.api.servers import SERVER, one, owned
+from orchestrator.cloning import plan_server_clone
 from orchestrator.db.models import Server
 from orchestrator.errors import forbidden, invalid
-from orchestrator.keys import CLOUD, SCHEDULER
+from orchestrator.keys import CAPABILITIES, CLOUD, SCHEDULER
 
 routes = web.RouteTableDef()
 
@@ -32,18 +32,26 @@ def accepted(action: str, uuid: str) -> web.Response:
 
 
 async def start(request: web.Request) -> web.Response:
-    avoid, scheduler = query_uuids(request, "avoid"), request.app[SCHEDULER]
-    async with scheduler.lock, session(request) as s:
+    avoid = query_uuids(request, "avoid")
+    async with session(request) as s:
         server = await get_owned(s, one(request), "Server")
-        require(server, "start", ("stopped",))
-        hosts, not_ready = await drive_hosts(s, server)
-        if not_ready:
-            raise forbidden(f"Drive {not_ready[0]} is not ready to boot (it is still being created, copied "
-                            "or resized)")
-        await scheduler.place_server(s, server, hosts, avoid)
-        server.status = "starting"
-    request.app[CLOUD].spawn(request.app[CLOUD].start_server(server.uuid))
+    await request.app[CLOUD].place_and_start(server.uuid, avoid)
     return accepted("start", server.uuid)
+
+
+async def clone(request: web.Request) -> web.Response:
+    body, avoid = await read_json(request, empty={}), query_uuids(request, "avoid")
+    if not isinstance(body, dict):
+        raise invalid("A JSON object is required")
+    scheduler, cloud = request.app[SCHEDULER], request.app[CLOUD]
+    async with scheduler.lock, session(request) as s:
+        source = await get_owned(s, one(request), "Server")
+        created, jobs = await plan_server_clone(s, source, body, request.app[CAPABILITIES], scheduler, avoid)
+    for job in jobs:
+        cloud.spawn(cloud.run_clone(job.uuid))
+    async with session(request) as s:
+        fresh = await get_owned(s, owned(request).where(Server.uuid == created.uuid), "Server")
+        return respond(SERVER.dump(fresh), 202)  # a bare object, unlike drive clones (spec §15)
 
 
 async def stop(request: web.Request) -> web.Response:
@@ -77,7 +85,7 @@ async def restart(request: web.Request) -> web.Response:
 
 
 ACTIONS: dict[str, Callable[[web.Request], Awaitable[web.Response]]] = {
-    "start": start, "stop": stop, "shutdown": shutdown, "restart": restart,
+    "start": start, "stop": stop, "shutdown": shutdown, "restart": restart, "clone": clone,
 }
 
 
@@ -86,5 +94,4 @@ async def action(request: web.Request) -> web.Response:
     do = request.query.get("do")
     if do not in ACTIONS:
         raise invalid(f"Unknown action {do!r}; one of: {', '.join(ACTIONS)}", "do")
-    await read_json(request, empty={})  # an empty body, {} or fields are all fine (spec §4)
     return await ACTIONS[do](request)

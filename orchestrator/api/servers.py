@@ -135,7 +135,8 @@ routes = web.RouteTableDef()
 
 def owned(request: web.Request) -> Select[Any]:
     return (select(Server).where(Server.owner_uuid == caller(request))
-            .options(selectinload(Server.drive_links), selectinload(Server.tag_links)))
+            .options(selectinload(Server.drive_links), selectinload(Server.tag_links),
+                     selectinload(Server.job_links)))
 
 
 def one(request: web.Request) -> Select[Any]:

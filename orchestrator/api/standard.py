@@ -51,8 +51,7 @@ def tags_field(model: Any) -> Field:
 
 
 def jobs_field() -> Field:
-    # Jobs arrive with orchestration (clone, resize); until then no object has any.
-    return Field("jobs", Output(), readonly=True, get=lambda row: [],
+    return Field("jobs", Output(), readonly=True, get=lambda row: [link("jobs", j.job_uuid) for j in row.job_links],
                  help="Background jobs related to this resource", schema={"required": True})
 
 

@@ -45,6 +45,7 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(254), unique=True)
     password_hash: Mapped[str] = mapped_column(String(256))
     clone_naming: Mapped[str] = mapped_column(String(16), default="NONE")
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -73,6 +74,11 @@ class Tag(Base):
     links: Mapped[list[TagLink]] = relationship(
         cascade="all, delete-orphan", order_by=TagLink.position, lazy="raise"
     )
+
+
+def _job_links(owner: str) -> Any:
+    return relationship("JobLink", primaryjoin=f"foreign(JobLink.res_uuid) == {owner}.uuid",
+                        order_by="JobLink.job_uuid", viewonly=True, lazy="raise")
 
 
 def _tag_links(owner: str) -> Any:
@@ -135,6 +141,7 @@ class Server(Base):
         cascade="all, delete-orphan", order_by=ServerDrive.position, lazy="raise"
     )
     tag_links: Mapped[list[TagLink]] = _tag_links("Server")
+    job_links: Mapped[list[JobLink]] = _job_links("Server")
 
 
 class Drive(Base):
@@ -160,6 +167,7 @@ class Drive(Base):
         order_by=ServerDrive.server_uuid, lazy="raise", viewonly=True
     )
     tag_links: Mapped[list[TagLink]] = _tag_links("Drive")
+    job_links: Mapped[list[JobLink]] = _job_links("Drive")
 
 
 class Host(Base):
@@ -175,3 +183,27 @@ class Host(Base):
     facts: Mapped[dict[str, Any]] = mapped_column(default=dict)    # host.facts of the last connection
     last_heartbeat: Mapped[datetime | None]
     created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobLink(Base):
+    """An object a job touches (its ``jobs`` list links back here)."""
+
+    __tablename__ = "job_links"
+    job_uuid: Mapped[str] = mapped_column(ForeignKey("jobs.uuid", ondelete="CASCADE"), primary_key=True)
+    res_uuid: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+
+class Job(Base):
+    """A long operation (drive_clone, server_clone) with progress (spec §32)."""
+
+    __tablename__ = "jobs"
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
+    owner_uuid: Mapped[str] = mapped_column(ForeignKey("users.uuid"), index=True)
+    parent_uuid: Mapped[str | None] = mapped_column(ForeignKey("jobs.uuid", ondelete="CASCADE"), index=True)
+    operation: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default="started")  # started | success | failed
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    resources: Mapped[list[Any]]  # URIs of the objects involved
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    last_modified: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
+    children: Mapped[list[Job]] = relationship(order_by="Job.created", lazy="raise", cascade="all, delete-orphan")

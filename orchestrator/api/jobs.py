@@ -1,0 +1,64 @@
+"""/jobs/: long operations and their progress (spec §32)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy import Select, select
+from sqlalchemy.orm import selectinload
+
+from orchestrator.api.common import caller, get_owned, list_view, path, respond, session
+from orchestrator.api.standard import resource_uri_field, uuid_field
+from orchestrator.db.models import Job
+from orchestrator.fields import Field, Output, Resource, Str
+
+
+def _children(job: Job) -> list[dict[str, Any]]:
+    return [JOB.dump(child) for child in job.children]
+
+
+JOB = Resource("jobs", dialect="tastypie", list_methods=("get",), detail_methods=("get",),
+               default_order=(Job.last_modified.desc(), Job.uuid), fields=(
+    uuid_field(Job, "", schema={"unique": True, "readonly": False}),
+    resource_uri_field("jobs", schema={}),
+    Field("operation", Str(), readonly=True, nullable=True),
+    Field("state", Str(), readonly=True, lookups=("exact",), column=Job.state, schema={"default": "started",
+                                                                                         "readonly": False}),
+    Field("data", Output("object"), readonly=True, nullable=True, get=lambda job: {"progress": job.progress},
+          help="Meta information related to this background job"),
+    Field("resources", Output("list"), readonly=True, nullable=True, get=lambda job: job.resources,
+          help="Resources linked to this background job."),
+    Field("children", Output(), readonly=True, nullable=True, get=_children,
+          help="Background jobs, initiated by this job."),
+    Field("created", Output("datetime"), readonly=True, get=lambda job: job.created.isoformat()),
+    Field("last_modified", Output("datetime"), readonly=True, orderable=True, column=Job.last_modified,
+          get=lambda job: job.last_modified.isoformat()),
+))
+
+routes = web.RouteTableDef()
+
+
+def owned(request: web.Request) -> Select[Any]:
+    # Children are loaded two levels deep: a server clone's drive clones (spec §32).
+    return (select(Job).where(Job.owner_uuid == caller(request), Job.parent_uuid.is_(None))
+            .options(selectinload(Job.children).selectinload(Job.children)))
+
+
+@routes.get(path("jobs"))
+@routes.get(path("jobs/detail"))
+async def list_jobs(request: web.Request) -> web.Response:
+    return await list_view(request, JOB, owned(request), short=False)
+
+
+@routes.get(path("jobs/schema"))
+async def schema(request: web.Request) -> web.Response:
+    return respond(JOB.schema())
+
+
+@routes.get(path("jobs/{uuid}"))
+async def get(request: web.Request) -> web.Response:
+    stmt = (select(Job).where(Job.owner_uuid == caller(request), Job.uuid == request.match_info["uuid"])
+            .options(selectinload(Job.children).selectinload(Job.children)))
+    async with session(request) as s:
+        return respond(JOB.dump(await get_owned(s, stmt, "Job")))
