@@ -58,6 +58,8 @@ class Cloud(Listener):
         self.heartbeat = heartbeat
         self.connections: dict[str, AgentConnection] = {}
         self.tasks: set[asyncio.Task[Any]] = set()
+        # Latest domain.stats per running server, polled per host: GETs read it without an RPC.
+        self.stats: dict[str, dict[str, Any]] = {}
         # libvirt refuses a volume build while another runs in the same pool ("pool has
         # asynchronous jobs running"): one volume.create at a time per host.
         self.volume_locks: dict[str, asyncio.Lock] = {}
@@ -80,7 +82,19 @@ class Cloud(Listener):
     async def _watch_hosts(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat)
-            await self.sync_hosts()
+            try:
+                await self.sync_hosts()
+                await self.poll_stats()
+            except Exception:
+                log.exception("host watch failed; trying again")
+
+    async def poll_stats(self) -> None:
+        fresh: dict[str, dict[str, Any]] = {}
+        for connection in list(self.connections.values()):
+            if connection.up.is_set():
+                with contextlib.suppress(AgentCallError, AgentGone, TimeoutError):
+                    fresh.update(await connection.call("domain.stats", timeout=10))
+        self.stats = fresh
 
     def connect(self, host: Host) -> None:
         address = HostAddress(host.name, host.address, tuple(host.agent_command), host.key_file, host.known_hosts)

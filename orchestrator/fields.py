@@ -477,7 +477,7 @@ class Resource:
         if filtering and self.dialect == "cloudsigma":  # Tastypie schemas here list no filtering
             doc["filtering"] = filtering
         ordering = [f.name for f in self.fields if f.orderable]
-        if ordering:
+        if ordering and self.dialect == "cloudsigma":  # nor ordering (dumps/response_tags_schema)
             doc["ordering"] = ordering
         doc.update(self.schema_extra)
         return doc

@@ -120,10 +120,14 @@ async def get_owned(s: AsyncSession, stmt: Select[Any], what: str) -> Any:
     return row
 
 
-async def list_view(request: web.Request, resource: Resource, stmt: Select[Any], *, short: bool) -> web.Response:
+async def list_view(request: web.Request, resource: Resource, stmt: Select[Any], *, short: bool,
+                    prepare: Callable[[list[Any]], None] | None = None) -> web.Response:
+    """An envelope list; ``prepare`` may attach non-stored data (live runtime) to the rows."""
     lq = list_query(request, resource)
     async with session(request) as s:
         rows, total = await page(s, stmt, lq)
+        if prepare is not None:
+            prepare(rows)
         objects = [resource.dump(row, short=short, only=lq.fields) for row in rows]
     return respond(envelope(objects, lq, total))
 

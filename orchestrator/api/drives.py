@@ -77,7 +77,13 @@ DRIVE = Resource("drives", list_methods=("get", "put", "delete", "post"), defaul
           help="Servers on which this drive is mounted on"),
     jobs_field(),
     Field("licenses", Output(), readonly=True, get=lambda d: d.licenses,
-          help="A list of licenses attached to this drive", schema={"readonly": False, "default": []}),
+          help="A list of licenses attached to this drive", schema={"readonly": False, "default": [], "fields": {
+              "amount": {"default": 1, "help_text": "Number of licenses", "readonly": False, "required": False,
+                         "type": "integer"},
+              "license": {"default": NOT_PROVIDED, "help_text": "A single related resource. Can be either a URI or "
+                          "set of nested resource data.", "readonly": False, "required": True, "type": "related"},
+              "user": {"default": None, "help_text": "Owner of the license", "readonly": False, "required": False,
+                       "type": "related"}}}),
     Field("snapshots", Output(), readonly=True, get=_always([]), help="Snapshots of the drive"),
     Field("remote_snapshots", Output(), readonly=True, get=_always([]), help="Drive's Remote snapshots"),
     Field("backup_scheduler", Output(), readonly=True, get=_always(None), help="Drive's Backup scheduler"),

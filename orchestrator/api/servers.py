@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +31,7 @@ from orchestrator.api.standard import (
     tags_field,
     uuid_field,
 )
+from orchestrator.cloud import Cloud
 from orchestrator.db.models import Drive, Server, ServerDrive, new_uuid
 from orchestrator.drives import refresh_mount_status
 from orchestrator.errors import forbidden, invalid
@@ -38,10 +40,35 @@ from orchestrator.keys import CAPABILITIES, CLOUD
 from orchestrator.servers import write_server
 from orchestrator.tagging import forget_resources
 
+DRIVE_IO = ("bytes_read", "bytes_written", "count_flush", "count_read", "count_written", "total_time_ns_flush",
+            "total_time_ns_read", "total_time_ns_write")
+NIC_IO = ("bytes_recv", "bytes_sent", "packets_recv", "packets_sent")
+
+
+def attach_stats(cloud: Cloud, servers: list[Server]) -> None:
+    for server in servers:
+        server.live = cloud.stats.get(server.uuid)
+
+
+def _drive_runtime(server: Server, drive_uuid: str) -> dict[str, Any] | None:
+    if server.status == "stopped":
+        return None
+    io = ((server.live or {}).get("drives", {}).get(drive_uuid) or {}).get("io", {})
+    return {"io": {key: io.get(key, 0) for key in DRIVE_IO}}
+
+
+def _nic_runtime(server: Server, nic: dict[str, Any]) -> dict[str, Any] | None:
+    if server.status == "stopped":
+        return None
+    io = ((server.live or {}).get("nics", {}).get(nic["mac"]) or {}).get("io", {})
+    return {"interface_type": "private" if nic["vlan"] else "public", "io": {key: io.get(key, 0) for key in NIC_IO},
+            "ip_v4": None, "ip_v6": None}
+
 
 def _attachments(server: Server) -> list[dict[str, Any]]:
     return [{"boot_order": d.boot_order, "dev_channel": d.dev_channel, "device": d.device,
-             "drive": link("drives", d.drive_uuid), "runtime": None} for d in server.drive_links]
+             "drive": link("drives", d.drive_uuid), "runtime": _drive_runtime(server, d.drive_uuid)}
+            for d in server.drive_links]
 
 
 def _nics(server: Server) -> list[dict[str, Any]]:
@@ -49,14 +76,16 @@ def _nics(server: Server) -> list[dict[str, Any]]:
         return None if c is None else {"conf": c["conf"], "ip": c["ip"] and link("ips", c["ip"])}
 
     return [{"boot_order": n["boot_order"], "ip_v4_conf": conf(n["ip_v4_conf"]), "ip_v6_conf": conf(n["ip_v6_conf"]),
-             "mac": n["mac"], "model": n["model"], "runtime": None,
+             "mac": n["mac"], "model": n["model"], "runtime": _nic_runtime(server, n),
              "vlan": n["vlan"] and link("vlans", n["vlan"])} for n in server.nics]
 
 
 def _runtime(server: Server) -> dict[str, Any] | None:
+    """Present while the server is not stopped (spec §10.3); counters from the agent's stats."""
     if server.status == "stopped":
         return None
-    return {"active_since": server.active_since.isoformat() if server.active_since else None, "nics": []}
+    return {"active_since": server.active_since.isoformat() if server.active_since else None,
+            "nics": [{"mac": n["mac"], **_nic_runtime(server, n)} for n in server.nics]}  # type: ignore[dict-item]
 
 
 DRIVE_ATTACHMENT = (
@@ -119,7 +148,8 @@ SERVER = Resource("servers", list_methods=("get", "put", "delete", "post"), defa
     Field("allocation_pool", Str(max_length=256), nullable=True, default=None,
           help="Host Allocation Pool associated to the server"),
     Field("is_grey", Bool(), default=False, help="Specifies if server can be used to fill spare capacity"),
-    Field("gpus", Nested((Field("model", Str(), required=True, help="Model of the GPU"),), many=True),
+    Field("gpus", Nested((Field("model", Str(), required=True, help="Model of the GPU"),
+                          Field("gpu", Output(), readonly=True, help="GPU details")), many=True),
           default=list, help="List of attached GPUs"),
     Field("epcs", Nested((Field("size", Int(minimum=1), required=True, help="Size of the EPC in bytes"),), many=True),
           default=list, help="List of defined EPCs"),
@@ -145,12 +175,14 @@ def one(request: web.Request) -> Select[Any]:
 
 @routes.get(path("servers"))
 async def list_servers(request: web.Request) -> web.Response:
-    return await list_view(request, SERVER, owned(request), short=True)
+    return await list_view(request, SERVER, owned(request), short=True,
+                           prepare=partial(attach_stats, request.app[CLOUD]))
 
 
 @routes.get(path("servers/detail"))
 async def list_servers_detail(request: web.Request) -> web.Response:
-    return await list_view(request, SERVER, owned(request), short=False)
+    return await list_view(request, SERVER, owned(request), short=False,
+                           prepare=partial(attach_stats, request.app[CLOUD]))
 
 
 @routes.get(path("servers/schema"))
@@ -184,6 +216,7 @@ async def create(request: web.Request) -> web.Response:
 async def get(request: web.Request) -> web.Response:
     async with session(request) as s:
         server = await get_owned(s, one(request), "Server")
+        attach_stats(request.app[CLOUD], [server])
         return respond(SERVER.dump(server, only=_only(request)))
 
 
@@ -191,6 +224,7 @@ async def get(request: web.Request) -> web.Response:
 async def runtime(request: web.Request) -> web.Response:
     async with session(request) as s:
         server = await get_owned(s, one(request), "Server")
+        attach_stats(request.app[CLOUD], [server])
         return respond(_runtime(server) or {})
 
 

@@ -21,10 +21,10 @@ from orchestrator.api.common import (
     respond,
     session,
 )
-from orchestrator.api.standard import meta_field, owner_field, resource_uri_field, uuid_field
+from orchestrator.api.standard import owner_field, resource_uri_field, uuid_field
 from orchestrator.db.models import Drive, Server, Tag, TagLink
 from orchestrator.errors import ApiError, invalid
-from orchestrator.fields import Field, Invalid, Kind, Resource, Str, link, ref_id
+from orchestrator.fields import NOT_PROVIDED, Field, Invalid, Kind, Meta, Resource, Str, link, ref_id
 
 TAGGABLE = {"servers": Server, "drives": Drive}  # ips and vlans join with the networking work
 
@@ -63,7 +63,7 @@ TAG = Resource("tags", dialect="tastypie", default_order=(Tag.created, Tag.uuid)
                 schema={}),
     Field("name", Str(max_length=1024), required=True, short=True, lookups=("exact",), column=Tag.name,
           orderable=True),
-    meta_field(""),
+    Field("meta", Meta(), default=dict, schema={"default": NOT_PROVIDED}),  # as dumps/response_tags_schema
     Field("resources", AnyRefList(), nullable=True, get=_resources,
           help="Many related resources. Can be either a list of URIs or list of individually nested resource data."),
 ))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid as uuidlib
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -141,6 +141,8 @@ class Server(Base):
         cascade="all, delete-orphan", order_by=ServerDrive.position, lazy="raise"
     )
     tag_links: Mapped[list[TagLink]] = _tag_links("Server")
+    # The agent's latest statistics, attached for output by the API; never stored.
+    live: ClassVar[dict[str, Any] | None] = None
     job_links: Mapped[list[JobLink]] = _job_links("Server")
 
 
