@@ -31,7 +31,7 @@ async def database(app: web.Application) -> AsyncIterator[None]:
 
 async def hosts(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    app[SCHEDULER] = Scheduler(config.cpu_overcommit, config.mem_overcommit)
+    app[SCHEDULER] = Scheduler(config.cpu_overcommit, config.mem_overcommit, config.storage_pools)
     cloud = Cloud(app[SESSIONS], app[SCHEDULER], config.data_dir / "transit",
                   shutdown_window=config.shutdown_window, heartbeat=config.heartbeat)
     if config.local_host:

@@ -77,8 +77,6 @@ async def plan_drive_clone(s: AsyncSession, source: Drive, values: dict[str, Any
         await scheduler.place_drive(s, clone, avoid)
     else:
         clone.host = source.host
-    if clone.host != source.host:
-        clone.pool = None  # the destination host's default pool
     source.status = "cloning_src"
     job = new_job(s, source.owner_uuid, "drive_clone", "drives", source.uuid, uuid, parent)
     await s.flush()

@@ -380,11 +380,12 @@ class Cloud(Listener):
                 raise notexist("Server")
             if server.status != "stopped":
                 raise forbidden(f'Cannot start server in state "{server.status}"; it must be "stopped"')
-            hosts, not_ready = await drive_hosts(s, server)
-            if not_ready:
-                raise forbidden(f"Drive {not_ready[0]} is not ready to boot (it is still being created, "
-                                "copied or resized)")
-            await self.scheduler.place_server(s, server, hosts, avoid)
+            drives = (await s.scalars(select(Drive).join(ServerDrive, ServerDrive.drive_uuid == Drive.uuid)
+                                      .where(ServerDrive.server_uuid == uuid))).all()
+            for drive in drives:
+                if drive.status != "mounted" or drive.host is None:
+                    raise forbidden(f'Drive {drive.uuid} is not ready to boot (status "{drive.status}")')
+            await self.scheduler.place_server(s, server, [(d.host, d.pool) for d in drives], avoid)
             server.status = "starting"
         self.spawn(self.start_server(uuid))
 
@@ -456,10 +457,3 @@ class Cloud(Listener):
             server.status, server.host, server.active_since = "stopped", None, None
         with contextlib.suppress(AgentCallError, AgentGone):
             await self.call(host, "domain.undefine", uuid=uuid)
-
-
-async def drive_hosts(s: Any, server: Server) -> tuple[set[str], list[str]]:
-    """Storage hosts of a server's drives, and the drives that are not ready to boot."""
-    rows = (await s.execute(select(Drive.uuid, Drive.host, Drive.status).join(
-        ServerDrive, ServerDrive.drive_uuid == Drive.uuid).where(ServerDrive.server_uuid == server.uuid))).all()
-    return {r.host for r in rows if r.host}, [r.uuid for r in rows if r.status != "mounted"]

@@ -24,6 +24,7 @@ class Config:
     local_host: bool = True              # register this machine when no host is registered
     local_virt_type: str | None = None   # kvm | qemu for that host (default: the agent's choice)
     agent_prefix: str = "strato-"        # libvirt domain / pool name prefix of the local agent
+    storage_pools: dict[str, str] = field(default_factory=dict)  # storage_type → pool name (spec §21)
     cpu_overcommit: float = 4.0
     mem_overcommit: float = 1.0
     shutdown_window: float = 60.0        # seconds of ACPI presses before a shutdown gives up

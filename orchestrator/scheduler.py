@@ -28,7 +28,11 @@ class HostLoad:
     cpu_used: int = 0
     mem_used: int = 0
     cpu_type: str | None = None   # None: any family
-    free_storage: int = 0
+    pools: dict[str, dict[str, Any]] = field(default_factory=dict)  # pool name → its facts (path, available)
+
+    def sees(self, pool: str, path: str) -> bool:
+        """Whether this host has the pool: a shared directory has one name and path on every host."""
+        return self.pools.get(pool, {}).get("path") == path
 
     def fits(self, cpu: int, mem: int) -> bool:
         return self.cpu_used + cpu <= self.cpu_capacity and self.mem_used + mem <= self.mem_capacity
@@ -58,12 +62,15 @@ def choose(hosts: Sequence[HostLoad], fits: Iterable[str], avoid_hosts: Sequence
 class Scheduler:
     cpu_overcommit: float = 4.0
     mem_overcommit: float = 1.0
+    # storage_type → pool name (spec §21); a type not listed uses each host's first pool.
+    storage_pools: dict[str, str] = field(default_factory=dict)
     # SQLite serialises writers anyway; this lock keeps one API node's placements from
     # interleaving between read and write.  PostgreSQL adds row locks on the host rows.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def loads(self, s: AsyncSession) -> list[HostLoad]:
-        hosts = (await s.scalars(select(Host).where(Host.state == "up").order_by(Host.name).with_for_update())).all()
+    async def loads(self, s: AsyncSession, states: tuple[str, ...] = ("up",)) -> list[HostLoad]:
+        hosts = (await s.scalars(select(Host).where(Host.state.in_(states)).order_by(Host.name)
+                                 .with_for_update())).all()
         used = {row.host: row for row in (await s.execute(
             select(Server.host, func.sum(Server.cpu).label("cpu"), func.sum(Server.mem).label("mem"))
             .where(Server.host.is_not(None)).group_by(Server.host))).all()}
@@ -72,32 +79,54 @@ class Scheduler:
             facts = host.facts
             load = HostLoad(host.name, facts.get("cores", 1) * facts.get("mhz", 1000) * self.cpu_overcommit,
                             facts.get("memory", 0) * self.mem_overcommit,
-                            free_storage=sum(p.get("available", 0) for p in facts.get("pools", [])))
+                            pools={p["name"]: p for p in facts.get("pools", [])})
             if host.name in used:
                 load.cpu_used, load.mem_used = int(used[host.name].cpu), int(used[host.name].mem)
             loads.append(load)
         return loads
 
-    async def place_server(self, s: AsyncSession, server: Server, drive_hosts: set[str],
-                           avoid: Sequence[str]) -> str:
-        """Claim a host for ``server`` in the caller's transaction; 503 when none fits."""
-        loads = await self.loads(s)
+    async def place_server(self, s: AsyncSession, server: Server, volumes: list[tuple[str, str]],
+                           avoid: Sequence[str]) -> HostLoad:
+        """Claim a host for ``server`` in the caller's transaction; 503 when none fits.
+
+        ``volumes`` are the (storage host, pool) of its drives: a host qualifies when it sees
+        every one of them, i.e. holds it or mounts the same (shared) pool directory."""
+        every = {load.name: load for load in await self.loads(s, ("up", "down", "draining"))}
+        paths = {(host, pool): _pool_path(every.get(host), pool) for host, pool in volumes}
+        loads = [load for load in every.values() if load.name in await self._up(s)]
         fits = [h.name for h in loads if h.fits(server.cpu, server.mem)
-                and (not drive_hosts or drive_hosts == {h.name})]
+                and all(path is not None and h.sees(pool, path) for (_, pool), path in paths.items())]
         chosen = choose(loads, fits, await hosts_of(s, avoid, server.owner_uuid))
         if chosen is None:
-            raise ApiError("backend", "No host can fit this server now", None, status=503)
+            raise ApiError("backend", "No host can fit this server now (capacity, or a host that sees all its "
+                                      "drives)", None, status=503)
         server.host = chosen.name
-        return chosen.name
+        return chosen
+
+    async def _up(self, s: AsyncSession) -> set[str]:
+        return set((await s.scalars(select(Host.name).where(Host.state == "up"))).all())
 
     async def place_drive(self, s: AsyncSession, drive: Drive, avoid: Sequence[str]) -> str:
+        """Pick the storage host and pool of a new drive (pool by storage type, room, avoid)."""
+        wanted = self.storage_pools.get(drive.storage_type)
         loads = await self.loads(s)
-        fits = [h.name for h in loads if h.free_storage >= drive.size]
-        chosen = choose(loads, fits, await hosts_of(s, avoid, drive.owner_uuid), key=lambda h: h.free_storage)
+
+        def pool(load: HostLoad) -> dict[str, Any] | None:
+            return load.pools.get(wanted) if wanted else next(iter(load.pools.values()), None)
+
+        fits = [h.name for h in loads if (p := pool(h)) is not None and p.get("available", 0) >= drive.size]
+        chosen = choose(loads, fits, await hosts_of(s, avoid, drive.owner_uuid),
+                        key=lambda h: pool(h)["available"])  # type: ignore[index]
         if chosen is None:
-            raise ApiError("backend", "No storage host has room for this drive now", None, status=503)
-        drive.host = chosen.name
+            raise ApiError("backend", f"We currently cannot provide enough resources to create a "
+                                      f"{drive.storage_type} drive", None, status=503)
+        drive.host, drive.pool = chosen.name, pool(chosen)["name"]  # type: ignore[index]
         return chosen.name
+
+
+def _pool_path(load: HostLoad | None, pool: str) -> str | None:
+    facts = None if load is None else load.pools.get(pool)
+    return None if facts is None else facts["path"]
 
 
 async def hosts_of(s: AsyncSession, uuids: Sequence[str], owner: str) -> list[str | None]:
