@@ -186,6 +186,7 @@ class Domains:
             "active_since": _active_since(live, dom),
             "vnc": _vnc(graphics) if active and graphics is not None else None,
             "console_log": console_log_path(self.host, dom.name()),
+            "console_socket": f"{self.host.socket_dir}/{dom.UUIDString()}.console",
         }
 
     def _lookup_optional(self, uuid: str) -> libvirt.virDomain | None:

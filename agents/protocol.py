@@ -53,7 +53,8 @@ Methods (params → result). `pool` is optional everywhere (the default pool); s
     volume.list {pool?}                   → [VOLUME]
     domain.render {server}                → {"xml"} (no libvirt call)
     domain.start {server}                 → DOMAIN = {"uuid", "name", "state", "active_since",
-                                             "vnc": {"host", "port"} | null, "console_log"}
+                                             "vnc": {"host", "port"} | null, "console_log",
+                                             "console_socket" (ttyS0's unix socket)}
                                             defines (persistently, replacing a stopped
                                             definition) and starts; a bad spec is refused
                                             before anything is defined

@@ -50,6 +50,16 @@ class Storage:
             try:
                 lv = self.conn.storagePoolLookupByName(name)
             except libvirt.libvirtError:
+                lv = None
+            if lv is not None and DirPool.from_xml(lv.XMLDesc(0)).path != pool.path:
+                # A definition left by another configuration (e.g. an older data directory):
+                # the configuration wins; the volumes in the old directory stay on disk.
+                log.warning("storage pool %s pointed elsewhere; redefining it at %s", name, pool.path)
+                if lv.isActive():
+                    lv.destroy()
+                lv.undefine()
+                lv = None
+            if lv is None:
                 log.info("defining storage pool %s at %s", name, pool.path)
                 lv = self.conn.storagePoolDefineXML(DirPool(name=name, path=pool.path).to_xml(), 0)
             if not lv.isActive():
@@ -68,7 +78,8 @@ class Storage:
         for pool in self.pools.values():
             _state, capacity, allocation, available = self.conn.storagePoolLookupByName(
                 self.prefix + pool.name).info()
-            facts.append({"name": pool.name, "path": pool.path, "capacity": capacity,
+            # The real path: a shared directory mounted through different links is still one pool.
+            facts.append({"name": pool.name, "path": os.path.realpath(pool.path), "capacity": capacity,
                           "allocation": allocation, "available": available})
         return facts
 
@@ -77,12 +88,17 @@ class Storage:
     def _volume(self, pool: str | None, name: str) -> tuple[str, libvirt.virStorageVol]:
         _check_name(name)
         pool_name, lv = self._pool(pool)
-        try:
-            return pool_name, lv.storageVolLookupByName(name)
-        except libvirt.libvirtError as err:
-            if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
-                raise AgentError("notfound", f"no volume {name!r} in pool {pool_name!r}") from None
-            raise
+        for attempt in (1, 2):
+            try:
+                return pool_name, lv.storageVolLookupByName(name)
+            except libvirt.libvirtError as err:
+                if err.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    raise
+                if attempt == 2:
+                    raise AgentError("notfound", f"no volume {name!r} in pool {pool_name!r}") from None
+            # A shared directory: another host may have written the file since the last refresh.
+            lv.refresh(0)
+        raise AssertionError("unreachable")
 
     def _refuse_existing(self, lv: libvirt.virStoragePool, pool_name: str, name: str) -> None:
         _check_name(name)

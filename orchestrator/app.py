@@ -6,15 +6,27 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from orchestrator.api import availability, capabilities, drives, jobs, profile, server_actions, servers, tags, uploads
+from orchestrator.api import (
+    availability,
+    capabilities,
+    console_page,
+    drives,
+    jobs,
+    profile,
+    server_actions,
+    servers,
+    tags,
+    uploads,
+)
 from orchestrator.auth import Authenticator, auth_middleware
 from orchestrator.capabilities import Capabilities
 from orchestrator.cloud import Cloud
 from orchestrator.config import Config
+from orchestrator.consoles import Consoles
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
 from orchestrator.errors import error_middleware
 from orchestrator.hosts.registry import ensure_local_host
-from orchestrator.keys import AUTH, CAPABILITIES, CLOUD, CONFIG, ENGINE, SCHEDULER, SESSIONS
+from orchestrator.keys import AUTH, CAPABILITIES, CLOUD, CONFIG, CONSOLES, ENGINE, SCHEDULER, SESSIONS
 from orchestrator.protocol import negotiation_middleware, request_id_middleware
 from orchestrator.scheduler import Scheduler
 
@@ -39,7 +51,12 @@ async def hosts(app: web.Application) -> AsyncIterator[None]:
             await ensure_local_host(s, config)
     await cloud.start()
     app[CLOUD] = cloud
+    consoles = Consoles(cloud, bind=config.tunnel_bind, ports=config.tunnel_port_range,
+                        idle_timeout=config.tunnel_idle, token_ttl=config.console_token_ttl)
+    consoles.start()
+    app[CONSOLES] = consoles
     yield
+    await consoles.stop()
     await cloud.stop()
 
 
@@ -54,6 +71,8 @@ def create_app(config: Config) -> web.Application:
     app[CAPABILITIES] = Capabilities.from_config(config.capabilities)
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(hosts)
-    for module in (availability, servers, server_actions, uploads, drives, tags, jobs, profile, capabilities):
+    for module in (availability, servers, server_actions, uploads, drives, tags, jobs, profile, capabilities,
+                   console_page):
         app.add_routes(module.routes)
+    console_page.add_novnc(app)
     return app

@@ -23,6 +23,7 @@ from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from orchestrator.api.console_page import PUBLIC_PREFIX
 from orchestrator.db.models import ApiToken, User
 from orchestrator.errors import ApiError
 from orchestrator.keys import AUTH, USER
@@ -125,5 +126,7 @@ class Authenticator:
 async def auth_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
+    if request.path.startswith(PUBLIC_PREFIX):  # token-authorised browser console (api/console_page.py)
+        return await handler(request)
     request[USER] = await request.app[AUTH].user_for(request.headers.get("Authorization"))
     return await handler(request)

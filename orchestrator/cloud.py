@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,8 @@ class Cloud(Listener):
         self.tasks: set[asyncio.Task[Any]] = set()
         # Latest domain.stats per running server, polled per host: GETs read it without an RPC.
         self.stats: dict[str, dict[str, Any]] = {}
+        # Called with a server's uuid once it has stopped (the consoles close its tunnels).
+        self.stop_listeners: list[Callable[[str], Awaitable[None]]] = []
         # libvirt refuses a volume build while another runs in the same pool ("pool has
         # asynchronous jobs running"): one volume.create at a time per host.
         self.volume_locks: dict[str, asyncio.Lock] = {}
@@ -455,5 +457,7 @@ class Cloud(Listener):
             if server is None or server.host != host:
                 return
             server.status, server.host, server.active_since = "stopped", None, None
+        for listener in self.stop_listeners:
+            await listener(uuid)
         with contextlib.suppress(AgentCallError, AgentGone):
             await self.call(host, "domain.undefine", uuid=uuid)

@@ -29,6 +29,14 @@ class Config:
     mem_overcommit: float = 1.0
     shutdown_window: float = 60.0        # seconds of ACPI presses before a shutdown gives up
     heartbeat: float = 5.0
+    # Consoles (VNC and serial tunnels)
+    public_host: str | None = None       # host name in vnc:// and csconsole:// URLs (default: the listen host)
+    tunnel_bind: str = "127.0.0.1"       # where tunnel listeners bind (0.0.0.0 to serve other machines)
+    tunnel_ports: str = "20000-20999"
+    tunnel_idle: float = 600.0           # seconds without a connection before a tunnel closes
+    console_token_ttl: float = 120.0     # seconds a browser console link stays valid
+    novnc_dir: Path = Path("/usr/share/novnc")  # Debian's novnc package
+    allowed_origins: list[str] = field(default_factory=list)  # extra Origins for the console WebSocket
 
     @property
     def host(self) -> str:
@@ -37,6 +45,11 @@ class Config:
     @property
     def port(self) -> int:
         return int(self.listen.rsplit(":", 1)[1])
+
+    @property
+    def tunnel_port_range(self) -> range:
+        first, _, last = self.tunnel_ports.partition("-")
+        return range(int(first), int(last or first) + 1)
 
     @property
     def db_url(self) -> str:
@@ -56,6 +69,7 @@ class Config:
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
-        if "data_dir" in values:
-            values["data_dir"] = Path(values["data_dir"])
+        for key in ("data_dir", "novnc_dir"):
+            if key in values:
+                values[key] = Path(values[key])
         return cls(**values)

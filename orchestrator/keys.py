@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from orchestrator.capabilities import Capabilities
     from orchestrator.cloud import Cloud
     from orchestrator.config import Config
+    from orchestrator.consoles import Consoles
     from orchestrator.scheduler import Scheduler
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
@@ -20,6 +21,7 @@ SESSIONS = web.AppKey("sessions", async_sessionmaker)
 AUTH: web.AppKey[Authenticator] = web.AppKey("authenticator")
 CAPABILITIES: web.AppKey[Capabilities] = web.AppKey("capabilities")
 CLOUD: web.AppKey[Cloud] = web.AppKey("cloud")
+CONSOLES: web.AppKey[Consoles] = web.AppKey("consoles")
 SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler")
 
 USER = web.RequestKey("user", str)  # uuid of the authenticated caller

@@ -14,7 +14,8 @@ JSON_TYPES = ("application/json", "application/*", "*/*")
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     response = await handler(request)
-    response.headers["X-REQUEST-ID"] = str(uuid.uuid4())
+    if not response.prepared:  # a WebSocket or stream has sent its headers already
+        response.headers["X-REQUEST-ID"] = str(uuid.uuid4())
     return response
 
 

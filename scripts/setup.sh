@@ -13,6 +13,8 @@ APT_PACKAGES=(
     linux-image-cloud-amd64 busybox-static syslinux syslinux-common mtools dosfstools cpio gzip
     # remote hosts over SSH, PostgreSQL store tests, networking
     openssh-server openssh-client postgresql dnsmasq-base iproute2
+    # the browser console (noVNC) and the headless browser that tests it
+    novnc chromium
 )
 
 missing=()

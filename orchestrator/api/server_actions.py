@@ -8,15 +8,18 @@ and leaves the slow part to :class:`orchestrator.cloud.Cloud` as a background ta
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlencode
 
 from aiohttp import web
 
+from agents.client import AgentCallError, AgentGone
 from orchestrator.api.common import get_owned, path, query_uuids, read_json, respond, session
 from orchestrator.api.servers import SERVER, one, owned
 from orchestrator.cloning import plan_server_clone
+from orchestrator.consoles import Tunnel
 from orchestrator.db.models import Server
-from orchestrator.errors import forbidden, invalid
-from orchestrator.keys import CAPABILITIES, CLOUD, SCHEDULER
+from orchestrator.errors import ApiError, forbidden, invalid
+from orchestrator.keys import CAPABILITIES, CLOUD, CONFIG, CONSOLES, SCHEDULER
 
 routes = web.RouteTableDef()
 
@@ -84,8 +87,53 @@ async def restart(request: web.Request) -> web.Response:
     return accepted("restart", server.uuid)
 
 
+async def open_tunnel(request: web.Request, kind: str) -> Tunnel:
+    async with session(request) as s:
+        server = await get_owned(s, one(request), "Server")
+    require(server, f"open a {kind} tunnel to", ("running",))
+    try:
+        return await request.app[CONSOLES].open(kind, server.uuid, server.owner_uuid, server.host,
+                                                server.vnc_password)
+    except (ConnectionError, AgentCallError, AgentGone) as err:
+        raise ApiError("backend", f"Cannot reach the guest's {kind}: {err}", None, status=503) from None
+
+
+async def open_vnc(request: web.Request) -> web.Response:
+    tunnel = await open_tunnel(request, "vnc")
+    host = public_host(request)
+    token = request.app[CONSOLES].grant(tunnel)
+    # Extra keys are ignored by existing clients; the page is noVNC talking to our WebSocket.
+    page = (f"{request.scheme}://{request.host}/console/novnc/vnc_lite.html?"
+            + urlencode({"path": f"console/websockify?token={token}", "autoconnect": "true"}))
+    return respond({"action": "open_vnc", "result": "success", "uuid": tunnel.server_uuid,
+                    "vnc_url": f"vnc://{host}:{tunnel.port}", "console_page_url": page}, 202)
+
+
+async def open_console(request: web.Request) -> web.Response:
+    tunnel = await open_tunnel(request, "console")
+    return respond({"action": "open_console", "result": "success", "uuid": tunnel.server_uuid,
+                    "console_url": f"csconsole://{public_host(request)}:{tunnel.port}"}, 202)
+
+
+def closer(kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def close(request: web.Request) -> web.Response:
+        async with session(request) as s:
+            server = await get_owned(s, one(request), "Server")
+        require(server, f"close a {kind} tunnel to", ("running",))
+        await request.app[CONSOLES].close(server.uuid, kind)
+        return accepted(f"close_{kind}", server.uuid)
+
+    return close
+
+
+def public_host(request: web.Request) -> str:
+    return request.app[CONFIG].public_host or request.app[CONFIG].host
+
+
 ACTIONS: dict[str, Callable[[web.Request], Awaitable[web.Response]]] = {
     "start": start, "stop": stop, "shutdown": shutdown, "restart": restart, "clone": clone,
+    "open_vnc": open_vnc, "close_vnc": closer("vnc"), "open_console": open_console,
+    "close_console": closer("console"),
 }
 
 

@@ -1,0 +1,60 @@
+"""The browser console: noVNC's page and the WebSocket it speaks RFB over (issue: VNC consoles).
+
+The WebSocket carries websockify's protocol (binary frames, each a chunk of the RFB byte
+stream), served here by aiohttp so the token check, the Origin check and the tunnel live in
+one process.  These routes take no Basic auth: a single-use, short-lived token bound to one
+server, one user and one VNC tunnel authorises the socket, and the page itself is static.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import WSMsgType, web
+
+from orchestrator.keys import CONFIG, CONSOLES
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+PUBLIC_PREFIX = "/console/"  # the auth middleware lets these through
+
+
+@routes.get("/console/websockify")
+async def websockify(request: web.Request) -> web.StreamResponse:
+    origin = request.headers.get("Origin")
+    allowed = {f"{request.scheme}://{request.host}", *request.app[CONFIG].allowed_origins}
+    if origin is not None and origin not in allowed:
+        raise web.HTTPForbidden(reason="Foreign Origin")
+    tunnel = request.app[CONSOLES].redeem(request.query.get("token", ""))
+    if tunnel is None:
+        raise web.HTTPForbidden(reason="Invalid or expired console token")
+    reader, writer = await asyncio.open_connection("127.0.0.1", tunnel.port)
+    ws = web.WebSocketResponse(protocols=("binary",), max_msg_size=0)
+    await ws.prepare(request)
+
+    async def upstream_to_browser() -> None:
+        while data := await reader.read(65536):
+            await ws.send_bytes(data)
+        await ws.close()
+
+    pump = asyncio.create_task(upstream_to_browser())
+    try:
+        async for message in ws:
+            if message.type == WSMsgType.BINARY:
+                writer.write(message.data)
+                await writer.drain()
+            elif message.type == WSMsgType.TEXT:  # old noVNC base64 mode is not offered
+                break
+    finally:
+        pump.cancel()
+        writer.close()
+    return ws
+
+
+def add_novnc(app: web.Application) -> None:
+    novnc = app[CONFIG].novnc_dir
+    if novnc.is_dir():
+        app.router.add_static("/console/novnc/", novnc, follow_symlinks=True)
+    else:
+        log.warning("noVNC not found at %s: the browser console page is unavailable", novnc)
