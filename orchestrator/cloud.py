@@ -257,8 +257,9 @@ class Cloud(Listener):
             async with connection.ssh.start_sftp_client() as sftp:
                 await sftp.put(str(source), str(remote))
         try:
-            return await self.call(drive.host, "volume.import", pool=drive.pool,  # type: ignore[arg-type]
-                                   name=drive.volume, source_path=str(remote))
+            async with self.volume_locks.setdefault(drive.host, asyncio.Lock()):  # type: ignore[arg-type]
+                return await self.call(drive.host, "volume.import", pool=drive.pool,  # type: ignore[arg-type]
+                                       name=drive.volume, source_path=str(remote))
         finally:
             if remote != source and connection.ssh is not None:
                 async with connection.ssh.start_sftp_client() as sftp:
@@ -277,8 +278,9 @@ class Cloud(Listener):
             if source is None or target is None or source.host is None or target.host is None:
                 raise AgentGone("source or destination is gone")
             if target.host == source.host:
-                volume = await self.call(source.host, "volume.clone", pool=source.pool, source=source.volume,
-                                         name=target.volume, size=target.size)
+                async with self.volume_locks.setdefault(source.host, asyncio.Lock()):
+                    volume = await self.call(source.host, "volume.clone", pool=source.pool, source=source.volume,
+                                             name=target.volume, size=target.size)
             else:  # avoid put it on another storage host: the image travels through the API node
                 volume = await self._transfer(source, target)
             ok = True

@@ -1,0 +1,334 @@
+"""Issue 4, "Orchestration": placement, concurrency, real guests, crashes and hosts on three hosts.
+
+One API node and three hosts (tests/cloud/conftest.py) serve the whole module; each test leaves
+its servers stopped so the next one starts with empty hosts.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import requests
+
+from tests.cloud.conftest import SERVER_CPU, SERVERS_PER_HOST, SHUTDOWN_WINDOW, Cluster, MiB, wait_for
+from tests.strato_process import ROOT, Api
+
+GUEST_IMAGE = ROOT / "build" / "guest" / "strato-guest.img"
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+def create_servers(api: Api, count: int, name: str, mem: int = 64 * MiB, **extra: Any) -> list[str]:
+    body = {"objects": [{"name": f"{name}-{i}", "cpu": SERVER_CPU, "mem": mem, "vnc_password": "secret12",
+                         **extra} for i in range(count)]}
+    return [s["uuid"] for s in api.ok("POST", "servers/", body, 201)["objects"]]
+
+
+def status(api: Api, uuid: str) -> str:
+    return api.ok("GET", f"servers/{uuid}/")["status"]
+
+
+def wait_status(api: Api, uuids: list[str] | str, wanted: str, timeout: float = 60) -> None:
+    uuids = [uuids] if isinstance(uuids, str) else uuids
+    wait_for(lambda: all(status(api, u) == wanted for u in uuids), timeout,
+             f"{wanted}: {[(u, status(api, u)) for u in uuids]}")
+
+
+def start(api: Api, uuid: str, avoid: list[str] = ()) -> requests.Response:  # type: ignore[assignment]
+    query = f"&avoid={','.join(avoid)}" if avoid else ""
+    return api.post(f"servers/{uuid}/action/?do=start{query}")
+
+
+def must_start(api: Api, uuid: str, avoid: list[str] = ()) -> None:  # type: ignore[assignment]
+    r = start(api, uuid, avoid)
+    assert r.status_code == 202, r.text
+
+
+def stop_all(api: Api) -> None:
+    """Stop every server of the user that is not stopped, and wait for it."""
+    servers = api.ok("GET", "servers/?limit=0")["objects"]
+    active = [s["uuid"] for s in servers if s["status"] != "stopped"]
+    for uuid in active:
+        api.post(f"servers/{uuid}/action/?do=stop")
+    wait_status(api, active, "stopped", 60)
+
+
+def groups(api: Api, kind: str = "servers") -> list[list[str]]:
+    return api.ok("GET", f"{kind}/availability_groups/")
+
+
+def host_of(cluster: Cluster, uuid: str) -> str:
+    """A running server's host: the host whose libvirt runs the domain of its prefix."""
+    found = [h.name for h in cluster.hosts.values() if domstate(h.prefix + uuid) == "running"]
+    assert len(found) == 1, f"server {uuid} runs on {found}"
+    return found[0]
+
+
+def domstate(domain: str) -> str | None:
+    out = subprocess.run(["virsh", "domstate", domain], capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def upload(api: Api, name: str, data: bytes) -> str:
+    r = api.post(f"drives/upload/{name}/", raw=data, headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 201, r.text
+    uuid = r.text.strip()
+    wait_for(lambda: api.ok("GET", f"drives/{uuid}/")["status"] == "unmounted", 120, f"upload {name}")
+    return uuid
+
+
+def create_drive(api: Api, name: str, size: int, media: str = "disk", **extra: Any) -> str:
+    body = {"name": name, "size": size, "media": media, **extra}
+    uuid = api.ok("POST", "drives/", body, 201)["objects"][0]["uuid"]
+    wait_for(lambda: api.ok("GET", f"drives/{uuid}/")["status"] == "unmounted", 60, f"drive {name}")
+    return uuid
+
+
+def drive_status(api: Api, uuid: str) -> str | None:
+    r = api.get(f"drives/{uuid}/")
+    return r.json()["status"] if r.status_code == 200 else None
+
+
+def guest_report(cluster: Cluster, uuid: str, timeout: float = 90) -> dict[str, Any]:
+    """The test guest's report from its serial log on the host that runs it."""
+    log = cluster.hosts[host_of(cluster, uuid)].console_log(uuid)
+    text = wait_for(lambda: log.exists() and "STRATO-READY" in (t := log.read_text(errors="replace")) and t,
+                    timeout, f"STRATO-READY in {log}")
+    body = text.rsplit("STRATO-REPORT-BEGIN", 1)[1].split("STRATO-REPORT-END", 1)[0]
+    lines = [line.strip() for line in body.splitlines() if line.strip()]
+    report: dict[str, Any] = {"block": [], "lines": lines}
+    for line in lines:
+        if line.startswith("block "):
+            report["block"].append(dict(kv.split("=", 1) for kv in line.split()[1:]))
+        elif "=" in line and " " not in line:
+            key, value = line.split("=", 1)
+            report[key] = value
+    return report
+
+
+def assert_error(r: requests.Response, status: int, error_type: str) -> None:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert isinstance(body, list) and body and body[0]["error_type"] == error_type, body
+    assert body[0]["error_message"], body
+
+
+# --- placement ------------------------------------------------------------------------------------
+
+def test_hosts_are_up(cluster: Cluster) -> None:
+    hosts = cluster.hosts_list()
+    assert set(hosts) == {"local1", "ssh1", "ssh2"}
+    assert {h["state"] for h in hosts.values()} == {"up"}
+    assert hosts["ssh1"]["address"].startswith("ssh://root@127.0.0.1:")
+
+
+def test_start_with_avoid_spreads_servers(cluster: Cluster) -> None:
+    api = cluster.api
+    a, b, c, d = create_servers(api, 4, "avoid")
+    must_start(api, a)
+    must_start(api, b, [a])
+    must_start(api, c, [a, b])
+    wait_status(api, [a, b, c], "running")
+    placed = {u: host_of(cluster, u) for u in (a, b, c)}
+    assert len(set(placed.values())) == 3, placed
+    mine = [sorted(g) for g in groups(api) if set(g) & {a, b, c}]
+    assert sorted(mine) == sorted([[a], [b], [c]])
+    assert api.ok("GET", f"servers/availability_groups/{a}/") == [a]
+    # More avoided servers than hosts: the rightmost avoid (c) is the one given up.
+    must_start(api, d, [a, b, c])
+    wait_status(api, d, "running")
+    assert host_of(cluster, d) == placed[c]
+    assert sorted(api.ok("GET", f"servers/availability_groups/{d}/")) == sorted([c, d])
+    assert sorted([c, d]) in [sorted(g) for g in groups(api)]
+    stop_all(api)
+    assert groups(api) == []
+
+
+def test_drive_clone_with_avoid_lands_on_another_host(cluster: Cluster) -> None:
+    api = cluster.api
+    source = create_drive(api, "clone-src", 16 * MiB)
+    source_host = cluster.host_of_volume(source)
+    r = api.post(f"drives/{source}/action/?do=clone&avoid={source}", {"name": "clone-dst"})
+    assert r.status_code == 202, r.text
+    copy = r.json()["objects"][0]["uuid"]
+    wait_for(lambda: drive_status(api, copy) == "unmounted" and drive_status(api, source) == "unmounted", 60,
+             "clone settled")
+    copy_host = cluster.host_of_volume(copy)
+    assert copy_host != source_host
+    drive_groups = [sorted(g) for g in groups(api, "drives") if set(g) & {source, copy}]
+    assert sorted(drive_groups) == sorted([[source], [copy]])
+    assert api.ok("GET", f"drives/availability_groups/{copy}/") == [copy]
+    # And a drive of the storage type mapped to the shared pool lives in the shared directory.
+    shared = create_drive(api, "shared-drive", 16 * MiB, storage_type="zadara")
+    assert cluster.volume_files(shared) == [cluster.shared_dir / f"{shared}.qcow2"]
+    for uuid in (source, copy, shared):
+        assert api.delete(f"drives/{uuid}/").status_code == 204
+    wait_for(lambda: not any(cluster.volume_files(u) for u in (source, copy, shared)), 30, "volumes deleted")
+
+
+# --- concurrency ----------------------------------------------------------------------------------
+
+def test_concurrent_starts_respect_capacity_and_avoid(cluster: Cluster) -> None:
+    api = cluster.api
+    mem = 64 * MiB
+    uuids = create_servers(api, 20, "flood", mem=mem)
+    samples: list[dict[str, int]] = []
+    done = threading.Event()
+
+    def watch() -> None:  # capacity must hold at every moment, not only at the end
+        while not done.is_set():
+            with_host = {u: h for h in cluster.hosts.values() for u in running_domains(h.prefix)}
+            samples.append(dict(Counter(h.name for h in with_host.values())))
+            time.sleep(0.2)
+
+    def go(uuid: str) -> requests.Response:
+        # A fresh session per thread: requests.Session is not thread-safe.
+        return Api(api.base, api.auth).post(
+            f"servers/{uuid}/action/?do=start&avoid={','.join(u for u in uuids if u != uuid)}")
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(20) as pool:
+            answers = dict(zip(uuids, pool.map(go, uuids), strict=True))
+        accepted = [u for u, r in answers.items() if r.status_code == 202]
+        refused = [u for u, r in answers.items() if r.status_code != 202]
+        for uuid in refused:
+            assert_error(answers[uuid], 503, "backend")
+        wait_for(lambda: all(status(api, u) in ("running", "stopped") for u in accepted), 180, "starts settle")
+    finally:
+        done.set()
+        watcher.join()
+    assert [u for u in accepted if status(api, u) != "running"] == []
+    assert all(status(api, u) == "stopped" for u in refused)
+    # Capacity binds: SERVERS_PER_HOST per host fit, the others were refused.
+    assert len(accepted) == 3 * SERVERS_PER_HOST and len(refused) == 20 - 3 * SERVERS_PER_HOST
+    by_group = [g for g in groups(api) if set(g) & set(uuids)]
+    assert len(by_group) == 3  # mutual avoid: every host took some (an empty host is never skipped)
+    for group in by_group:
+        assert len(group) * SERVER_CPU <= cluster.cpu_capacity and len(group) * mem <= cluster.mem_capacity
+        assert len(group) == SERVERS_PER_HOST
+    assert max(max(s.values(), default=0) for s in samples) <= SERVERS_PER_HOST
+    stop_all(api)
+
+
+def running_domains(prefix: str) -> list[str]:
+    out = subprocess.run(["virsh", "-q", "list", "--name", "--state-running"], capture_output=True, text=True).stdout
+    return [n[len(prefix):] for n in out.split() if n.startswith(prefix)]
+
+
+# --- real guests ----------------------------------------------------------------------------------
+
+def attach(api: Api, server: str, drives: list[tuple[str, str, str, int | None]]) -> None:
+    body = api.ok("GET", f"servers/{server}/")
+    body["drives"] = [{"drive": d, "device": dev, "dev_channel": ch, "boot_order": boot} for d, dev, ch, boot in drives]
+    api.ok("PUT", f"servers/{server}/", body)
+
+
+def test_real_guest_lifecycle_clone_and_recursive_delete(cluster: Cluster) -> None:
+    if not GUEST_IMAGE.exists():
+        pytest.skip("build the test guest first: tests/guest/build-image.sh")
+    api = cluster.api
+    image = upload(api, "strato-guest.img", GUEST_IMAGE.read_bytes())
+    marker = upload(api, "marker.img", b"STRATO-MARKER:ignore-acpi\n" + b"\0" * (1 * MiB - 26))
+    data = create_drive(api, "data", 16 * MiB)
+    cdrom = create_drive(api, "cdrom", 1 * MiB, media="cdrom")
+    # Placement of plain drives is by the hosts' pool facts: all of them on one storage host.
+    storage_host = cluster.host_of_volume(image)
+    assert {cluster.host_of_volume(u) for u in (marker, data, cdrom)} == {storage_host}
+    [server] = create_servers(api, 1, "guest", mem=128 * MiB)
+    attach(api, server, [(image, "virtio", "0:0", 1), (data, "virtio", "0:1", None), (cdrom, "ide", "0:1", None)])
+    assert {drive_status(api, u) for u in (image, data, cdrom)} == {"mounted"}
+
+    # Start: the guest boots on the host that holds its drives and reports what it sees.
+    must_start(api, server)
+    wait_status(api, server, "running")
+    assert host_of(cluster, server) == storage_host
+    report = guest_report(cluster, server)
+    assert report["cpus"] == "1"
+    buses = sorted((b["bus"], b["marker"]) for b in report["block"])
+    assert buses == [("ata", "none"), ("virtio", "none"), ("virtio", "none")], report["lines"]
+    assert api.ok("GET", f"servers/{server}/")["runtime"]["active_since"]
+
+    # ACPI shutdown: the guest powers off, the server is stopped and its claim released.
+    r = api.post(f"servers/{server}/action/?do=shutdown")
+    assert r.status_code == 202, r.text
+    wait_status(api, server, "stopped", 60)
+    assert domstate(cluster.hosts[storage_host].prefix + server) is None
+    assert all(server not in g for g in groups(api))
+
+    # A guest that ignores ACPI: "stopping" through the window, then "running" again.
+    attach(api, server, [(image, "virtio", "0:0", 1), (data, "virtio", "0:1", None), (cdrom, "ide", "0:1", None),
+                         (marker, "virtio", "0:2", None)])
+    must_start(api, server)
+    wait_status(api, server, "running")
+    report = guest_report(cluster, server)
+    assert "ignore-acpi" in [b["marker"] for b in report["block"]], report["lines"]
+    began = time.monotonic()
+    assert api.post(f"servers/{server}/action/?do=shutdown").status_code == 202
+    assert status(api, server) == "stopping"
+    wait_status(api, server, "running", SHUTDOWN_WINDOW + 30)
+    assert time.monotonic() - began >= SHUTDOWN_WINDOW - 1
+    assert domstate(cluster.hosts[storage_host].prefix + server) == "running"
+    assert api.post(f"servers/{server}/action/?do=stop").status_code == 202
+    wait_status(api, server, "stopped")
+
+    # Clone: a server_clone job whose drive_clone children succeed; disks copied, the cdrom shared.
+    r = api.post(f"servers/{server}/action/?do=clone", {"name": "guest-clone"})
+    assert r.status_code == 202, r.text
+    clone = r.json()["uuid"]
+
+    def clone_job() -> dict[str, Any] | None:
+        jobs = api.ok("GET", "jobs/?limit=0")["objects"]
+        found = [j for j in jobs if j["operation"] == "server_clone" and any(clone in u for u in j["resources"])]
+        return found[0] if found and found[0]["state"] != "started" else None
+
+    job = wait_for(clone_job, 120, "server_clone job")
+    assert job["state"] == "success", job
+    assert len(job["children"]) == 3 and {c["operation"] for c in job["children"]} == {"drive_clone"}
+    assert {c["state"] for c in job["children"]} == {"success"}, job
+    clone_body = api.ok("GET", f"servers/{clone}/")
+    clone_drives = {d["drive"]["uuid"]: d for d in clone_body["drives"]}
+    assert cdrom in clone_drives and not {image, data, marker} & set(clone_drives)
+    copies = [u for u in clone_drives if u != cdrom]
+    assert len(copies) == 3
+    wait_for(lambda: all(drive_status(api, u) == "mounted" for u in [*copies, image, data, marker]), 30,
+             "clone drives mounted")
+    assert all(cluster.volume_files(u) for u in copies)
+    # The clone boots the copied image too.
+    must_start(api, clone)
+    wait_status(api, clone, "running")
+    assert guest_report(cluster, clone)["cpus"] == "1"
+    assert api.post(f"servers/{clone}/action/?do=stop").status_code == 202
+    wait_status(api, clone, "stopped")
+
+    # recurse=disks: the clone's three disk copies go (rows and files); the shared cdrom stays.
+    assert api.delete(f"servers/{clone}/?recurse=disks").status_code == 204
+    assert api.get(f"servers/{clone}/").status_code == 404
+    assert all(api.get(f"drives/{u}/").status_code == 404 for u in copies)
+    wait_for(lambda: not any(cluster.volume_files(u) for u in copies), 30, "disk copies' volumes deleted")
+    assert drive_status(api, cdrom) == "mounted" and cluster.volume_files(cdrom)
+
+    # recurse=cdroms: only the cdrom goes; the disks stay, unmounted.
+    assert api.delete(f"servers/{server}/?recurse=cdroms").status_code == 204
+    assert api.get(f"drives/{cdrom}/").status_code == 404
+    wait_for(lambda: not cluster.volume_files(cdrom), 30, "cdrom volume deleted")
+    assert {drive_status(api, u) for u in (image, data, marker)} == {"unmounted"}
+    assert all(cluster.volume_files(u) for u in (image, data, marker))
+
+    # recurse=all_drives: disks and cdroms of the server go; a drive it does not list stays.
+    cdrom2 = create_drive(api, "cdrom2", 1 * MiB, media="cdrom")
+    [third] = create_servers(api, 1, "recurse-all")
+    attach(api, third, [(image, "virtio", "0:0", 1), (data, "virtio", "0:1", None), (cdrom2, "ide", "0:1", None)])
+    assert api.delete(f"servers/{third}/?recurse=all_drives").status_code == 204
+    assert all(api.get(f"drives/{u}/").status_code == 404 for u in (image, data, cdrom2))
+    wait_for(lambda: not any(cluster.volume_files(u) for u in (image, data, cdrom2)), 30, "volumes deleted")
+    assert drive_status(api, marker) == "unmounted" and cluster.volume_files(marker)
+    assert api.delete(f"drives/{marker}/").status_code == 204
+    wait_for(lambda: not cluster.volume_files(marker), 30, "marker volume deleted")
