@@ -50,6 +50,16 @@ class Storage:
             try:
                 lv = self.conn.storagePoolLookupByName(name)
             except libvirt.libvirtError:
+                lv = None
+            if lv is not None and DirPool.from_xml(lv.XMLDesc(0)).path != pool.path:
+                # A definition left by another configuration (e.g. an older data directory):
+                # the configuration wins; the volumes in the old directory stay on disk.
+                log.warning("storage pool %s pointed elsewhere; redefining it at %s", name, pool.path)
+                if lv.isActive():
+                    lv.destroy()
+                lv.undefine()
+                lv = None
+            if lv is None:
                 log.info("defining storage pool %s at %s", name, pool.path)
                 lv = self.conn.storagePoolDefineXML(DirPool(name=name, path=pool.path).to_xml(), 0)
             if not lv.isActive():
