@@ -113,13 +113,15 @@ class Result:
         return statistics.median(self.latencies) * 1000
 
 
-async def load(url: str, auth: str | None, total: int, concurrency: int, warmup: int) -> Result:
+async def load(url: str, auth: str | None, total: int, concurrency: int, warmup: int,
+               extra: dict[str, str] | None = None) -> Result:
     import aiohttp
 
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=120)
     # identity: both servers send the same bytes (Strato gzips bodies over 1 KiB when asked; --gzip)
-    headers = {"Accept-Encoding": "gzip, deflate" if GZIP else "identity", **({"Authorization": auth} if auth else {})}
+    headers = {"Accept-Encoding": "gzip, deflate" if GZIP else "identity", **({"Authorization": auth} if auth else {}),
+               **(extra or {})}
     async with aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout) as session:
         size = 0
 
@@ -197,12 +199,16 @@ def main() -> int:
             auth = "Basic " + base64.b64encode(f"{EMAIL}:{PASSWORD}".encode()).decode()
             if args.pause:  # e.g. to attach a profiler: py-spy record --pid <strato pid>
                 input(f"strato pid {strato.proc.pid if strato.proc else '?'}; press Enter to load it ")
-            targets = {"strato": (strato.base, auth), "bare": (f"http://127.0.0.1:{port}", None)}
+            # "uncached": Cache-Control: no-cache makes Strato render from the database every time.
+            no_cache = {"Cache-Control": "no-cache"}
+            targets = {"strato": (strato.base, auth, None), "uncached": (strato.base, auth, no_cache),
+                       "bare": (f"http://127.0.0.1:{port}", None, None)}
             rows: dict[tuple[str, str], Result] = {}
-            for name, (base, a) in targets.items():
+            for name, (base, a, extra) in targets.items():
                 rows["single", name] = asyncio.run(load(f"{base}/api/2.0/{single_path}", a, args.requests,
-                                                        args.concurrency, warmup=200))
-                rows["list", name] = asyncio.run(load(f"{base}/api/2.0/{list_path}", a, args.lists, 1, warmup=3))
+                                                        args.concurrency, warmup=200, extra=extra))
+                rows["list", name] = asyncio.run(load(f"{base}/api/2.0/{list_path}", a, args.lists, 1, warmup=3,
+                                                      extra=extra))
         finally:
             if bare is not None:
                 bare.terminate()
@@ -210,15 +216,18 @@ def main() -> int:
             strato.stop()
 
     print()
-    print(f"{'benchmark':<40} {'server':<7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'bytes':>9}")
+    print(f"{'benchmark':<40} {'server':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'bytes':>9}")
     labels = {"single": f"GET /servers/{{uuid}}/ c={args.concurrency} n={args.requests}",
               "list": f"GET /servers/detail/?limit=0 c=1 n={args.lists}"}
     for kind in ("single", "list"):
-        for name in ("strato", "bare"):
+        for name in ("strato", "uncached", "bare"):
             r = rows[kind, name]
-            print(f"{labels[kind]:<40} {name:<7} {r.rate:>9.1f} {r.p50:>8.2f} {r.pct(99):>8.2f} {r.size:>9}")
-        s, b = rows[kind, "strato"], rows[kind, "bare"]
-        print(f"{'':<40} {'ratio':<7} {s.rate / b.rate:>9.1%} {s.p50 / b.p50:>7.1f}x {s.pct(99) / b.pct(99):>7.1f}x")
+            print(f"{labels[kind]:<40} {name:<8} {r.rate:>9.1f} {r.p50:>8.2f} {r.pct(99):>8.2f} {r.size:>9}")
+        b = rows[kind, "bare"]
+        for name in ("strato", "uncached"):
+            s = rows[kind, name]
+            print(f"{'':<40} {'ratio':<8} {s.rate / b.rate:>9.1%} {s.p50 / b.p50:>7.1f}x "
+                  f"{s.pct(99) / b.pct(99):>7.1f}x  ({name} / bare)")
     single_ratio = rows["single", "strato"].rate / rows["single", "bare"].rate
     list_p50 = rows["list", "strato"].p50
     ok_single, ok_list = single_ratio >= 0.5, list_p50 < 100

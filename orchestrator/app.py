@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from sqlalchemy.orm import Session
 
 from orchestrator.api import (
     availability,
@@ -26,8 +27,9 @@ from orchestrator.consoles import Consoles
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
 from orchestrator.errors import error_middleware
 from orchestrator.hosts.registry import ensure_local_host
-from orchestrator.keys import AUTH, CAPABILITIES, CLOUD, CONFIG, CONSOLES, ENGINE, SCHEDULER, SESSIONS
-from orchestrator.protocol import negotiation_middleware, request_id_middleware
+from orchestrator.keys import AUTH, CAPABILITIES, CLOUD, CONFIG, CONSOLES, ENGINE, READ_CACHE, SCHEDULER, SESSIONS
+from orchestrator.protocol import negotiation_middleware, read_cache_middleware, request_id_middleware
+from orchestrator.read_cache import ReadCache
 from orchestrator.scheduler import Scheduler
 
 
@@ -35,7 +37,11 @@ async def database(app: web.Application) -> AsyncIterator[None]:
     engine = make_engine(app[CONFIG].db_url)
     await migrate(engine)
     app[ENGINE] = engine
-    app[SESSIONS] = make_sessionmaker(engine)
+    # A session class of this app's own, so the read cache hears exactly this app's commits.
+    session_class = type("StratoSession", (Session,), {})
+    app[READ_CACHE] = ReadCache(enabled=engine.dialect.name == "sqlite")
+    app[READ_CACHE].watch(session_class)
+    app[SESSIONS] = make_sessionmaker(engine, session_class)
     app[AUTH] = Authenticator(app[SESSIONS])
     yield
     await engine.dispose()
@@ -46,6 +52,7 @@ async def hosts(app: web.Application) -> AsyncIterator[None]:
     app[SCHEDULER] = Scheduler(config.cpu_overcommit, config.mem_overcommit, config.storage_pools)
     cloud = Cloud(app[SESSIONS], app[SCHEDULER], config.data_dir / "transit",
                   shutdown_window=config.shutdown_window, heartbeat=config.heartbeat)
+    cloud.stats_listeners.append(app[READ_CACHE].bump)  # runtime counters are part of GET answers
     if config.local_host:
         async with app[SESSIONS].begin() as s:
             await ensure_local_host(s, config)
@@ -64,7 +71,8 @@ def create_app(config: Config) -> web.Application:
     # Order matters: request ids wrap everything, errors are rendered before them, and content
     # negotiation and OPTIONS come before authentication.
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware, negotiation_middleware, auth_middleware],
+        middlewares=[request_id_middleware, error_middleware, negotiation_middleware, auth_middleware,
+                     read_cache_middleware],
         client_max_size=config.max_body,
     )
     app[CONFIG] = config

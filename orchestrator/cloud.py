@@ -62,6 +62,7 @@ class Cloud(Listener):
         self.stats: dict[str, dict[str, Any]] = {}
         # Called with a server's uuid once it has stopped (the consoles close its tunnels).
         self.stop_listeners: list[Callable[[str], Awaitable[None]]] = []
+        self.stats_listeners: list[Callable[[], None]] = []  # called when the polled stats change
         # libvirt refuses a volume build while another runs in the same pool ("pool has
         # asynchronous jobs running"): one volume.create at a time per host.
         self.volume_locks: dict[str, asyncio.Lock] = {}
@@ -96,7 +97,10 @@ class Cloud(Listener):
             if connection.up.is_set():
                 with contextlib.suppress(AgentCallError, AgentGone, TimeoutError):
                     fresh.update(await connection.call("domain.stats", timeout=10))
-        self.stats = fresh
+        if fresh != self.stats:
+            self.stats = fresh
+            for listener in self.stats_listeners:
+                listener()
 
     def connect(self, host: Host) -> None:
         address = HostAddress(host.name, host.address, tuple(host.agent_command), host.key_file, host.known_hosts)

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from orchestrator.cloud import Cloud
     from orchestrator.config import Config
     from orchestrator.consoles import Consoles
+    from orchestrator.read_cache import ReadCache
     from orchestrator.scheduler import Scheduler
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
@@ -23,5 +24,7 @@ CAPABILITIES: web.AppKey[Capabilities] = web.AppKey("capabilities")
 CLOUD: web.AppKey[Cloud] = web.AppKey("cloud")
 CONSOLES: web.AppKey[Consoles] = web.AppKey("consoles")
 SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler")
+
+READ_CACHE: web.AppKey[ReadCache] = web.AppKey("read_cache")
 
 USER = web.RequestKey("user", str)  # uuid of the authenticated caller

@@ -114,7 +114,7 @@ async def page(s: AsyncSession, stmt: Select[Any], lq: ListQuery) -> tuple[list[
 
 
 async def get_owned(s: AsyncSession, stmt: Select[Any], what: str) -> Any:
-    row = (await s.scalars(stmt)).first()
+    row = (await s.scalars(stmt)).unique().first()
     if row is None:
         raise notexist(what)
     return row

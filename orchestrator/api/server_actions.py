@@ -84,6 +84,7 @@ async def restart(request: web.Request) -> web.Response:
         server = await get_owned(s, one(request), "Server")
         require(server, "restart", ("running",))
     await request.app[CLOUD].restart_server(server.uuid, server.host)
+    await request.app[CONSOLES].close(server.uuid)  # §12.9.5: tunnels end when the server restarts
     return accepted("restart", server.uuid)
 
 
