@@ -1,0 +1,508 @@
+"""Scheduler benchmark: 1,000 hosts, 10,000 placements with random avoid lists (issue 4).
+
+    .venv/bin/python bench/scheduler.py [--hosts 1000] [--placements 10000] [--seed 4]
+                                        [--db-seconds 60] [--pure-seconds 20]
+
+Target: >= 2,000 placements/s through ``Scheduler.place_server`` with zero capacity and zero
+feasible-avoid violations.
+
+One workload (host sizes, server sizes, avoid lists of 0-4 earlier servers) is generated up front
+and run through four phases, each on a fresh state:
+
+A. pure ``choose()`` (orchestrator/scheduler.py) on in-memory ``HostLoad`` rows, with ``fits``
+   computed as ``place_server`` does: the baseline;
+B. the same with a bench-local ``choose`` whose only change is building ``set(fits)`` once
+   (checked to return the very same host as A on every placement A reached);
+C. the shipping ``Scheduler.place_server`` against a real SQLite database (``make_engine`` +
+   ``migrate``): host rows with facts, server rows, each placement in its own transaction under
+   ``scheduler.lock`` exactly as ``Cloud.place_and_start`` does (the claim is ``servers.host``);
+D. the same with a bench-local ``Scheduler`` subclass that only hoists the two per-host
+   re-computations (the ``_up`` query and ``set(fits)``), to show what the hot spots cost.
+
+Phases are capped by wall-clock time (``--db-seconds`` / ``--pure-seconds``); a capped phase
+reports its rate over the placements it reached and is checked over exactly those.
+
+Invariants, checked after each DB phase from the database: the sum of cpu/mem of the servers on
+each host is within cores*mhz*cpu_overcommit and memory*mem_overcommit; nothing is placed on a
+host that is not ``up``; and, replaying the placements in order (an independent brute force, not
+``choose``): each chosen host fitted at decision time, each placement whose full avoid set was
+feasible at decision time avoided every avoided server's host, each best-effort placement
+avoided the longest feasible prefix, and each 503 happened only when no host fitted.
+Finally a profile of one placement's parts on the filled database (``loads``, ``_up``,
+``hosts_of``, ``choose``, commit) and its SQL statement count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import event, func, select, update  # noqa: E402
+from sqlalchemy.ext.asyncio import AsyncSession  # noqa: E402
+
+from orchestrator.db.engine import make_engine, make_sessionmaker, migrate, sqlite_url  # noqa: E402
+from orchestrator.db.models import Host, Server, User  # noqa: E402
+from orchestrator.errors import ApiError  # noqa: E402
+from orchestrator.scheduler import HostLoad, Scheduler, _pool_path, choose, hosts_of  # noqa: E402
+
+GiB, MiB = 2**30, 2**20
+TARGET = 2000.0
+
+
+# --- workload --------------------------------------------------------------------------------------
+
+
+@dataclass
+class HostSpec:
+    name: str
+    cores: int
+    mhz: int
+    memory: int
+    state: str
+
+
+@dataclass
+class Workload:
+    hosts: list[HostSpec]
+    servers: list[tuple[int, int]]          # (cpu MHz, mem bytes), in placement order
+    avoid: list[list[int]]                  # indices of earlier servers to avoid, priority order
+    cpu_overcommit: float = 4.0
+    mem_overcommit: float = 1.0
+
+    def cpu_cap(self, h: HostSpec) -> float:
+        return h.cores * h.mhz * self.cpu_overcommit
+
+    def mem_cap(self, h: HostSpec) -> float:
+        return h.memory * self.mem_overcommit
+
+
+def make_workload(n_hosts: int, n_servers: int, seed: int) -> Workload:
+    rng = random.Random(seed)
+    servers = [(rng.choice([250, 500, 1000, 2000, 4000, 8000, 16000, 32000]),
+                rng.choice([256 * MiB, 512 * MiB, 1 * GiB, 2 * GiB, 4 * GiB, 8 * GiB, 16 * GiB, 32 * GiB]))
+               for _ in range(n_servers)]
+    avoid = [rng.sample(range(i), min(i, rng.randint(0, 4))) for i in range(n_servers)]
+    raw = [(rng.choice([4, 8, 16, 24, 32, 48, 64]), rng.randrange(2000, 3700, 100),
+            rng.choice([8, 16, 32, 64, 96, 128, 192, 256, 384, 512]) * GiB) for _ in range(n_hosts)]
+    states = ["up" if rng.random() < 0.97 else rng.choice(["draining", "down"]) for _ in range(n_hosts)]
+    # Scale the hosts so the whole workload fills ~98% of the up hosts' memory and ~80% of their
+    # cpu: placements get tight towards the end, so some avoid sets become infeasible.
+    w = Workload([], servers, avoid)
+    up_cpu = sum(c * m * w.cpu_overcommit for (c, m, _), st in zip(raw, states, strict=True) if st == "up")
+    up_mem = sum(mem * w.mem_overcommit for (_, _, mem), st in zip(raw, states, strict=True) if st == "up")
+    cpu_scale = sum(s[0] for s in servers) / 0.80 / up_cpu
+    mem_scale = sum(s[1] for s in servers) / 0.98 / up_mem
+    for i, ((cores, mhz, mem), st) in enumerate(zip(raw, states, strict=True)):
+        w.hosts.append(HostSpec(f"host{i:04d}", cores, max(100, int(mhz * cpu_scale)),
+                                max(1 * GiB, int(mem * mem_scale) // MiB * MiB), st))
+    # A few big-memory hosts (the last 3 names) and ~0.3% huge servers only they can hold, 2-3 per
+    # host, whose avoid lists name earlier huge servers: there a full avoid set is often
+    # infeasible, which exercises the best-effort (longest feasible prefix) rule.
+    biggest = max(h.memory for h in w.hosts)
+    for k in range(min(3, n_hosts // 100)):
+        w.hosts[-1 - k] = HostSpec(w.hosts[-1 - k].name, 128, 3000, 4 * biggest, "up")
+    huge: list[int] = []
+    for i in range(0, n_servers, 300):
+        i += rng.randrange(min(300, n_servers - i))
+        w.servers[i] = (8000, int(biggest * rng.uniform(1.3, 1.9)) // MiB * MiB)
+        w.avoid[i] = rng.sample(huge, min(len(huge), rng.randint(0, 4)))
+        huge.append(i)
+    return w
+
+
+def facts(h: HostSpec) -> dict[str, Any]:
+    return {"cores": h.cores, "mhz": h.mhz, "memory": h.memory, "virt_type": "kvm", "cpu_model": "host",
+            "pools": [{"name": "default", "path": f"/var/lib/strato/pools/{h.name}", "available": 4 << 40}]}
+
+
+# --- bench-local variants (the hot spots fixed; not the shipping code) ------------------------------
+
+
+def choose_fixed(hosts: Sequence[HostLoad], fits: Any, avoid_hosts: Sequence[str | None],
+                 key: Any = HostLoad.headroom) -> HostLoad | None:
+    """``scheduler.choose`` with ``set(fits)`` built once instead of once per host."""
+    fit = set(fits)
+    feasible = [h for h in hosts if h.name in fit]
+    for keep in range(len(avoid_hosts), -1, -1):
+        banned = {h for h in avoid_hosts[:keep] if h is not None}
+        options = [h for h in feasible if h.name not in banned]
+        if options:
+            return max(options, key=key)
+    return None
+
+
+@dataclass
+class HoistedScheduler(Scheduler):
+    """``place_server`` with the ``_up`` query run once (not once per host) and ``choose_fixed``."""
+
+    async def place_server(self, s: AsyncSession, server: Server, volumes: list[tuple[str, str]],
+                           avoid: Sequence[str]) -> HostLoad:
+        every = {load.name: load for load in await self.loads(s, ("up", "down", "draining"))}
+        paths = {(host, pool): _pool_path(every.get(host), pool) for host, pool in volumes}
+        up = await self._up(s)
+        loads = [load for load in every.values() if load.name in up]
+        fits = [h.name for h in loads if h.fits(server.cpu, server.mem)
+                and all(path is not None and h.sees(pool, path) for (_, pool), path in paths.items())]
+        chosen = choose_fixed(loads, fits, await hosts_of(s, avoid, server.owner_uuid))
+        if chosen is None:
+            raise ApiError("backend", "No host can fit this server now", None, status=503)
+        server.host = chosen.name
+        return chosen
+
+
+# --- pure phases ----------------------------------------------------------------------------------
+
+
+def pure_loads(w: Workload) -> list[HostLoad]:
+    return [HostLoad(h.name, w.cpu_cap(h), w.mem_cap(h), pools={"default": facts(h)["pools"][0]})
+            for h in w.hosts if h.state == "up"]
+
+
+def run_pure(w: Workload, chooser: Any, seconds: float) -> tuple[list[str | None], float]:
+    loads = pure_loads(w)
+    placed: list[str | None] = []
+    elapsed = 0.0
+    for i, (cpu, mem) in enumerate(w.servers):
+        t0 = time.perf_counter()
+        fits = [h.name for h in loads if h.fits(cpu, mem)]
+        chosen = chooser(loads, fits, [placed[j] for j in w.avoid[i]])
+        if chosen is not None:
+            chosen.cpu_used += cpu
+            chosen.mem_used += mem
+        elapsed += time.perf_counter() - t0
+        placed.append(None if chosen is None else chosen.name)
+        if elapsed > seconds:
+            break
+    return placed, elapsed
+
+
+# --- database phases --------------------------------------------------------------------------------
+
+
+@dataclass
+class DbRun:
+    label: str
+    attempts: int = 0
+    elapsed: float = 0.0
+    returned: list[str | None] = field(default_factory=list)   # host place_server returned, None on 503
+    statements: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+async def setup_db(path: Path, w: Workload) -> tuple[Any, Any, list[str], str]:
+    engine = make_engine(sqlite_url(path))
+    await migrate(engine)
+    sessions = make_sessionmaker(engine)
+    uuids: list[str] = []
+    async with sessions.begin() as s:
+        user = User(email="bench@example.com", password_hash="x")
+        s.add(user)
+        await s.flush()
+        s.add_all(Host(name=h.name, address="local", agent_command=["true"], state=h.state, facts=facts(h))
+                  for h in w.hosts)
+        rows = [Server(owner_uuid=user.uuid, name=f"s{i}", cpu=cpu, mem=mem, smp=1, smp_auto=True,
+                       vnc_password="x", cpu_type="amd", hypervisor="kvm", cpu_model=None,
+                       cpus_instead_of_cores=False, enable_numa=False, hv_relaxed=False, hv_tsc=False,
+                       context=False, auto_start=False, is_grey=False, allocation_pool=None, meta={},
+                       requirements=[], nics=[], gpus=[], epcs=[], pubkeys=[])
+                for i, (cpu, mem) in enumerate(w.servers)]
+        s.add_all(rows)
+        await s.flush()
+        uuids = [r.uuid for r in rows]
+        owner = user.uuid
+    return engine, sessions, uuids, owner
+
+
+async def run_db(label: str, w: Workload, scheduler: Scheduler, seconds: float, tmp: Path) -> tuple[DbRun, Any]:
+    engine, sessions, uuids, _owner = await setup_db(tmp / f"{label}.sqlite3", w)
+    run = DbRun(label)
+    counter = [0]
+
+    def count(*_a: Any) -> None:
+        counter[0] += 1
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    t_start = time.perf_counter()
+    for i in range(len(w.servers)):
+        avoid = [uuids[j] for j in w.avoid[i]]
+        try:
+            # As Cloud.place_and_start: one transaction per placement, under the scheduler lock.
+            async with scheduler.lock, sessions.begin() as s:
+                server = await s.get(Server, uuids[i])
+                assert server is not None
+                chosen = await scheduler.place_server(s, server, [], avoid)
+                server.status = "starting"
+            run.returned.append(chosen.name)
+        except ApiError as err:
+            if err.status != 503:
+                raise
+            run.returned.append(None)
+        run.attempts += 1
+        if time.perf_counter() - t_start > seconds:
+            break
+    run.elapsed = time.perf_counter() - t_start
+    run.statements = counter[0]
+    event.remove(engine.sync_engine, "before_cursor_execute", count)
+    return run, (engine, sessions, uuids)
+
+
+# --- invariant checks -------------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    over_capacity_hosts: int = 0        # from the database's sums
+    not_up_placements: int = 0
+    unfit_at_decision: int = 0
+    feasible_avoid_violations: int = 0
+    prefix_violations: int = 0          # best effort: the longest feasible prefix not avoided
+    spurious_503: int = 0
+    claim_mismatch: int = 0             # place_server's answer vs the committed servers.host
+    with_avoid: int = 0
+    full_avoid_feasible: int = 0
+    full_avoid_infeasible: int = 0
+    rejected: int = 0
+    mem_fill: float = 0.0
+    cpu_fill: float = 0.0
+
+    def violations(self) -> int:
+        return (self.over_capacity_hosts + self.not_up_placements + self.unfit_at_decision
+                + self.feasible_avoid_violations + self.prefix_violations + self.spurious_503 + self.claim_mismatch)
+
+
+def replay(w: Workload, outcome: list[str | None], check: Check) -> dict[str, list[float]]:
+    """Brute force, independent of ``choose``: the state before each decision, rebuilt in order."""
+    up = [h for h in w.hosts if h.state == "up"]
+    used = {h.name: [0, 0] for h in w.hosts}
+    state = {h.name: h.state for h in w.hosts}
+    caps = {h.name: (w.cpu_cap(h), w.mem_cap(h)) for h in w.hosts}
+    for i, got in enumerate(outcome):
+        cpu, mem = w.servers[i]
+        fitting = [h.name for h in up if used[h.name][0] + cpu <= caps[h.name][0]
+                   and used[h.name][1] + mem <= caps[h.name][1]]
+        avoid_hosts = [outcome[j] for j in w.avoid[i]]
+        if w.avoid[i]:
+            check.with_avoid += 1
+        if got is None:
+            check.rejected += 1
+            if fitting:
+                check.spurious_503 += 1
+            continue
+        if state[got] != "up":
+            check.not_up_placements += 1
+        if got not in fitting:
+            check.unfit_at_decision += 1
+        banned_full = {h for h in avoid_hosts if h is not None}
+        if w.avoid[i]:
+            if any(h not in banned_full for h in fitting):
+                check.full_avoid_feasible += 1
+                if got in banned_full:
+                    check.feasible_avoid_violations += 1
+            else:
+                check.full_avoid_infeasible += 1
+                for keep in range(len(avoid_hosts), -1, -1):
+                    banned = {h for h in avoid_hosts[:keep] if h is not None}
+                    if any(h not in banned for h in fitting):
+                        if got in banned:
+                            check.prefix_violations += 1
+                        break
+        used[got][0] += cpu
+        used[got][1] += mem
+    check.mem_fill = sum(used[h.name][1] for h in up) / sum(w.mem_cap(h) for h in up)
+    check.cpu_fill = sum(used[h.name][0] for h in up) / sum(w.cpu_cap(h) for h in up)
+    return used
+
+
+async def check_db(w: Workload, run: DbRun, db: Any) -> Check:
+    _engine, sessions, uuids = db
+    check = Check()
+    n = run.attempts
+    async with sessions() as s:
+        hosts = {h.name: h for h in (await s.scalars(select(Host))).all()}
+        committed = dict((await s.execute(select(Server.uuid, Server.host))).all())
+        sums = (await s.execute(select(Server.host, func.sum(Server.cpu), func.sum(Server.mem))
+                                .where(Server.host.is_not(None)).group_by(Server.host))).all()
+    for host, cpu, mem in sums:
+        f = hosts[host].facts
+        if cpu > f["cores"] * f["mhz"] * w.cpu_overcommit or mem > f["memory"] * w.mem_overcommit:
+            check.over_capacity_hosts += 1
+    outcome = [committed[uuids[i]] for i in range(n)]
+    check.claim_mismatch = sum(a != b for a, b in zip(outcome, run.returned, strict=True))
+    if any(committed[u] is not None for u in uuids[n:]):
+        check.claim_mismatch += 1
+    used = replay(w, outcome, check)
+    db_used = {h: (int(c), int(m)) for h, c, m in sums}
+    if {h: tuple(v) for h, v in used.items() if v != [0, 0]} != db_used:
+        check.claim_mismatch += 1
+    return check
+
+
+def print_check(c: Check) -> None:
+    print(f"    placements with an avoid list: {c.with_avoid}  (full set feasible {c.full_avoid_feasible}, "
+          f"infeasible -> best effort {c.full_avoid_infeasible});  503s: {c.rejected};  "
+          f"fill: mem {c.mem_fill:.1%}, cpu {c.cpu_fill:.1%}")
+    print(f"    violations: over-capacity hosts {c.over_capacity_hosts}, unfit at decision {c.unfit_at_decision}, "
+          f"on non-up host {c.not_up_placements}, feasible-avoid {c.feasible_avoid_violations}, "
+          f"best-effort prefix {c.prefix_violations}, spurious 503 {c.spurious_503}, "
+          f"claim mismatch {c.claim_mismatch}  => total {c.violations()}")
+
+
+# --- profile ----------------------------------------------------------------------------------------
+
+
+async def profile(db: Any, w: Workload, reps: int) -> None:
+    engine, sessions, uuids = db
+    sched = Scheduler()
+    rng = random.Random(1)
+    counter = [0]
+
+    def count(*_a: Any) -> None:
+        counter[0] += 1
+
+    parts: dict[str, list[float]] = {k: [] for k in ("loads(up,down,draining)", "  of which: Host ORM rows",
+                                                     "  of which: used GROUP BY", "_up() once", "hosts_of(4)",
+                                                     "fits list", "choose()", "choose_fixed()",
+                                                     "empty txn + 1 UPDATE commit")}
+    async with sessions() as s:
+        placed = [u for u, h in (await s.execute(select(Server.uuid, Server.host))).all() if h]
+        owner = (await s.scalar(select(User.uuid)))
+    for _ in range(reps):
+        async with sessions.begin() as s:
+            t = time.perf_counter()
+            loads = await sched.loads(s, ("up", "down", "draining"))
+            parts["loads(up,down,draining)"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            (await s.scalars(select(Host).where(Host.state.in_(("up", "down", "draining"))).order_by(Host.name)
+                             .execution_options(populate_existing=True))).all()
+            parts["  of which: Host ORM rows"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            (await s.execute(select(Server.host, func.sum(Server.cpu), func.sum(Server.mem))
+                             .where(Server.host.is_not(None)).group_by(Server.host))).all()
+            parts["  of which: used GROUP BY"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            up = await sched._up(s)
+            parts["_up() once"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            avoid_hosts = await hosts_of(s, rng.sample(placed, min(4, len(placed))), owner)
+            parts["hosts_of(4)"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            loads = [x for x in loads if x.name in up]
+            fits = [h.name for h in loads if h.fits(1000, 1 * GiB)]
+            parts["fits list"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            a = choose(loads, fits, avoid_hosts)
+            parts["choose()"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            b = choose_fixed(loads, fits, avoid_hosts)
+            parts["choose_fixed()"].append(time.perf_counter() - t)
+            assert a is b
+        t = time.perf_counter()
+        async with sessions.begin() as s:
+            await s.execute(update(Server).where(Server.uuid == uuids[-1]).values(status="stopped"))
+        parts["empty txn + 1 UPDATE commit"].append(time.perf_counter() - t)
+    print(f"  profile on the filled database ({len(loads)} up hosts, {reps} reps, median ms):")
+    for k, v in parts.items():
+        print(f"    {k:30s} {statistics.median(v) * 1000:8.2f}")
+    up_one = statistics.median(parts["_up() once"])
+    print(f"    => shipping place_server runs _up() once per host in the comprehension: "
+          f"~{len(w.hosts)} x {up_one * 1000:.2f} ms = {len(w.hosts) * up_one * 1000:.0f} ms per placement")
+    # Statement count of one shipping placement.
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    async with sessions() as s:
+        server = await s.get(Server, uuids[-1])
+        server.host = None
+        counter[0] = 0
+        with contextlib.suppress(ApiError):
+            await sched.place_server(s, server, [], [])
+        n_ship = counter[0]
+        counter[0] = 0
+        with contextlib.suppress(ApiError):
+            await HoistedScheduler().place_server(s, server, [], [])
+        n_fix = counter[0]
+        await s.rollback()
+    event.remove(engine.sync_engine, "before_cursor_execute", count)
+    print(f"    SQL statements per place_server: shipping {n_ship}, hoisted {n_fix}")
+
+
+# --- main -------------------------------------------------------------------------------------------
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--hosts", type=int, default=1000)
+    parser.add_argument("--placements", type=int, default=10000)
+    parser.add_argument("--seed", type=int, default=4)
+    parser.add_argument("--db-seconds", type=float, default=60.0, help="cap per database phase")
+    parser.add_argument("--pure-seconds", type=float, default=20.0, help="cap per pure phase")
+    parser.add_argument("--profile-reps", type=int, default=20)
+    args = parser.parse_args()
+
+    w = make_workload(args.hosts, args.placements, args.seed)
+    n_up = sum(h.state == "up" for h in w.hosts)
+    print(f"workload: {len(w.hosts)} hosts ({n_up} up), {len(w.servers)} placements, "
+          f"avoid lists of 0-4 earlier servers (seed {args.seed})")
+    rates: dict[str, float] = {}
+
+    print("A. pure choose() (shipping), in memory")
+    a_placed, a_time = run_pure(w, choose, args.pure_seconds)
+    rates["A"] = len(a_placed) / a_time
+    print(f"  {len(a_placed)}/{len(w.servers)} placements in {a_time:.2f} s: {rates['A']:,.0f} placements/s"
+          + ("  (capped)" if len(a_placed) < len(w.servers) else ""))
+    c = Check()
+    replay(w, a_placed, c)
+    print_check(c)
+
+    print("B. pure choose_fixed() (set(fits) built once), in memory")
+    b_placed, b_time = run_pure(w, choose_fixed, args.pure_seconds)
+    rates["B"] = len(b_placed) / b_time
+    same = all(x == y for x, y in zip(a_placed, b_placed[:len(a_placed)], strict=True))
+    print(f"  {len(b_placed)}/{len(w.servers)} placements in {b_time:.2f} s: {rates['B']:,.0f} placements/s; "
+          f"same hosts as A on A's {len(a_placed)}: {same}")
+    c = Check()
+    replay(w, b_placed, c)
+    print_check(c)
+
+    tmp = Path(tempfile.mkdtemp(prefix="strato-bench-sched-", dir="/var/tmp"))
+    try:
+        for label, sched in (("C", Scheduler()), ("D", HoistedScheduler())):
+            title = {"C": "shipping Scheduler.place_server", "D": "bench-local HoistedScheduler (_up once, "
+                     "set(fits) once)"}[label]
+            print(f"{label}. {title}, SQLite, one transaction per placement")
+            run, db = await run_db(label, w, sched, args.db_seconds, tmp)
+            rates[label] = run.attempts / run.elapsed
+            print(f"  {run.attempts}/{len(w.servers)} placements in {run.elapsed:.2f} s: "
+                  f"{rates[label]:,.1f} placements/s, {run.statements / max(1, run.attempts):.0f} SQL "
+                  f"statements per placement" + ("  (capped)" if run.attempts < len(w.servers) else ""))
+            check = await check_db(w, run, db)
+            print_check(check)
+            if label == "D":
+                await profile(db, w, args.profile_reps)
+            await db[0].dispose()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print("summary (placements/s):")
+    print(f"  pure choose() baseline       {rates['A']:10,.0f}")
+    print(f"  pure choose_fixed()          {rates['B']:10,.0f}")
+    print(f"  DB place_server (shipping)   {rates['C']:10,.1f}   target >= {TARGET:,.0f}: "
+          f"{'MET' if rates['C'] >= TARGET else 'MISSED'}")
+    print(f"  DB place_server (hoisted)    {rates['D']:10,.1f}   target >= {TARGET:,.0f}: "
+          f"{'MET' if rates['D'] >= TARGET else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
