@@ -66,6 +66,10 @@ class Cloud(Listener):
         # libvirt refuses a volume build while another runs in the same pool ("pool has
         # asynchronous jobs running"): one volume.create at a time per host.
         self.volume_locks: dict[str, asyncio.Lock] = {}
+        # Work this process is doing right now; a reconciliation finishes only what nobody is
+        # doing (what an API node that died left behind).
+        self.busy_jobs: set[str] = set()
+        self.booting: set[str] = set()
 
     # --- lifetime -------------------------------------------------------------------------------
 
@@ -196,20 +200,52 @@ class Cloud(Listener):
                         server.status = "running"
                     if domain.get("active_since"):
                         server.active_since = datetime.fromisoformat(domain["active_since"])
-                elif server.status != "starting" or domain is None:
+                elif server.status != "starting" or domain is None or server.uuid not in self.booting:
                     gone.append(server.uuid)
-            for uuid in set(domains) - known:
+            # A guest of a server the database says is stopped (its boot finished after the API node
+            # that asked for it died, and the claim was released): it must not outlive its claim.
+            stray = set((await s.scalars(select(Server.uuid).where(
+                Server.uuid.in_(set(domains) - known), Server.status == "stopped"))).all())
+            for uuid in set(domains) - known - stray:
                 # Never destroyed silently: an operator decides what an unknown guest is.
                 log.warning("host %s runs domain %s that Strato does not know; left alone", host, uuid)
             unsettled = (await s.scalars(select(Drive).where(Drive.host == host, Drive.status.in_(
                 ("creating", "unavailable", "resizing"))))).all()
         for uuid in gone:
             await self.finish_stop(uuid, host)
+        for uuid in stray:
+            log.warning("host %s runs domain %s of a stopped server; removing it", host, uuid)
+            with contextlib.suppress(AgentCallError, AgentGone):
+                await self.call(host, "domain.undefine", uuid=uuid)
         for drive in unsettled:
             if drive.status == "creating" and drive.volume not in volumes:
                 self.spawn(self.create_volume(drive.uuid))
+            elif drive.status == "resizing":
+                self.spawn(self.resize_volume(drive.uuid))  # growing to the recorded size is idempotent
             else:
                 await self._settle_drive(drive.uuid)
+        await self.resume_clones(host)
+
+    async def resume_clones(self, host: str) -> None:
+        """Drive clones a dead API node left ``started``: copy again once both hosts are up."""
+        async with self.sessions() as s:
+            jobs = (await s.scalars(select(Job).where(Job.state == "started", Job.operation == "drive_clone"))).all()
+            orphans = []
+            for job in jobs:
+                if job.uuid in self.busy_jobs:
+                    continue
+                drives = [await s.get(Drive, u.rstrip("/").rsplit("/", 1)[1]) for u in job.resources]
+                hosts = {d.host for d in drives if d is not None and d.host is not None}
+                connected = all(h in self.connections and self.connections[h].up.is_set() for h in hosts)
+                if host in hosts and connected:
+                    orphans.append((job.uuid, drives[1]))
+        for job_uuid, target in orphans:
+            self.busy_jobs.add(job_uuid)
+            if target is not None and target.host is not None:  # a partial copy goes first
+                with contextlib.suppress(AgentCallError, AgentGone):
+                    await self.call(target.host, "volume.delete", pool=target.pool, name=target.volume)
+            log.info("job %s: resuming a drive clone left unfinished", job_uuid)
+            self.spawn(self.run_clone(job_uuid))
 
     # --- drives ---------------------------------------------------------------------------------
 
@@ -270,6 +306,13 @@ class Cloud(Listener):
                     await sftp.remove(str(remote))
 
     async def run_clone(self, job_uuid: str) -> None:
+        self.busy_jobs.add(job_uuid)
+        try:
+            await self._run_clone(job_uuid)
+        finally:
+            self.busy_jobs.discard(job_uuid)
+
+    async def _run_clone(self, job_uuid: str) -> None:
         """Copy a ``drive_clone`` job's source volume into its destination, then settle both."""
         async with self.sessions() as s:
             job = await s.get(Job, job_uuid)
@@ -395,7 +438,14 @@ class Cloud(Listener):
                     raise forbidden(f'Drive {drive.uuid} is not ready to boot (status "{drive.status}")')
             await self.scheduler.place_server(s, server, [(d.host, d.pool) for d in drives], avoid)
             server.status = "starting"
-        self.spawn(self.start_server(uuid))
+        self.booting.add(uuid)
+        self.spawn(self._boot(uuid))
+
+    async def _boot(self, uuid: str) -> None:
+        try:
+            await self.start_server(uuid)
+        finally:
+            self.booting.discard(uuid)
 
     async def start_server(self, uuid: str) -> None:
         """Boot a server already placed (status ``starting``, ``host`` claimed)."""

@@ -332,3 +332,76 @@ def test_real_guest_lifecycle_clone_and_recursive_delete(cluster: Cluster) -> No
     assert drive_status(api, marker) == "unmounted" and cluster.volume_files(marker)
     assert api.delete(f"drives/{marker}/").status_code == 204
     wait_for(lambda: not cluster.volume_files(marker), 30, "marker volume deleted")
+
+
+# --- crashes ----------------------------------------------------------------------------------------
+
+def domain_states(cluster: Cluster, uuid: str) -> dict[str, str]:
+    """{host: virsh domstate} for every host that has a domain of this server."""
+    return {h.name: state for h in cluster.hosts.values() if (state := domstate(h.prefix + uuid)) is not None}
+
+
+def test_api_node_killed_mid_operations_recovers(cluster: Cluster) -> None:
+    api, server = cluster.api, cluster.server
+    uuids = create_servers(api, 10, "crash")
+    # Big enough (non-zero data) that copying it to another host is still under way at the kill.
+    source = upload(api, "crash-src.img", b"\x5a" * 128 * MiB)
+    source_host = cluster.host_of_volume(source)
+    pool = ThreadPoolExecutor(11)
+    cloning = pool.submit(lambda: Api(api.base, api.auth).post(f"drives/{source}/action/?do=clone&avoid={source}",
+                                                               {"name": "crash-copy"}))
+    starts = [pool.submit(lambda u=u: Api(api.base, api.auth).post(f"servers/{u}/action/?do=start"))
+              for u in uuids]
+    clone_answer = cloning.result()
+    assert server.proc is not None
+    server.proc.kill()  # SIGKILL: no cleanup, background work cut short
+    server.proc.wait()
+    pool.shutdown()
+    answered = [f.result().status_code for f in starts if f.exception() is None]
+    assert set(answered) <= {202}, answered  # the others were cut off by the kill
+    assert clone_answer.status_code == 202, clone_answer.text
+    copy = clone_answer.json()["objects"][0]["uuid"]
+
+    server.start()  # same data directory and database
+    cluster.wait_hosts_up()
+
+    def settled() -> bool:
+        servers = {s["uuid"]: s["status"] for s in api.ok("GET", "servers/?limit=0")["objects"]}
+        drives = {d["uuid"]: d["status"] for d in api.ok("GET", "drives/?limit=0")["objects"]}
+        jobs = api.ok("GET", "jobs/?limit=0")["objects"]
+        return (all(servers[u] in ("running", "stopped") for u in uuids)
+                and all(status in ("mounted", "unmounted") for status in drives.values())
+                and all(job["state"] != "started" for job in jobs))
+
+    wait_for(settled, 90, "servers, drives and jobs settle after the restart")
+    servers = {s["uuid"]: s["status"] for s in api.ok("GET", "servers/?limit=0")["objects"]}
+    assert set(uuids) <= set(servers)  # nothing lost
+    for uuid in uuids:
+        states = domain_states(cluster, uuid)
+        if servers[uuid] == "running":
+            assert list(states.values()) == ["running"], (uuid, states)
+        else:
+            assert "running" not in states.values(), (uuid, states)
+    # No claim leaks: the hosts count exactly the running servers.
+    running = sum(1 for u in uuids if servers[u] == "running")
+    counted = sum(h["servers"] for h in cluster.hosts_list().values())
+    assert counted == running
+    # The clone either finished (its volume on another host) or failed and left nothing behind.
+    job = next(j for j in api.ok("GET", "jobs/?limit=0")["objects"]
+               if j["operation"] == "drive_clone" and any(copy in r for r in j["resources"]))
+    assert job["state"] in ("success", "failed")
+    if job["state"] == "success":
+        assert drive_status(api, copy) == "unmounted"
+        assert cluster.host_of_volume(copy) != source_host
+    else:
+        assert api.get(f"drives/{copy}/").status_code == 404
+    assert drive_status(api, source) == "unmounted"
+    # The restarted node still works: every server starts and stops.
+    for uuid in uuids:
+        if servers[uuid] == "stopped":
+            must_start(api, uuid)
+    wait_status(api, uuids, "running")
+    stop_all(api)
+    for uuid in (source, copy):
+        api.delete(f"drives/{uuid}/")
+    wait_for(lambda: not any(cluster.volume_files(u) for u in (source, copy)), 30, "volumes deleted")
