@@ -7,17 +7,13 @@ Target: >= 2,000 placements/s through ``Scheduler.place_server`` with zero capac
 feasible-avoid violations.
 
 One workload (host sizes, server sizes, avoid lists of 0-4 earlier servers) is generated up front
-and run through four phases, each on a fresh state:
+and run through two phases, each on a fresh state:
 
 A. pure ``choose()`` (orchestrator/scheduler.py) on in-memory ``HostLoad`` rows, with ``fits``
    computed as ``place_server`` does: the baseline;
-B. the same with a bench-local ``choose`` whose only change is building ``set(fits)`` once
-   (checked to return the very same host as A on every placement A reached);
-C. the shipping ``Scheduler.place_server`` against a real SQLite database (``make_engine`` +
-   ``migrate``): host rows with facts, server rows, each placement in its own transaction under
-   ``scheduler.lock`` exactly as ``Cloud.place_and_start`` does (the claim is ``servers.host``);
-D. the same with a bench-local ``Scheduler`` subclass that only hoists the two per-host
-   re-computations (the ``_up`` query and ``set(fits)``), to show what the hot spots cost.
+C. ``Scheduler.place_server`` against a real SQLite database (``make_engine`` + ``migrate``): host
+   rows with facts, server rows, each placement in its own transaction under ``scheduler.lock``
+   exactly as ``Cloud.place_and_start`` does (the claim is ``servers.host``).
 
 Phases are capped by wall-clock time (``--db-seconds`` / ``--pure-seconds``); a capped phase
 reports its rate over the placements it reached and is checked over exactly those.
@@ -28,8 +24,8 @@ host that is not ``up``; and, replaying the placements in order (an independent 
 ``choose``): each chosen host fitted at decision time, each placement whose full avoid set was
 feasible at decision time avoided every avoided server's host, each best-effort placement
 avoided the longest feasible prefix, and each 503 happened only when no host fitted.
-Finally a profile of one placement's parts on the filled database (``loads``, ``_up``,
-``hosts_of``, ``choose``, commit) and its SQL statement count.
+Finally a profile of one placement's parts on the filled database (``loads``, ``hosts_of``,
+``choose``, commit) and its SQL statement count.
 """
 
 from __future__ import annotations
@@ -43,7 +39,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,12 +47,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import event, func, select, update  # noqa: E402
-from sqlalchemy.ext.asyncio import AsyncSession  # noqa: E402
 
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate, sqlite_url  # noqa: E402
 from orchestrator.db.models import Host, Server, User  # noqa: E402
 from orchestrator.errors import ApiError  # noqa: E402
-from orchestrator.scheduler import HostLoad, Scheduler, _pool_path, choose, hosts_of  # noqa: E402
+from orchestrator.scheduler import HostLoad, Scheduler, choose, hosts_of  # noqa: E402
 
 GiB, MiB = 2**30, 2**20
 TARGET = 2000.0
@@ -127,41 +121,6 @@ def make_workload(n_hosts: int, n_servers: int, seed: int) -> Workload:
 def facts(h: HostSpec) -> dict[str, Any]:
     return {"cores": h.cores, "mhz": h.mhz, "memory": h.memory, "virt_type": "kvm", "cpu_model": "host",
             "pools": [{"name": "default", "path": f"/var/lib/strato/pools/{h.name}", "available": 4 << 40}]}
-
-
-# --- bench-local variants (the hot spots fixed; not the shipping code) ------------------------------
-
-
-def choose_fixed(hosts: Sequence[HostLoad], fits: Any, avoid_hosts: Sequence[str | None],
-                 key: Any = HostLoad.headroom) -> HostLoad | None:
-    """``scheduler.choose`` with ``set(fits)`` built once instead of once per host."""
-    fit = set(fits)
-    feasible = [h for h in hosts if h.name in fit]
-    for keep in range(len(avoid_hosts), -1, -1):
-        banned = {h for h in avoid_hosts[:keep] if h is not None}
-        options = [h for h in feasible if h.name not in banned]
-        if options:
-            return max(options, key=key)
-    return None
-
-
-@dataclass
-class HoistedScheduler(Scheduler):
-    """``place_server`` with the ``_up`` query run once (not once per host) and ``choose_fixed``."""
-
-    async def place_server(self, s: AsyncSession, server: Server, volumes: list[tuple[str, str]],
-                           avoid: Sequence[str]) -> HostLoad:
-        every = {load.name: load for load in await self.loads(s, ("up", "down", "draining"))}
-        paths = {(host, pool): _pool_path(every.get(host), pool) for host, pool in volumes}
-        up = await self._up(s)
-        loads = [load for load in every.values() if load.name in up]
-        fits = [h.name for h in loads if h.fits(server.cpu, server.mem)
-                and all(path is not None and h.sees(pool, path) for (_, pool), path in paths.items())]
-        chosen = choose_fixed(loads, fits, await hosts_of(s, avoid, server.owner_uuid))
-        if chosen is None:
-            raise ApiError("backend", "No host can fit this server now", None, status=503)
-        server.host = chosen.name
-        return chosen
 
 
 # --- pure phases ----------------------------------------------------------------------------------
@@ -373,9 +332,8 @@ async def profile(db: Any, w: Workload, reps: int) -> None:
     def count(*_a: Any) -> None:
         counter[0] += 1
 
-    parts: dict[str, list[float]] = {k: [] for k in ("loads(up,down,draining)", "  of which: Host ORM rows",
-                                                     "  of which: used GROUP BY", "_up() once", "hosts_of(4)",
-                                                     "fits list", "choose()", "choose_fixed()",
+    parts: dict[str, list[float]] = {k: [] for k in ("loads(up,down,draining)", "  of which: used GROUP BY",
+                                                     "hosts_of(4)", "fits list", "choose()",
                                                      "empty txn + 1 UPDATE commit")}
     async with sessions() as s:
         placed = [u for u, h in (await s.execute(select(Server.uuid, Server.host))).all() if h]
@@ -386,30 +344,19 @@ async def profile(db: Any, w: Workload, reps: int) -> None:
             loads = await sched.loads(s, ("up", "down", "draining"))
             parts["loads(up,down,draining)"].append(time.perf_counter() - t)
             t = time.perf_counter()
-            (await s.scalars(select(Host).where(Host.state.in_(("up", "down", "draining"))).order_by(Host.name)
-                             .execution_options(populate_existing=True))).all()
-            parts["  of which: Host ORM rows"].append(time.perf_counter() - t)
-            t = time.perf_counter()
             (await s.execute(select(Server.host, func.sum(Server.cpu), func.sum(Server.mem))
                              .where(Server.host.is_not(None)).group_by(Server.host))).all()
             parts["  of which: used GROUP BY"].append(time.perf_counter() - t)
             t = time.perf_counter()
-            up = await sched._up(s)
-            parts["_up() once"].append(time.perf_counter() - t)
-            t = time.perf_counter()
             avoid_hosts = await hosts_of(s, rng.sample(placed, min(4, len(placed))), owner)
             parts["hosts_of(4)"].append(time.perf_counter() - t)
             t = time.perf_counter()
-            loads = [x for x in loads if x.name in up]
+            loads = [x for x in loads if x.state == "up"]
             fits = [h.name for h in loads if h.fits(1000, 1 * GiB)]
             parts["fits list"].append(time.perf_counter() - t)
             t = time.perf_counter()
-            a = choose(loads, fits, avoid_hosts)
+            choose(loads, fits, avoid_hosts)
             parts["choose()"].append(time.perf_counter() - t)
-            t = time.perf_counter()
-            b = choose_fixed(loads, fits, avoid_hosts)
-            parts["choose_fixed()"].append(time.perf_counter() - t)
-            assert a is b
         t = time.perf_counter()
         async with sessions.begin() as s:
             await s.execute(update(Server).where(Server.uuid == uuids[-1]).values(status="stopped"))
@@ -417,9 +364,6 @@ async def profile(db: Any, w: Workload, reps: int) -> None:
     print(f"  profile on the filled database ({len(loads)} up hosts, {reps} reps, median ms):")
     for k, v in parts.items():
         print(f"    {k:30s} {statistics.median(v) * 1000:8.2f}")
-    up_one = statistics.median(parts["_up() once"])
-    print(f"    => shipping place_server runs _up() once per host in the comprehension: "
-          f"~{len(w.hosts)} x {up_one * 1000:.2f} ms = {len(w.hosts) * up_one * 1000:.0f} ms per placement")
     # Statement count of one shipping placement.
     event.listen(engine.sync_engine, "before_cursor_execute", count)
     async with sessions() as s:
@@ -429,13 +373,9 @@ async def profile(db: Any, w: Workload, reps: int) -> None:
         with contextlib.suppress(ApiError):
             await sched.place_server(s, server, [], [])
         n_ship = counter[0]
-        counter[0] = 0
-        with contextlib.suppress(ApiError):
-            await HoistedScheduler().place_server(s, server, [], [])
-        n_fix = counter[0]
         await s.rollback()
     event.remove(engine.sync_engine, "before_cursor_execute", count)
-    print(f"    SQL statements per place_server: shipping {n_ship}, hoisted {n_fix}")
+    print(f"    SQL statements per place_server: {n_ship}")
 
 
 # --- main -------------------------------------------------------------------------------------------
@@ -466,22 +406,10 @@ async def main() -> None:
     replay(w, a_placed, c)
     print_check(c)
 
-    print("B. pure choose_fixed() (set(fits) built once), in memory")
-    b_placed, b_time = run_pure(w, choose_fixed, args.pure_seconds)
-    rates["B"] = len(b_placed) / b_time
-    same = all(x == y for x, y in zip(a_placed, b_placed[:len(a_placed)], strict=True))
-    print(f"  {len(b_placed)}/{len(w.servers)} placements in {b_time:.2f} s: {rates['B']:,.0f} placements/s; "
-          f"same hosts as A on A's {len(a_placed)}: {same}")
-    c = Check()
-    replay(w, b_placed, c)
-    print_check(c)
-
     tmp = Path(tempfile.mkdtemp(prefix="strato-bench-sched-", dir="/var/tmp"))
     try:
-        for label, sched in (("C", Scheduler()), ("D", HoistedScheduler())):
-            title = {"C": "shipping Scheduler.place_server", "D": "bench-local HoistedScheduler (_up once, "
-                     "set(fits) once)"}[label]
-            print(f"{label}. {title}, SQLite, one transaction per placement")
+        for label, sched in (("C", Scheduler()),):
+            print(f"{label}. Scheduler.place_server, SQLite, one transaction per placement")
             run, db = await run_db(label, w, sched, args.db_seconds, tmp)
             rates[label] = run.attempts / run.elapsed
             print(f"  {run.attempts}/{len(w.servers)} placements in {run.elapsed:.2f} s: "
@@ -489,19 +417,15 @@ async def main() -> None:
                   f"statements per placement" + ("  (capped)" if run.attempts < len(w.servers) else ""))
             check = await check_db(w, run, db)
             print_check(check)
-            if label == "D":
-                await profile(db, w, args.profile_reps)
+            await profile(db, w, args.profile_reps)
             await db[0].dispose()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     print("summary (placements/s):")
     print(f"  pure choose() baseline       {rates['A']:10,.0f}")
-    print(f"  pure choose_fixed()          {rates['B']:10,.0f}")
-    print(f"  DB place_server (shipping)   {rates['C']:10,.1f}   target >= {TARGET:,.0f}: "
+    print(f"  DB place_server              {rates['C']:10,.1f}   target >= {TARGET:,.0f}: "
           f"{'MET' if rates['C'] >= TARGET else 'MISSED'}")
-    print(f"  DB place_server (hoisted)    {rates['D']:10,.1f}   target >= {TARGET:,.0f}: "
-          f"{'MET' if rates['D'] >= TARGET else 'MISSED'}")
 
 
 if __name__ == "__main__":

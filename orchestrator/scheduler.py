@@ -9,11 +9,12 @@ capacity used on a host is the sum of the cpu and mem of the servers placed ther
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import String, func, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from orchestrator.db.models import Drive, Host, Server
@@ -28,6 +29,7 @@ class HostLoad:
     cpu_used: int = 0
     mem_used: int = 0
     cpu_type: str | None = None   # None: any family
+    state: str = "up"
     pools: dict[str, dict[str, Any]] = field(default_factory=dict)  # pool name → its facts (path, available)
 
     def sees(self, pool: str, path: str) -> bool:
@@ -49,7 +51,8 @@ def choose(hosts: Sequence[HostLoad], fits: Iterable[str], avoid_hosts: Sequence
     (None when it has none).  Best effort (spec §30): first the hosts free of every avoided
     object, then of all but the last, and so on.
     """
-    feasible = [h for h in hosts if h.name in set(fits)]
+    fitting = set(fits)
+    feasible = [h for h in hosts if h.name in fitting]
     for keep in range(len(avoid_hosts), -1, -1):
         banned = {h for h in avoid_hosts[:keep] if h is not None}
         options = [h for h in feasible if h.name not in banned]
@@ -67,23 +70,37 @@ class Scheduler:
     # SQLite serialises writers anyway; this lock keeps one API node's placements from
     # interleaving between read and write.  PostgreSQL adds row locks on the host rows.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _facts: dict[str, tuple[float, float, dict[str, dict[str, Any]]]] = field(default_factory=dict, repr=False)
 
     async def loads(self, s: AsyncSession, states: tuple[str, ...] = ("up",)) -> list[HostLoad]:
-        hosts = (await s.scalars(select(Host).where(Host.state.in_(states)).order_by(Host.name)
-                                 .with_for_update())).all()
+        """Capacity and claims of the hosts in ``states``; host rows locked on PostgreSQL."""
+        # facts as raw JSON text: parsed once per distinct content, not once per placement.
+        rows = (await s.execute(select(Host.name, Host.state, type_coerce(Host.facts, String))
+                                .where(Host.state.in_(states)).order_by(Host.name).with_for_update())).all()
         used = {row.host: row for row in (await s.execute(
             select(Server.host, func.sum(Server.cpu).label("cpu"), func.sum(Server.mem).label("mem"))
             .where(Server.host.is_not(None)).group_by(Server.host))).all()}
         loads = []
-        for host in hosts:
-            facts = host.facts
-            load = HostLoad(host.name, facts.get("cores", 1) * facts.get("mhz", 1000) * self.cpu_overcommit,
-                            facts.get("memory", 0) * self.mem_overcommit,
-                            pools={p["name"]: p for p in facts.get("pools", [])})
-            if host.name in used:
-                load.cpu_used, load.mem_used = int(used[host.name].cpu), int(used[host.name].mem)
+        for name, state, raw in rows:
+            cpu, mem, pools = self._capacity(raw)
+            load = HostLoad(name, cpu * self.cpu_overcommit, mem * self.mem_overcommit, pools=pools, state=state)
+            if name in used:
+                load.cpu_used, load.mem_used = int(used[name].cpu), int(used[name].mem)
             loads.append(load)
         return loads
+
+    def _capacity(self, raw: str | dict[str, Any]) -> tuple[float, float, dict[str, dict[str, Any]]]:
+        """(MHz, bytes, pools) from a host's facts; cached by the facts' text."""
+        key = raw if isinstance(raw, str) else json.dumps(raw, sort_keys=True)
+        cached = self._facts.get(key)
+        if cached is None:
+            facts = json.loads(key)
+            cached = (facts.get("cores", 1) * facts.get("mhz", 1000), float(facts.get("memory", 0)),
+                      {p["name"]: p for p in facts.get("pools", [])})
+            if len(self._facts) > 100_000:
+                self._facts.clear()
+            self._facts[key] = cached
+        return cached
 
     async def place_server(self, s: AsyncSession, server: Server, volumes: list[tuple[str, str]],
                            avoid: Sequence[str]) -> HostLoad:
@@ -93,7 +110,7 @@ class Scheduler:
         every one of them, i.e. holds it or mounts the same (shared) pool directory."""
         every = {load.name: load for load in await self.loads(s, ("up", "down", "draining"))}
         paths = {(host, pool): _pool_path(every.get(host), pool) for host, pool in volumes}
-        loads = [load for load in every.values() if load.name in await self._up(s)]
+        loads = [load for load in every.values() if load.state == "up"]
         fits = [h.name for h in loads if h.fits(server.cpu, server.mem)
                 and all(path is not None and h.sees(pool, path) for (_, pool), path in paths.items())]
         chosen = choose(loads, fits, await hosts_of(s, avoid, server.owner_uuid))
@@ -102,9 +119,6 @@ class Scheduler:
                                       "drives)", None, status=503)
         server.host = chosen.name
         return chosen
-
-    async def _up(self, s: AsyncSession) -> set[str]:
-        return set((await s.scalars(select(Host.name).where(Host.state == "up"))).all())
 
     async def place_drive(self, s: AsyncSession, drive: Drive, avoid: Sequence[str]) -> str:
         """Pick the storage host and pool of a new drive (pool by storage type, room, avoid)."""
