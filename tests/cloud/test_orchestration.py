@@ -6,11 +6,15 @@ its servers stopped so the next one starts with empty hosts.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -405,3 +409,78 @@ def test_api_node_killed_mid_operations_recovers(cluster: Cluster) -> None:
     for uuid in (source, copy):
         api.delete(f"drives/{uuid}/")
     wait_for(lambda: not any(cluster.volume_files(u) for u in (source, copy)), 30, "volumes deleted")
+
+
+def agent_pids(prefix: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "--", f"--prefix {prefix} "], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_lost_agent_marks_servers_unavailable_until_it_reconnects(cluster: Cluster) -> None:
+    api, sshd = cluster.api, cluster.sshd
+    uuids = create_servers(api, 3, "agent-loss")
+    for i, uuid in enumerate(uuids):
+        must_start(api, uuid, uuids[:i])
+    wait_status(api, uuids, "running")
+    on = {host_of(cluster, u): u for u in uuids}
+    lost, kept = on["ssh1"], [u for h, u in on.items() if h != "ssh1"]
+    host = cluster.hosts["ssh1"]
+    domain_pid = Path(f"/run/libvirt/qemu/{host.prefix}{lost}.pid").read_text().strip()
+    [pid] = agent_pids(host.prefix)
+    # The sshd listener goes away (its sessions stay) so that reconnecting fails for a while.
+    sshd.stop()
+    try:
+        os.kill(pid, signal.SIGKILL)
+        wait_status(api, lost, "unavailable", 30)
+        assert cluster.hosts_list()["ssh1"]["state"] == "down"
+        assert all(status(api, u) == "running" for u in kept)
+        assert domstate(host.prefix + lost) == "running"  # libvirt keeps the guest
+    finally:
+        sshd.start()
+    wait_status(api, lost, "running", 60)
+    assert cluster.hosts_list()["ssh1"]["state"] == "up"
+    assert Path(f"/run/libvirt/qemu/{host.prefix}{lost}.pid").read_text().strip() == domain_pid  # same guest
+    assert agent_pids(host.prefix) and agent_pids(host.prefix) != [pid]
+    stop_all(api)
+
+
+# --- hosts command line -------------------------------------------------------------------------------
+
+def test_hosts_list_drain_and_remove(cluster: Cluster) -> None:
+    api, server = cluster.api, cluster.server
+    uuids = create_servers(api, 3, "hosts-cli")
+    for i, uuid in enumerate(uuids):
+        must_start(api, uuid, uuids[:i])
+    wait_status(api, uuids, "running")
+    hosts = cluster.hosts_list()
+    assert {name: (h["state"], h["servers"]) for name, h in hosts.items()} == {
+        "local1": ("up", 1), "ssh1": ("up", 1), "ssh2": ("up", 1)}
+    assert all(h["cores"] and h["memory"] and h["virt_type"] == "qemu" for h in hosts.values())
+    stop_all(api)
+
+    server.cli("hosts", "drain", "ssh2")
+    assert cluster.hosts_list()["ssh2"]["state"] == "draining"
+    # Avoid would prefer the empty host, but a draining host takes nothing new.
+    more = create_servers(api, 4, "drained")
+    for i, uuid in enumerate(more):
+        must_start(api, uuid, more[:i])
+    wait_status(api, more, "running")
+    assert {host_of(cluster, u) for u in more} == {"local1", "ssh1"}
+    assert cluster.hosts_list()["ssh2"]["servers"] == 0
+
+    # A host that runs servers cannot be removed; an empty one can, and the API node lets it go.
+    busy = host_of(cluster, more[0])
+    refused = subprocess.run([sys.executable, "-m", "orchestrator.cli", "hosts", "remove", busy, "--data-dir",
+                              str(server.data_dir)], capture_output=True, text=True, cwd=ROOT,
+                             env={**os.environ, **server.env})
+    assert refused.returncode == 1 and "still runs servers" in refused.stderr, refused.stderr
+    assert busy in cluster.hosts_list()
+    stop_all(api)
+    server.cli("hosts", "remove", "ssh2")
+    assert "ssh2" not in cluster.hosts_list()
+    prefix = cluster.hosts["ssh2"].prefix
+    wait_for(lambda: not agent_pids(prefix), 30, "the removed host's agent to go")
+    # Starts keep working on the remaining hosts.
+    must_start(api, more[0])
+    wait_status(api, more[0], "running")
+    stop_all(api)
