@@ -181,6 +181,16 @@ def test_drive_clone_with_avoid_lands_on_another_host(cluster: Cluster) -> None:
 def test_concurrent_starts_respect_capacity_and_avoid(cluster: Cluster) -> None:
     api = cluster.api
     mem = 64 * MiB
+    # Three concurrent starts that avoid each other always fit apart: three hosts, whatever the order.
+    trio = create_servers(api, 3, "trio", mem=mem)
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda u: Api(api.base, api.auth).post(
+            f"servers/{u}/action/?do=start&avoid={','.join(v for v in trio if v != u)}"), trio))
+    assert [r.status_code for r in answers] == [202] * 3, [r.text for r in answers]
+    wait_status(api, trio, "running")
+    assert len({host_of(cluster, u) for u in trio}) == 3
+    stop_all(api)
+
     uuids = create_servers(api, 20, "flood", mem=mem)
     samples: list[dict[str, int]] = []
     done = threading.Event()
