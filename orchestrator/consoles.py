@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 Streams = tuple[Any, Any]  # (reader, writer) of asyncio or asyncssh, bytes both ways
 PROMPT_TIMEOUT = 30.0
+CHUNK = 1 << 20  # bridge read size and stream buffer limit: a raw VNC frame is ~1 MB
 
 
 @dataclass
@@ -113,13 +114,13 @@ class Consoles:
             if not vnc:
                 raise ConnectionError("the guest has no VNC display")
             if connection.address.is_local:
-                return lambda: asyncio.open_connection(vnc["host"], vnc["port"])
+                return lambda: asyncio.open_connection(vnc["host"], vnc["port"], limit=CHUNK)
             return lambda: connection.ssh.open_connection(vnc["host"], vnc["port"])  # type: ignore[union-attr]
         path = domain.get("console_socket")
         if not path:
             raise ConnectionError("the guest has no serial console")
         if connection.address.is_local:
-            return lambda: asyncio.open_unix_connection(path)
+            return lambda: asyncio.open_unix_connection(path, limit=CHUNK)
         return lambda: connection.ssh.open_unix_connection(path)  # type: ignore[union-attr]
 
     async def _listen(self, tunnel: Tunnel) -> tuple[asyncio.Server, int]:
@@ -131,7 +132,8 @@ class Consoles:
             if port in used:
                 continue
             try:
-                server = await asyncio.start_server(lambda r, w: self._accept(tunnel, r, w), self.bind, port)
+                server = await asyncio.start_server(lambda r, w: self._accept(tunnel, r, w), self.bind, port,
+                                                    limit=CHUNK)
             except OSError:
                 continue
             return server, port
@@ -209,7 +211,7 @@ async def bridge(reader: Any, writer: Any, up_reader: Any, up_writer: Any, touch
     """Copy bytes both ways until either side closes."""
 
     async def pump(src: Any, dst: Any) -> None:
-        while data := await src.read(65536):
+        while data := await src.read(CHUNK):
             dst.write(data)
             await dst.drain()
             touched()

@@ -13,6 +13,7 @@ import logging
 
 from aiohttp import WSMsgType, web
 
+from orchestrator.consoles import CHUNK
 from orchestrator.keys import CONFIG, CONSOLES
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,12 @@ async def websockify(request: web.Request) -> web.StreamResponse:
     tunnel = request.app[CONSOLES].redeem(request.query.get("token", ""))
     if tunnel is None:
         raise web.HTTPForbidden(reason="Invalid or expired console token")
-    reader, writer = await asyncio.open_connection("127.0.0.1", tunnel.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", tunnel.port, limit=CHUNK)
     ws = web.WebSocketResponse(protocols=("binary",), max_msg_size=0)
     await ws.prepare(request)
 
     async def upstream_to_browser() -> None:
-        while data := await reader.read(65536):
+        while data := await reader.read(CHUNK):
             await ws.send_bytes(data)
         await ws.close()
 
