@@ -73,9 +73,9 @@ async def plan_drive_clone(s: AsyncSession, source: Drive, values: dict[str, Any
                   status="cloning_dst", avoid=list(avoid), volume=f"{uuid}.qcow2", pool=source.pool)
     s.add(clone)
     # Without avoid the copy stays next to its source (a cheap copy-on-the-host clone).
-    if avoid:
+    if avoid or storage_type != source.storage_type:  # placed like a new drive of its type
         await scheduler.place_drive(s, clone, avoid)
-    else:
+    else:  # a cheap copy next to its source
         clone.host = source.host
     source.status = "cloning_src"
     job = new_job(s, source.owner_uuid, "drive_clone", "drives", source.uuid, uuid, parent)

@@ -96,11 +96,17 @@ class Cloud(Listener):
                 log.exception("host watch failed; trying again")
 
     async def poll_stats(self) -> None:
+        """Runtime counters of the running servers, and each host's facts (pool space left)."""
         fresh: dict[str, dict[str, Any]] = {}
-        for connection in list(self.connections.values()):
+        for name, connection in list(self.connections.items()):
             if connection.up.is_set():
                 with contextlib.suppress(AgentCallError, AgentGone, TimeoutError):
                     fresh.update(await connection.call("domain.stats", timeout=10))
+                    facts = await connection.call("host.facts", timeout=10)
+                    async with self.sessions.begin() as s:
+                        host = await s.get(Host, name)
+                        if host is not None and host.facts != facts:
+                            host.facts = facts
         if fresh != self.stats:
             self.stats = fresh
             for listener in self.stats_listeners:
@@ -324,11 +330,11 @@ class Cloud(Listener):
         try:
             if source is None or target is None or source.host is None or target.host is None:
                 raise AgentGone("source or destination is gone")
-            if target.host == source.host:
+            if (target.host, target.pool) == (source.host, source.pool):
                 async with self.volume_locks.setdefault(source.host, asyncio.Lock()):
                     volume = await self.call(source.host, "volume.clone", pool=source.pool, source=source.volume,
                                              name=target.volume, size=target.size)
-            else:  # avoid put it on another storage host: the image travels through the API node
+            else:  # another storage host or pool (avoid, storage type): the image travels as a file
                 volume = await self._transfer(source, target)
             ok = True
         except (AgentCallError, AgentGone, OSError, asyncssh.Error) as err:
@@ -341,6 +347,7 @@ class Cloud(Listener):
             elif target is not None:  # nothing half-done is left: the failed copy goes away
                 await s.execute(delete(ServerDrive).where(ServerDrive.drive_uuid == target_uuid))
                 await s.delete(target)
+                self.spawn(self.delete_volumes([(target.host, target.pool, target.volume)]))
             if job is not None:
                 job.state, job.progress = ("success", 100) if ok else ("failed", job.progress)
                 await s.flush()

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from orchestrator.config import Config
-from orchestrator.db.models import Host, Server
+from orchestrator.db.models import Drive, Host, Server
 
 HOST_CONFIG = "/etc/strato/agent.json"  # written by deploy/prepare-host.sh
 
@@ -70,4 +70,6 @@ async def remove_host(s: AsyncSession, name: str) -> None:
         raise ValueError(f"no host {name}")
     if await s.scalar(select(func.count()).select_from(Server).where(Server.host == name)):
         raise ValueError(f"host {name} still runs servers; stop them or drain it first")
+    if await s.scalar(select(func.count()).select_from(Drive).where(Drive.host == name)):
+        raise ValueError(f"host {name} still holds drives; delete or move them first")
     await s.delete(host)
