@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 from aiohttp import web
 from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import joinedload, selectinload
 
 from orchestrator.errors import ApiError, invalid, notexist
 from orchestrator.fields import API_ROOT, Invalid, ListQuery, Resource, link, ref_id
@@ -140,3 +142,35 @@ def query_uuids(request: web.Request, name: str) -> list[str]:
         return [ref_id(v, "servers") for v in values]
     except Invalid as e:
         raise invalid(str(e), name) from None
+
+
+Prepare = Callable[[web.Request], Callable[[list[Any]], None]]
+
+
+def collection_views(routes: web.RouteTableDef, resource: Resource, rows: Callable[[web.Request], Select[Any]],
+                     *, short_list: bool = True, prepare: Prepare | None = None) -> None:
+    """``GET /<coll>/``, ``/<coll>/detail/`` and ``/<coll>/schema/``, all read from the field table.
+
+    ``rows`` gives the caller's rows; ``short_list`` False where the short view is the full one."""
+
+    async def listing(request: web.Request, short: bool) -> web.Response:
+        return await list_view(request, resource, rows(request), short=short,
+                               prepare=prepare(request) if prepare else None)
+
+    async def schema(request: web.Request) -> web.Response:
+        return respond(resource.schema())
+
+    routes.get(path(resource.name))(partial(listing, short=short_list))
+    routes.get(path(f"{resource.name}/detail"))(partial(listing, short=False))
+    routes.get(path(f"{resource.name}/schema"))(schema)
+
+
+def owned_rows(model: Any, related: tuple[Any, ...], owner: str) -> Select[Any]:
+    """The owner's rows with what their rendering reads, loaded per relation (lists)."""
+    return select(model).where(model.owner_uuid == owner).options(*(selectinload(r) for r in related))
+
+
+def owned_row(model: Any, related: tuple[Any, ...], owner: str, uuid: str) -> Select[Any]:
+    """One of the owner's rows: a single joined query beats a query per relation."""
+    return (select(model).where(model.owner_uuid == owner, model.uuid == uuid)
+            .options(*(joinedload(r) for r in related)))

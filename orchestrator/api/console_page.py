@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from aiohttp import WSMsgType, web
 
@@ -30,9 +31,16 @@ async def websockify(request: web.Request) -> web.StreamResponse:
     tunnel = request.app[CONSOLES].redeem(request.query.get("token", ""))
     if tunnel is None:
         raise web.HTTPForbidden(reason="Invalid or expired console token")
-    reader, writer = await asyncio.open_connection("127.0.0.1", tunnel.port, limit=CHUNK)
+    try:  # straight to the guest's display (through its host's SSH for remote hosts)
+        reader, writer = await tunnel.upstream()
+    except (OSError, ConnectionError) as err:
+        raise web.HTTPServiceUnavailable(reason=f"Cannot reach the guest's VNC display: {err}") from None
     ws = web.WebSocketResponse(protocols=("binary",), max_msg_size=0)
     await ws.prepare(request)
+    task = asyncio.current_task()
+    assert task is not None
+    tunnel.bridges.add(task)  # closing the tunnel (close_vnc, stop) ends this socket too
+    tunnel.active += 1
 
     async def upstream_to_browser() -> None:
         while data := await reader.read(CHUNK):
@@ -50,6 +58,9 @@ async def websockify(request: web.Request) -> web.StreamResponse:
     finally:
         pump.cancel()
         writer.close()
+        tunnel.active -= 1
+        tunnel.last_used = time.monotonic()
+        tunnel.bridges.discard(task)
     return ws
 
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import Select, delete, select
-from sqlalchemy.orm import joinedload, selectinload
+from sqlalchemy import Select, delete
 
 from orchestrator.api.common import (
     caller,
+    collection_views,
     for_each,
     get_owned,
-    list_view,
     no_content,
     objects_of,
+    owned_row,
+    owned_rows,
     path,
     query_uuids,
     read_json,
@@ -97,28 +98,14 @@ RELATED = (Drive.attachments, Drive.tag_links, Drive.job_links)  # what a render
 
 
 def owned(request: web.Request) -> Select[Any]:
-    return select(Drive).where(Drive.owner_uuid == caller(request)).options(*(selectinload(r) for r in RELATED))
+    return owned_rows(Drive, RELATED, caller(request))
 
 
 def one(request: web.Request) -> Select[Any]:
-    # One row: a single joined query beats a query per relation.
-    return (select(Drive).where(Drive.owner_uuid == caller(request), Drive.uuid == request.match_info["uuid"])
-            .options(*(joinedload(r) for r in RELATED)))
+    return owned_row(Drive, RELATED, caller(request), request.match_info["uuid"])
 
 
-@routes.get(path("drives"))
-async def list_drives(request: web.Request) -> web.Response:
-    return await list_view(request, DRIVE, owned(request), short=True)
-
-
-@routes.get(path("drives/detail"))
-async def list_drives_detail(request: web.Request) -> web.Response:
-    return await list_view(request, DRIVE, owned(request), short=False)
-
-
-@routes.get(path("drives/schema"))
-async def schema(request: web.Request) -> web.Response:
-    return respond(DRIVE.schema())
+collection_views(routes, DRIVE, owned)
 
 
 @routes.post(path("drives"))

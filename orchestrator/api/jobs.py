@@ -8,7 +8,7 @@ from aiohttp import web
 from sqlalchemy import Select, select
 from sqlalchemy.orm import selectinload
 
-from orchestrator.api.common import caller, get_owned, list_view, path, respond, session
+from orchestrator.api.common import caller, collection_views, get_owned, path, respond, session
 from orchestrator.api.standard import resource_uri_field, uuid_field
 from orchestrator.db.models import Job
 from orchestrator.fields import Field, Output, Resource, Str
@@ -45,15 +45,7 @@ def owned(request: web.Request) -> Select[Any]:
             .options(selectinload(Job.children).selectinload(Job.children)))
 
 
-@routes.get(path("jobs"))
-@routes.get(path("jobs/detail"))
-async def list_jobs(request: web.Request) -> web.Response:
-    return await list_view(request, JOB, owned(request), short=False)
-
-
-@routes.get(path("jobs/schema"))
-async def schema(request: web.Request) -> web.Response:
-    return respond(JOB.schema())
+collection_views(routes, JOB, owned, short_list=False)
 
 
 @routes.get(path("jobs/{uuid}"))

@@ -7,15 +7,16 @@ from typing import Any
 
 from aiohttp import web
 from sqlalchemy import Select, select
-from sqlalchemy.orm import joinedload, selectinload
 
 from orchestrator.api.common import (
     caller,
+    collection_views,
     for_each,
     get_owned,
-    list_view,
     no_content,
     objects_of,
+    owned_row,
+    owned_rows,
     path,
     read_json,
     respond,
@@ -165,30 +166,14 @@ RELATED = (Server.drive_links, Server.tag_links, Server.job_links)  # what a ren
 
 
 def owned(request: web.Request) -> Select[Any]:
-    return select(Server).where(Server.owner_uuid == caller(request)).options(*(selectinload(r) for r in RELATED))
+    return owned_rows(Server, RELATED, caller(request))
 
 
 def one(request: web.Request) -> Select[Any]:
-    # One row: a single joined query beats a query per relation.
-    return (select(Server).where(Server.owner_uuid == caller(request), Server.uuid == request.match_info["uuid"])
-            .options(*(joinedload(r) for r in RELATED)))
+    return owned_row(Server, RELATED, caller(request), request.match_info["uuid"])
 
 
-@routes.get(path("servers"))
-async def list_servers(request: web.Request) -> web.Response:
-    return await list_view(request, SERVER, owned(request), short=True,
-                           prepare=partial(attach_stats, request.app[CLOUD]))
-
-
-@routes.get(path("servers/detail"))
-async def list_servers_detail(request: web.Request) -> web.Response:
-    return await list_view(request, SERVER, owned(request), short=False,
-                           prepare=partial(attach_stats, request.app[CLOUD]))
-
-
-@routes.get(path("servers/schema"))
-async def schema(request: web.Request) -> web.Response:
-    return respond(SERVER.schema())
+collection_views(routes, SERVER, owned, prepare=lambda request: partial(attach_stats, request.app[CLOUD]))
 
 
 @routes.post(path("servers"))
@@ -292,7 +277,7 @@ async def delete_servers(s: Any, servers: list[Server], media: tuple[str, ...]) 
     shared = set((await s.scalars(select(ServerDrive.drive_uuid).where(
         ServerDrive.drive_uuid.in_(attached), ServerDrive.server_uuid.not_in(server_ids)))).all())
     doomed = [] if not media else (await s.scalars(select(Drive).where(
-        Drive.uuid.in_(attached - shared), Drive.media.in_(media)))).all()
+        Drive.uuid.in_(attached - shared), Drive.media.in_(media), Drive.owner_uuid.is_not(None)))).all()
     for server in servers:
         await s.delete(server)
     await s.flush()

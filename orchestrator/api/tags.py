@@ -11,6 +11,7 @@ from sqlalchemy.orm import selectinload
 from orchestrator.api import drives, servers
 from orchestrator.api.common import (
     caller,
+    collection_views,
     for_each,
     get_owned,
     list_view,
@@ -108,15 +109,7 @@ async def write_tag(s: Any, tag: Tag, values: dict[str, Any], body: dict[str, An
     await s.flush()
 
 
-@routes.get(path("tags"))
-@routes.get(path("tags/detail"))
-async def list_tags(request: web.Request) -> web.Response:
-    return await list_view(request, TAG, owned(request), short=False)
-
-
-@routes.get(path("tags/schema"))
-async def schema(request: web.Request) -> web.Response:
-    return respond(TAG.schema())
+collection_views(routes, TAG, owned, short_list=False)
 
 
 @routes.post(path("tags"))
