@@ -13,6 +13,7 @@ from orchestrator.api import (
     console_page,
     drives,
     jobs,
+    libdrives,
     profile,
     server_actions,
     servers,
@@ -79,8 +80,8 @@ def create_app(config: Config) -> web.Application:
     app[CAPABILITIES] = Capabilities.from_config(config.capabilities)
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(hosts)
-    for module in (availability, servers, server_actions, uploads, drives, tags, jobs, profile, capabilities,
-                   console_page):
+    for module in (availability, servers, server_actions, uploads, drives, libdrives, tags, jobs, profile,
+                   capabilities, console_page):
         app.add_routes(module.routes)
     console_page.add_novnc(app)
     return app

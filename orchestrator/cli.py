@@ -8,6 +8,7 @@ import getpass
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from orchestrator.config import Config
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
 from orchestrator.db.models import User
 from orchestrator.hosts.registry import add_host, drain_host, list_hosts, remove_host
+from orchestrator.library import Entry, import_image
+from orchestrator.tls import Certificate, certificate
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -30,10 +33,35 @@ def _config(args: argparse.Namespace) -> Config:
 
 def serve(args: argparse.Namespace) -> int:
     config = _config(args)
+    if args.tls_listen:
+        config.tls_listen = args.tls_listen
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # run_app handles SIGINT and SIGTERM: it stops accepting, finishes requests, runs cleanup_ctx.
-    web.run_app(create_app(config), host=config.host, port=config.port, print=None, shutdown_timeout=10)
+    if not config.tls_listen:
+        # run_app handles SIGINT and SIGTERM: it stops accepting, finishes requests, runs cleanup_ctx.
+        web.run_app(create_app(config), host=config.host, port=config.port, print=None, shutdown_timeout=10)
+        return 0
+    host, _, port = config.tls_listen.rpartition(":")
+    cert = certificate(config.data_dir, config.tls_cert, config.tls_key, host.strip("[]"))
+    print(f"strato: HTTPS on {config.tls_listen}, certificate {cert.cert.resolve()}"
+          f"{' (self-signed, new)' if cert.generated else ''}, SHA-256 fingerprint {cert.fingerprint}", flush=True)
+    asyncio.run(_serve_both(config, host.strip("[]"), int(port), cert))
     return 0
+
+
+async def _serve_both(config: Config, tls_host: str, tls_port: int, cert: Certificate) -> None:
+    """Plain HTTP on ``listen`` and HTTPS on ``tls_listen``, one app; SIGINT/SIGTERM end both (cleanup_ctx runs)."""
+    runner = web.AppRunner(create_app(config), handle_signals=False, shutdown_timeout=10)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.host, config.port).start()
+        await web.TCPSite(runner, tls_host, tls_port, ssl_context=cert.context()).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 async def _with_session(config: Config, work):  # type: ignore[no-untyped-def]
@@ -119,6 +147,21 @@ def hosts_remove(args: argparse.Namespace) -> int:
     return _hosts(args, lambda session: remove_host(session, args.name))
 
 
+def libdrives_import(args: argparse.Namespace) -> int:
+    entry = Entry(name=args.name, os=args.os, arch=args.arch, media=args.media, description=args.description or "",
+                  distribution=args.distribution, version=args.version, url=args.url or "",
+                  category=args.category.split(",") if args.category else ["general"])
+    try:
+        uuid, created = asyncio.run(import_image(_config(args), args.file, entry, args.host))
+    except (ValueError, OSError) as e:
+        print(f"strato: {e}", file=sys.stderr)
+        return 1
+    print(uuid)
+    if not created:
+        print(f"strato: {args.file} is already the library drive {uuid}", file=sys.stderr)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="strato", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
@@ -127,7 +170,8 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--db", help="database URL (default: SQLite file in the data directory)")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", parents=[common], help="run the API node")
-    s.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:8080)")
+    s.add_argument("--listen", help="HOST:PORT of plain HTTP (default 127.0.0.1:8080; keep it on loopback)")
+    s.add_argument("--tls-listen", help="HOST:PORT of HTTPS (certificate: tls_cert/tls_key, else self-signed)")
     s.set_defaults(func=serve)
     users = sub.add_parser("users").add_subparsers(dest="action", required=True)
     u = users.add_parser("create", parents=[common], help="create a user")
@@ -153,6 +197,18 @@ def parser() -> argparse.ArgumentParser:
         if name != "list":
             h.add_argument("name")
         h.set_defaults(func=func)
+    libdrives = sub.add_parser("libdrives", help="the drive library").add_subparsers(dest="action", required=True)
+    li = libdrives.add_parser("import", parents=[common], help="add an image (qcow2, raw or ISO, told from its "
+                              "content) to the library; prints its uuid (the same file and name again: a no-op)")
+    li.add_argument("file", type=Path)
+    li.add_argument("--name", required=True)
+    li.add_argument("--os", required=True, help="linux, windows, other")
+    li.add_argument("--arch", required=True, choices=("32", "64"))
+    li.add_argument("--media", required=True, choices=("disk", "cdrom"))
+    for flag in ("--description", "--distribution", "--version", "--url", "--host"):
+        li.add_argument(flag)
+    li.add_argument("--category", help="comma-separated (default general)")
+    li.set_defaults(func=libdrives_import)
     return p
 
 

@@ -44,7 +44,10 @@ def new_job(s: AsyncSession, owner: str, operation: str, collection: str, source
 
 
 async def check_clone_source(s: AsyncSession, drive: Drive) -> None:
-    """Idle (or already a clone source) and not in use by a running server (spec §20.7)."""
+    """Idle (or already a clone source) and not in use by a running server (spec §20.7).
+    Library drives (no owner) are always cloneable."""
+    if drive.owner_uuid is None:
+        return
     if drive.status not in IDLE | {"cloning_src"}:
         raise forbidden(f'Cannot clone drive in status "{drive.status}"')
     busy = await active_server(s, drive.uuid)
@@ -53,9 +56,15 @@ async def check_clone_source(s: AsyncSession, drive: Drive) -> None:
 
 
 async def plan_drive_clone(s: AsyncSession, source: Drive, values: dict[str, Any], caps: Capabilities,
-                           scheduler: Scheduler, avoid: Sequence[str], parent: Job | None = None) -> tuple[Drive, Job]:
-    """A new drive in ``cloning_dst`` (placed, honouring ``avoid``) and its ``drive_clone`` job."""
+                           scheduler: Scheduler, avoid: Sequence[str], parent: Job | None = None,
+                           owner: str | None = None, library: dict[str, Any] | None = None) -> tuple[Drive, Job]:
+    """A new drive in ``cloning_dst`` (placed, honouring ``avoid``) and its ``drive_clone`` job.
+
+    ``owner`` is the caller when the source is a library drive, whose catalogue attributes
+    (``library``) are copied into the clone's meta (spec §20.7)."""
     await check_clone_source(s, source)
+    owner = owner or source.owner_uuid
+    assert owner is not None
     size = round_size(values.get("size") or source.size)
     if size < source.size:
         raise invalid(f"A clone cannot be smaller than its source ({source.size} bytes)", "size")
@@ -64,12 +73,13 @@ async def plan_drive_clone(s: AsyncSession, source: Drive, values: dict[str, Any
         raise invalid(f"storage_type {storage_type!r} is not offered", "storage_type")
     check_size(caps, storage_type, size)
     uuid = new_uuid()
-    name = values.get("name") or clone_name(source.name, await naming(s, source.owner_uuid), utcnow())
-    clone = Drive(uuid=uuid, owner_uuid=source.owner_uuid, name=name, size=size,
+    name = values.get("name") or clone_name(source.name, await naming(s, owner), utcnow())
+    meta = values.get("meta", {**dict(source.meta), **(library or {})})
+    clone = Drive(uuid=uuid, owner_uuid=owner, name=name, size=size,
                   media=values.get("media", source.media), storage_type=storage_type,
                   affinities=values.get("affinities", list(source.affinities)),
                   allow_multimount=values.get("allow_multimount", source.allow_multimount), iops=source.iops,
-                  meta=values.get("meta", dict(source.meta)), licenses=list(source.licenses),
+                  meta=meta, licenses=list(source.licenses),
                   status="cloning_dst", avoid=list(avoid), volume=f"{uuid}.qcow2", pool=source.pool)
     s.add(clone)
     # Without avoid the copy stays next to its source (a cheap copy-on-the-host clone).
@@ -77,11 +87,12 @@ async def plan_drive_clone(s: AsyncSession, source: Drive, values: dict[str, Any
         await scheduler.place_drive(s, clone, avoid)
     else:  # a cheap copy next to its source
         clone.host = source.host
-    source.status = "cloning_src"
-    job = new_job(s, source.owner_uuid, "drive_clone", "drives", source.uuid, uuid, parent)
+    if source.owner_uuid is not None:  # library drives always show "unmounted" (spec §23)
+        source.status = "cloning_src"
+    job = new_job(s, owner, "drive_clone", "drives", source.uuid, uuid, parent)
     await s.flush()
     if "tags" in values:
-        await set_resource_tags(s, "drives", uuid, values["tags"], source.owner_uuid)
+        await set_resource_tags(s, "drives", uuid, values["tags"], owner)
     return clone, job
 
 

@@ -441,7 +441,8 @@ class Cloud(Listener):
             drives = (await s.scalars(select(Drive).join(ServerDrive, ServerDrive.drive_uuid == Drive.uuid)
                                       .where(ServerDrive.server_uuid == uuid))).all()
             for drive in drives:
-                if drive.status != "mounted" or drive.host is None:
+                library = drive.owner_uuid is None and drive.status in IDLE  # a library cdrom (§23)
+                if (drive.status != "mounted" and not library) or drive.host is None:
                     raise forbidden(f'Drive {drive.uuid} is not ready to boot (status "{drive.status}")')
             await self.scheduler.place_server(s, server, [(d.host, d.pool) for d in drives], avoid)
             server.status = "starting"

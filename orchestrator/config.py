@@ -19,6 +19,12 @@ class Config:
     data_dir: Path = field(default_factory=default_data_dir)
     db: str | None = None          # SQLAlchemy URL; default: SQLite file in data_dir
     max_body: int = 1024 * 1024    # bytes; uploads have their own path
+    max_upload: int = 64 * 1024**3  # bytes: the largest image an upload may create (spec §24)
+    # HTTPS (spec §2): served on tls_listen with tls_cert/tls_key, or a self-signed pair made on first run
+    # in <data_dir>/tls/.  `listen` stays plain HTTP (keep it on loopback).
+    tls_listen: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
     capabilities: dict[str, Any] = field(default_factory=dict)  # overrides of capabilities defaults
     # Hosts and placement
     local_host: bool = True              # register this machine when no host is registered

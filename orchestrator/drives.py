@@ -34,7 +34,7 @@ async def refresh_mount_status(s: AsyncSession, drive_uuids: set[str]) -> None:
     attached = set((await s.scalars(select(ServerDrive.drive_uuid).where(
         ServerDrive.drive_uuid.in_(drive_uuids)))).all())
     for drive in (await s.scalars(select(Drive).where(Drive.uuid.in_(drive_uuids)))).all():
-        if drive.status in IDLE:
+        if drive.status in IDLE and drive.owner_uuid is not None:  # library drives stay "unmounted" (§23)
             drive.status = "mounted" if drive.uuid in attached else "unmounted"
 
 

@@ -13,7 +13,7 @@ import re
 import secrets
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from orchestrator.capabilities import Capabilities
@@ -132,12 +132,15 @@ async def attach_drives(s: AsyncSession, server: Server, entries: list[dict[str,
             errors.append(invalid(f"{entry['device']} {entry['dev_channel']} is used twice", f"drives.{i}.dev_channel"))
         channels.add(channel)
     ids = [entry["drive"] for entry in entries]
-    drives = {d.uuid: d for d in (await s.scalars(
-        select(Drive).where(Drive.uuid.in_(ids), Drive.owner_uuid == owner))).all()}
+    drives = {d.uuid: d for d in (await s.scalars(select(Drive).where(
+        Drive.uuid.in_(ids), or_(Drive.owner_uuid == owner, Drive.owner_uuid.is_(None))))).all()}
     seen: set[str] = set()
     for i, uuid in enumerate(ids):
         if uuid not in drives:
             errors.append(invalid(f"Drive {uuid} does not exist", f"drives.{i}.drive"))
+        elif drives[uuid].owner_uuid is None and drives[uuid].media != "cdrom":
+            # A library disk image is cloned first; only library cdroms attach directly (spec §11 rule 7).
+            errors.append(forbidden(f"Drive {uuid} is a library disk image; clone it first", f"drives.{i}.drive"))
         elif uuid in seen:
             errors.append(invalid(f"Drive {uuid} is attached twice", f"drives.{i}.drive"))
         seen.add(uuid)

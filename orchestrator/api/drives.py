@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import Select, delete
+from sqlalchemy import Select, delete, select
+from sqlalchemy.orm import selectinload
 
+from orchestrator.api import libdrives
 from orchestrator.api.common import (
     caller,
     collection_views,
@@ -34,7 +36,7 @@ from orchestrator.api.standard import (
 from orchestrator.cloning import CLONE_KEYS, plan_drive_clone
 from orchestrator.db.models import Drive, ServerDrive, new_uuid
 from orchestrator.drives import check_deletable, check_size, round_size, write_drive
-from orchestrator.errors import invalid
+from orchestrator.errors import invalid, notexist
 from orchestrator.fields import NOT_PROVIDED, Bool, Field, Int, Output, Resource, Str, StrList, link
 from orchestrator.keys import CAPABILITIES, CLOUD, SCHEDULER
 from orchestrator.tagging import forget_resources, set_resource_tags
@@ -93,6 +95,9 @@ DRIVE = Resource("drives", list_methods=("get", "put", "delete", "post"), defaul
 ))
 assert DRIVE.by_name["snapshots"].schema.get("default", NOT_PROVIDED) == NOT_PROVIDED
 
+# A library drive seen through /drives/: never mounted, no jobs or tags of anyone (spec §23).
+LIBRARY_AS_DRIVE: dict[str, Any] = {"mounted_on": [], "jobs": [], "tags": [], "status": "unmounted"}
+
 routes = web.RouteTableDef()
 RELATED = (Drive.attachments, Drive.tag_links, Drive.job_links)  # what a rendering reads
 
@@ -140,10 +145,16 @@ async def create(request: web.Request) -> web.Response:
 
 @routes.get(path("drives/{uuid}"))
 async def get(request: web.Request) -> web.Response:
+    """The caller's drive, or a library drive in drive shape with ``owner: null`` (spec §20.2)."""
+    fields = request.query.get("fields")
+    only = {f.strip() for f in fields.split(",")} if fields else None
     async with session(request) as s:
-        drive = await get_owned(s, one(request), "Drive")
-        fields = request.query.get("fields")
-        return respond(DRIVE.dump(drive, only={f.strip() for f in fields.split(",")} if fields else None))
+        drive = (await s.scalars(one(request))).unique().first()
+        if drive is not None:
+            return respond(DRIVE.dump(drive, only=only))
+        library = await get_owned(s, select(Drive).where(Drive.owner_uuid.is_(None), Drive.uuid == request.match_info[
+            "uuid"]).options(*(selectinload(r) for r in RELATED)), "Drive")
+        return respond({**DRIVE.dump(library, only=only), **LIBRARY_AS_DRIVE})
 
 
 @routes.put(path("drives/{uuid}"))
@@ -169,12 +180,19 @@ async def _edit(request: web.Request, *, strict: bool, status: int) -> web.Respo
 
 
 async def clone(request: web.Request) -> web.Response:
+    """Clone one of the caller's drives or a library drive into the caller's account (spec §20.7)."""
     values = DRIVE.validate(await read_json(request, empty={}), create=False)
     avoid, scheduler, cloud = query_uuids(request, "avoid"), request.app[SCHEDULER], request.app[CLOUD]
     async with scheduler.lock, session(request) as s:
-        source = await get_owned(s, one(request), "Drive")
+        source = (await s.scalars(one(request))).unique().first()
+        entry = None if source is not None else await libdrives.find(s, request.match_info["uuid"])
+        if entry is not None:
+            source = entry.drive
+        if source is None:
+            raise notexist("Drive")
         copy, job = await plan_drive_clone(s, source, {k: values[k] for k in CLONE_KEYS if k in values},
-                                           request.app[CAPABILITIES], scheduler, avoid)
+                                           request.app[CAPABILITIES], scheduler, avoid, owner=caller(request),
+                                           library=entry and libdrives.library_meta(entry))
     cloud.spawn(cloud.run_clone(job.uuid))
     async with session(request) as s:
         return respond({"objects": [DRIVE.dump(await get_owned(s, owned(request).where(Drive.uuid == copy.uuid),
@@ -182,6 +200,17 @@ async def clone(request: web.Request) -> web.Response:
 
 
 ACTIONS = {"clone": clone, "resize": resize}
+
+
+@routes.post(path("libdrives/{uuid}/action"))
+async def library_action(request: web.Request) -> web.Response:
+    """``/libdrives/{uuid}/action/?do=clone``: the same clone as through ``/drives/`` (spec §23)."""
+    if request.query.get("do") != "clone":
+        raise invalid(f"Unknown action {request.query.get('do')!r}; one of: clone", "do")
+    async with session(request) as s:
+        if await libdrives.find(s, request.match_info["uuid"]) is None:
+            raise notexist("Library drive")
+    return await clone(request)
 
 
 @routes.post(path("drives/{uuid}/action"))

@@ -26,8 +26,10 @@ def resource_uri_field(collection: str, schema: dict[str, Any] = IDENTITY_SCHEMA
 
 
 def owner_field(help: str, *, required: bool, schema: dict[str, Any] | None = None) -> Field:
-    return Field("owner", Output(), readonly=True, short=True, get=lambda row: link("user", row.owner_uuid),
-                 help=help, schema={"required": required, "default": None} if schema is None else schema)
+    # Library drives have no owner: null (spec §23).
+    return Field("owner", Output(), readonly=True, short=True,
+                 get=lambda row: row.owner_uuid and link("user", row.owner_uuid), help=help,
+                 schema={"required": required, "default": None} if schema is None else schema)
 
 
 def meta_field(help: str) -> Field:

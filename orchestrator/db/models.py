@@ -149,7 +149,8 @@ class Server(Base):
 class Drive(Base):
     __tablename__ = "drives"
     uuid: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
-    owner_uuid: Mapped[str] = mapped_column(ForeignKey("users.uuid"), index=True)
+    # NULL for library drives (their catalogue entry is a LibDrive row of the same uuid).
+    owner_uuid: Mapped[str | None] = mapped_column(ForeignKey("users.uuid"), index=True)
     name: Mapped[str] = mapped_column(String(1024))
     size: Mapped[int]
     media: Mapped[str] = mapped_column(String(8))
@@ -170,6 +171,26 @@ class Drive(Base):
     )
     tag_links: Mapped[list[TagLink]] = _tag_links("Drive")
     job_links: Mapped[list[JobLink]] = _job_links("Drive")
+
+
+class LibDrive(Base):
+    """The catalogue attributes of a library drive (spec §23); its volume is the ownerless Drive."""
+
+    __tablename__ = "libdrives"
+    uuid: Mapped[str] = mapped_column(ForeignKey("drives.uuid", ondelete="CASCADE"), primary_key=True)
+    arch: Mapped[str] = mapped_column(String(8))
+    category: Mapped[list[Any]] = mapped_column(default=list)
+    description: Mapped[str] = mapped_column(String(4096), default="")
+    distribution: Mapped[str | None] = mapped_column(String(256))
+    favourite: Mapped[bool] = mapped_column(default=False)
+    image_type: Mapped[str] = mapped_column(String(16))  # preinst | install
+    install_notes: Mapped[str] = mapped_column(String(8192), default="")
+    os: Mapped[str] = mapped_column(String(64))
+    paid: Mapped[bool] = mapped_column(default=False)
+    url: Mapped[str] = mapped_column(String(1024), default="")
+    version: Mapped[str | None] = mapped_column(String(256))
+    checksum: Mapped[str] = mapped_column(String(64), index=True)  # sha256 of the imported file
+    drive: Mapped[Drive] = relationship(lazy="raise")
 
 
 class Host(Base):
