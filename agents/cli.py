@@ -20,6 +20,7 @@ import libvirtaio
 
 from agents.domains import Domains
 from agents.host import AgentConfig, HostFacts
+from agents.networks import Networks, VxlanEndpoint
 from agents.protocol import MAX_LINE, Agent, LineReader, LineWriter, encode, serve
 from agents.storage import PoolConfig, Storage
 from agents.translate import HostPolicy
@@ -38,6 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prefix")
     parser.add_argument("--console-log-dir")
     parser.add_argument("--socket-dir")
+    parser.add_argument("--vxlan-local", metavar="ADDRESS")
+    parser.add_argument("--vxlan-port", type=int)
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -158,7 +161,9 @@ def _open(config: AgentConfig, loop: asyncio.AbstractEventLoop) -> tuple[Agent, 
     storage.ensure_pools()
     for directory in (policy.console_log_dir, policy.socket_dir):
         os.makedirs(directory, exist_ok=True)
-    return Agent(config, facts, storage, Domains(conn, policy, storage)), conn
+    vxlan = VxlanEndpoint(config.vxlan_local, config.vxlan_port) if config.vxlan_local else None
+    networks = Networks(conn, config.prefix, vxlan)
+    return Agent(config, facts, storage, Domains(conn, policy, storage, networks), networks), conn
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import libvirt
 
 from agents.domain_xml import Domain, Graphics
 from agents.errors import AgentError
+from agents.networks import Networks
 from agents.storage import Storage
 from agents.translate import (
     DRIVE_ALIAS_PREFIX,
@@ -75,10 +76,12 @@ def utcnow_iso() -> str:
 
 
 class Domains:
-    def __init__(self, conn: libvirt.virConnect, host: HostPolicy, storage: Storage) -> None:
+    def __init__(self, conn: libvirt.virConnect, host: HostPolicy, storage: Storage,
+                 networks: Networks | None = None) -> None:
         self.conn = conn
         self.host = host
         self.storage = storage
+        self.networks = networks
 
     # -- building ---------------------------------------------------------------------------
 
@@ -167,11 +170,14 @@ class Domains:
             if uuid is not None:
                 drives[uuid] = {"io": _block_io(record, i)}
         nic_by_ifname = {n.target_dev: n.mac for n in live.interfaces() if n.target_dev}
-        nics = {n.mac: {"io": _net_io(record, None)} for n in live.interfaces()}
+        nics: dict[str, Any] = {n.mac: {"io": _net_io(record, None)} for n in live.interfaces()}
         for i in range(record.get("net.count", 0)):
             mac = nic_by_ifname.get(record.get(f"net.{i}.name", ""))
             if mac is not None:
                 nics[mac] = {"io": _net_io(record, i)}
+        for n in live.interfaces():  # the address a DHCP lease of its libvirt network gives it
+            lease = self.networks.lease_of(n.network, n.mac) if self.networks and n.network else None
+            nics[n.mac]["ip_v4"] = lease
         return {"active_since": _active_since(live, dom), "drives": drives, "nics": nics}
 
     def _describe(self, dom: libvirt.virDomain) -> dict[str, Any]:

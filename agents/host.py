@@ -21,6 +21,8 @@ class AgentConfig:
     prefix: str = "strato-"
     console_log_dir: str = "/var/log/strato/console"
     socket_dir: str = "/run/strato"
+    vxlan_local: str | None = None  # this host's VXLAN endpoint address (None: VLANs stay on this host)
+    vxlan_port: int = 4789
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,9 @@ Configuration (flags; `--config FILE` gives the same keys in JSON or TOML, flags
     --console-log-dir DIR      serial console logs, DIR/<domain name>.log
     --socket-dir DIR           serial unix sockets, DIR/<server uuid>.console|.context
                                (keep it short: unix socket paths are limited to 107 bytes)
+    --vxlan-local ADDRESS      this host's VXLAN endpoint (underlay address); without it VLAN
+                               networks stay on this host
+    --vxlan-port N             its UDP port (4789); peers may use other ports
 
 Methods (params → result). `pool` is optional everywhere (the default pool); sizes in bytes.
     ping                                  → {"pong": true}
@@ -41,7 +44,8 @@ Methods (params → result). `pool` is optional everywhere (the default pool); s
                                              "numa_cells": [{"id", "cpus": [int], "memory"}],
                                              "cores_per_numa_node", "virt_types": [str],
                                              "virt_type", "uri", "pools": [{"name", "path",
-                                             "capacity", "allocation", "available"}]}
+                                             "capacity", "allocation", "available"}],
+                                             "vxlan": {"address", "port"} | null}
     volume.create {pool?, name, size}     → VOLUME = {"pool", "name", "path", "capacity", "format"}
     volume.import {pool?, name, source_path}
                                           → VOLUME; source raw or qcow2 (detected from content),
@@ -69,12 +73,35 @@ Methods (params → result). `pool` is optional everywhere (the default pool); s
                                                count_flush, total_time_ns_read,
                                                total_time_ns_write, total_time_ns_flush}}},
                                              "nics": {mac: {"io": {bytes_recv, bytes_sent,
-                                               packets_recv, packets_sent}}}}}
+                                               packets_recv, packets_sent}, "ip_v4": str|null}}}}
                                             (running domains when uuids is omitted; NIC
                                             counters are the guest's view and stay 0 for
-                                            user-mode NICs, which have no host interface)
+                                            user-mode NICs, which have no host interface;
+                                            ip_v4 is the DHCP lease the NIC's libvirt network
+                                            gave its MAC, null without one)
     domain.xml {uuid}                     → {"xml"} (live XML)
     Unknown uuids → `notfound`.
+    network.ensure {network: NETWORK}     → {"name" (the libvirt network, PREFIX+"net-"+name:
+                                             what nics[].network names), "bridge", "kind"}
+                                            defines, starts and autostarts it when missing (an
+                                            existing definition is kept, so attached guests
+                                            stay); for an isolated network with a vni, creates
+                                            the VXLAN device, enslaves it and sets its flood
+                                            list to `peers` (idempotent, stale peers removed)
+    network.reserve {network, mac, ip}    → {"pushed": bool} DHCP reservation MAC → IP on a
+                                            nat network (virNetworkUpdate, live + config; an
+                                            older entry of that MAC or IP is replaced);
+                                            pushed=false on an operator's bridge
+    network.release {network, mac}        → {} the MAC's reservation removed (none: no-op)
+    network.remove {network}              → {} destroyed, undefined, VXLAN device deleted
+    network.list                          → [{"name" (libvirt's), "bridge", "active",
+                                             "hosts": [{"mac", "ip"}]}] of this agent's networks
+    `network` in reserve/release/remove is Strato's name (without PREFIX+"net-").
+
+NETWORK = {"name": [A-Za-z0-9._-]+, "kind": "nat"|"bridge"|"isolated",
+           "address": gateway (nat), "prefix": int (nat), "bridge": operator bridge (bridge),
+           "vni": int|null (isolated), "peers": [{"address", "port"}] (other hosts' VXLAN
+           endpoints; this host's own is skipped)}. Policy: `agents/networks.py`.
 
 The `server` object (every key present):
     {"uuid", "name", "cpu" (MHz, whole server), "mem" (bytes), "smp", "cpus_instead_of_cores",
@@ -83,6 +110,8 @@ The `server` object (every key present):
      "device": "virtio"|"ide"|"scsi", "dev_channel": "C:U", "boot_order": int|null}],
      "nics": [{"mac", "model": "virtio"|"e1000"|"rtl8139", "network": str|null,
                "boot_order": int|null}]}
+    `network` is a libvirt network name (as network.ensure returns it); null is a user-mode
+    NIC (no host bridge, no address from Strato).
     How it becomes libvirt XML is described in `agents/translate.py`.
 """
 
@@ -99,12 +128,14 @@ import libvirt
 from agents.domains import Domains
 from agents.errors import AgentError
 from agents.host import AgentConfig, HostFacts
+from agents.networks import Networks
 from agents.storage import Storage
 
 log = logging.getLogger(__name__)
 
 MAX_LINE = 16 * 1024 * 1024  # a server with a thousand drives still fits in one line
-_NOTFOUND_CODES = {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL}
+_NOTFOUND_CODES = {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_STORAGE_VOL, libvirt.VIR_ERR_NO_STORAGE_POOL,
+                   libvirt.VIR_ERR_NO_NETWORK}
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
@@ -122,11 +153,14 @@ class LineWriter(Protocol):
 class Agent:
     """The method table: each wire method maps to one blocking call run in a thread."""
 
-    def __init__(self, config: AgentConfig, facts: HostFacts, storage: Storage, domains: Domains) -> None:
+    def __init__(self, config: AgentConfig, facts: HostFacts, storage: Storage, domains: Domains,
+                 networks: Networks | None = None) -> None:
         self.config = config
         self.facts = facts
         self.storage = storage
         self.domains = domains
+        self.networks = networks or Networks(domains.conn, config.prefix, None)
+        nets = self.networks
         self.methods: dict[str, Handler] = {
             "ping": self._ping,
             "host.facts": self._host_facts,
@@ -147,6 +181,12 @@ class Agent:
             "domain.list": _blocking(lambda p: domains.list()),
             "domain.stats": _blocking(lambda p: domains.stats(_opt(p, "uuids"))),
             "domain.xml": _blocking(lambda p: domains.xml(_req(p, "uuid", str))),
+            "network.ensure": _blocking(lambda p: nets.ensure(_req(p, "network", dict))),
+            "network.reserve": _blocking(lambda p: nets.reserve(_req(p, "network", str), _req(p, "mac", str),
+                                                               _req(p, "ip", str))),
+            "network.release": _blocking(lambda p: nets.release(_req(p, "network", str), _req(p, "mac", str))),
+            "network.remove": _blocking(lambda p: nets.remove(_req(p, "network", str))),
+            "network.list": _blocking(lambda p: nets.list()),
         }
 
     async def _ping(self, _params: dict[str, Any]) -> Any:
@@ -160,6 +200,7 @@ class Agent:
             "virt_type": self.domains.host.virt_type,
             "uri": self.config.uri,
             "pools": pools,
+            "vxlan": self.networks.facts(),
         }
 
     async def handle(self, line: bytes) -> dict[str, Any]:

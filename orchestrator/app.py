@@ -14,6 +14,7 @@ from orchestrator.api import (
     drives,
     jobs,
     libdrives,
+    networks,
     profile,
     server_actions,
     servers,
@@ -80,8 +81,8 @@ def create_app(config: Config) -> web.Application:
     app[CAPABILITIES] = Capabilities.from_config(config.capabilities)
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(hosts)
-    for module in (availability, servers, server_actions, uploads, drives, libdrives, tags, jobs, profile,
-                   capabilities, console_page):
+    for module in (availability, servers, server_actions, uploads, drives, libdrives, networks, tags, jobs,
+                   profile, capabilities, console_page):
         app.add_routes(module.routes)
     console_page.add_novnc(app)
     return app

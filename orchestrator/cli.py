@@ -21,6 +21,7 @@ from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
 from orchestrator.db.models import User
 from orchestrator.hosts.registry import add_host, drain_host, list_hosts, remove_host
 from orchestrator.library import Entry, import_image
+from orchestrator.network_cli import add_commands as add_network_commands
 from orchestrator.tls import Certificate, certificate
 
 
@@ -209,6 +210,7 @@ def parser() -> argparse.ArgumentParser:
         li.add_argument(flag)
     li.add_argument("--category", help="comma-separated (default general)")
     li.set_defaults(func=libdrives_import)
+    add_network_commands(sub, common)
     return p
 
 

@@ -18,6 +18,7 @@ from orchestrator.clone_naming import clone_name
 from orchestrator.db.models import Drive, Job, JobLink, Server, ServerDrive, User, new_uuid, utcnow
 from orchestrator.drives import IDLE, active_server, check_size, round_size
 from orchestrator.errors import forbidden, invalid
+from orchestrator.networks import sync_vlan_members
 from orchestrator.scheduler import Scheduler
 from orchestrator.servers import COLUMNS, new_mac
 from orchestrator.tagging import set_resource_tags
@@ -117,6 +118,7 @@ async def plan_server_clone(s: AsyncSession, source: Server, body: dict[str, Any
                    "ip_v4_conf": _dhcp(nic["ip_v4_conf"]), "ip_v6_conf": _dhcp(nic["ip_v6_conf"])}
                   for nic in source.nics]
     s.add(clone)
+    await sync_vlan_members(s, uuid, [nic["vlan"] for nic in clone.nics if nic["vlan"]])
     parent = new_job(s, source.owner_uuid, "server_clone", "servers", source.uuid, uuid)
     drives = {d.uuid: d for d in (await s.scalars(select(Drive).where(
         Drive.uuid.in_([a.drive_uuid for a in source.drive_links])))).all()}

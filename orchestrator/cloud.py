@@ -26,6 +26,7 @@ from orchestrator.db.models import Drive, Host, Job, JobLink, Server, ServerDriv
 from orchestrator.drives import IDLE, refresh_mount_status, round_size
 from orchestrator.errors import forbidden, notexist
 from orchestrator.hosts.connection import AgentConnection, HostAddress, Listener
+from orchestrator.networks import lease_addresses, network_plan, stop_networking
 from orchestrator.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,9 @@ log = logging.getLogger(__name__)
 ACTIVE = ("starting", "running", "stopping", "paused", "unavailable")
 
 
-def server_spec(server: Server, drives: dict[str, Drive]) -> dict[str, Any]:
-    """The agent's ``server`` object (agents/protocol.py) for one server row."""
+def server_spec(server: Server, drives: dict[str, Drive], networks: list[str | None] | None = None) -> dict[str, Any]:
+    """The agent's ``server`` object (agents/protocol.py) for one server row; ``networks`` names
+    each NIC's libvirt network (as network.ensure answered; None: a user-mode NIC)."""
     return {
         "uuid": server.uuid, "name": server.name, "cpu": server.cpu, "mem": server.mem, "smp": server.smp,
         "cpus_instead_of_cores": server.cpus_instead_of_cores, "enable_numa": server.enable_numa,
@@ -43,8 +45,8 @@ def server_spec(server: Server, drives: dict[str, Drive]) -> dict[str, Any]:
         "drives": [{"uuid": a.drive_uuid, "pool": drives[a.drive_uuid].pool, "volume": drives[a.drive_uuid].volume,
                     "media": drives[a.drive_uuid].media, "device": a.device, "dev_channel": a.dev_channel,
                     "boot_order": a.boot_order} for a in server.drive_links],
-        "nics": [{"mac": n["mac"], "model": n["model"], "network": None, "boot_order": n["boot_order"]}
-                 for n in server.nics],
+        "nics": [{"mac": n["mac"], "model": n["model"], "network": networks[i] if networks else None,
+                  "boot_order": n["boot_order"]} for i, n in enumerate(server.nics)],
     }
 
 
@@ -445,6 +447,7 @@ class Cloud(Listener):
                 if (drive.status != "mounted" and not library) or drive.host is None:
                     raise forbidden(f'Drive {drive.uuid} is not ready to boot (status "{drive.status}")')
             await self.scheduler.place_server(s, server, [(d.host, d.pool) for d in drives], avoid)
+            await lease_addresses(s, server)  # 503 when a DHCP pool is exhausted
             server.status = "starting"
         self.booting.add(uuid)
         self.spawn(self._boot(uuid))
@@ -464,9 +467,10 @@ class Cloud(Listener):
                 return
             drives = {d.uuid: d for d in (await s.scalars(select(Drive).where(
                 Drive.uuid.in_([a.drive_uuid for a in server.drive_links])))).all()}
-            spec, host = server_spec(server, drives), server.host
+            plan, host = await network_plan(s, server), server.host
         try:
-            domain = await self.call(host, "domain.start", server=spec)
+            networks = await self.connect_nics(host, [n["mac"] for n in server.nics], plan)
+            domain = await self.call(host, "domain.start", server=server_spec(server, drives, networks))
         except (AgentCallError, AgentGone) as err:
             log.error("server %s did not start on %s: %s", uuid, host, err)
             await self.finish_stop(uuid, host)  # boot failure: back to stopped, claim released
@@ -482,6 +486,23 @@ class Cloud(Listener):
         if not booted:  # stopped (or deleted) while booting: the guest must not outlive its claim
             with contextlib.suppress(AgentCallError, AgentGone):
                 await self.call(host, "domain.undefine", uuid=uuid)
+
+    async def connect_nics(self, host: str, macs: list[str],
+                           plan: list[tuple[dict[str, Any] | None, str | None]]) -> list[str | None]:
+        """Each NIC's network made ready on the host (defined, VXLAN peers) and its address
+        reserved for its MAC; returns the libvirt network names for the server spec."""
+        names: dict[str, str] = {}
+        out: list[str | None] = []
+        for mac, (network, address) in zip(macs, plan, strict=True):
+            if network is None:
+                out.append(None)
+                continue
+            if network["name"] not in names:
+                names[network["name"]] = (await self.call(host, "network.ensure", network=network))["name"]
+            if address is not None:
+                await self.call(host, "network.reserve", network=network["name"], mac=mac, ip=address)
+            out.append(names[network["name"]])
+        return out
 
     async def stop_server(self, uuid: str, host: str) -> None:
         with contextlib.suppress(AgentCallError):  # notfound: already gone
@@ -521,6 +542,10 @@ class Cloud(Listener):
             if server is None or server.host != host:
                 return
             server.status, server.host, server.active_since = "stopped", None, None
+            reservations = await stop_networking(s, server)
+        for network, mac in reservations:
+            with contextlib.suppress(AgentCallError, AgentGone):
+                await self.call(host, "network.release", network=network, mac=mac)
         for listener in self.stop_listeners:
             await listener(uuid)
         with contextlib.suppress(AgentCallError, AgentGone):

@@ -20,6 +20,7 @@ from orchestrator.capabilities import Capabilities
 from orchestrator.db.models import Drive, Server, ServerDrive
 from orchestrator.drives import refresh_mount_status
 from orchestrator.errors import ApiError, forbidden, invalid
+from orchestrator.networks import check_nic_references
 from orchestrator.tagging import set_resource_tags
 
 COLUMNS = ("name", "cpu", "mem", "vnc_password", "cpu_type", "hypervisor", "cpu_model", "cpus_instead_of_cores",
@@ -70,6 +71,7 @@ async def write_server(s: AsyncSession, server: Server, values: dict[str, Any], 
     if "nics" in values:
         try:
             server.nics = merge_nics([] if creating else server.nics, values["nics"])
+            await check_nic_references(s, server, owner)
         except ApiError as e:
             errors.append(e.prefixed("nics"))
     if "drives" in values:
@@ -182,15 +184,14 @@ def merge_nics(current: list[dict[str, Any]], entries: list[dict[str, Any]]) -> 
         v4, v6, vlan = entry.get("ip_v4_conf"), entry.get("ip_v6_conf"), entry.get("vlan")
         if vlan is not None and (v4 is not None or v6 is not None):
             raise invalid("A NIC cannot be private (vlan) and public (ip configuration) at once", str(i))
-        if vlan is not None:
-            # VLANs are assigned by operators (networking issue); none exist for any user yet.
-            raise invalid(f"VLAN {vlan} does not exist", f"{i}.vlan")
+        # VLAN and static IP references are checked against the caller's (networks.check_nic_references).
         out.append({"boot_order": entry.get("boot_order"), "ip_v4_conf": ip_conf(v4, f"{i}.ip_v4_conf"),
-                    "ip_v6_conf": ip_conf(v6, f"{i}.ip_v6_conf"), "mac": mac, "model": model, "vlan": None})
+                    "ip_v6_conf": ip_conf(v6, f"{i}.ip_v6_conf", v6=True), "mac": mac, "model": model,
+                    "vlan": vlan})
     return out
 
 
-def ip_conf(conf: dict[str, Any] | None, point: str) -> dict[str, Any] | None:
+def ip_conf(conf: dict[str, Any] | None, point: str, v6: bool = False) -> dict[str, Any] | None:
     if conf is None:
         return None
     kind, ip = conf.get("conf", "dhcp"), conf.get("ip")
@@ -199,6 +200,7 @@ def ip_conf(conf: dict[str, Any] | None, point: str) -> dict[str, Any] | None:
     if kind == "static":
         if ip is None:
             raise invalid("conf 'static' needs an ip", f"{point}.ip")
-        # IPs are assigned by operators (networking issue); none exist for any user yet.
-        raise invalid(f"IP {ip} does not exist", f"{point}.ip")
+        if v6:  # no IPv6 pools: no IPv6 address exists for anyone
+            raise invalid(f"IP {ip} does not exist", f"{point}.ip")
+        return {"conf": kind, "ip": ip}
     return {"conf": kind, "ip": None}

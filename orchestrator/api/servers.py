@@ -38,6 +38,7 @@ from orchestrator.drives import refresh_mount_status
 from orchestrator.errors import forbidden, invalid
 from orchestrator.fields import Bool, Field, Int, Nested, Output, Ref, RefList, Resource, Str, StrList, link
 from orchestrator.keys import CAPABILITIES, CLOUD
+from orchestrator.networks import forget_servers
 from orchestrator.servers import write_server
 from orchestrator.tagging import forget_resources
 
@@ -62,8 +63,10 @@ def _nic_runtime(server: Server, nic: dict[str, Any]) -> dict[str, Any] | None:
     if server.status == "stopped":
         return None
     io = ((server.live or {}).get("nics", {}).get(nic["mac"]) or {}).get("io", {})
+    # The address the NIC holds: its DHCP lease as the host sees it, else the reservation made at start.
+    address = ((server.live or {}).get("nics", {}).get(nic["mac"]) or {}).get("ip_v4") or nic.get("lease")
     return {"interface_type": "private" if nic["vlan"] else "public", "io": {key: io.get(key, 0) for key in NIC_IO},
-            "ip_v4": None, "ip_v6": None}
+            "ip_v4": address and link("ips", address), "ip_v6": None}
 
 
 def _attachments(server: Server) -> list[dict[str, Any]]:
@@ -282,6 +285,7 @@ async def delete_servers(s: Any, servers: list[Server], media: tuple[str, ...]) 
         await s.delete(server)
     await s.flush()
     await forget_resources(s, server_ids)
+    await forget_servers(s, server_ids)
     volumes = await delete_drives(s, list(doomed))
     await refresh_mount_status(s, attached - {d.uuid for d in doomed})
     return volumes

@@ -8,7 +8,7 @@ from aiohttp import web
 from sqlalchemy import Select, delete, select
 from sqlalchemy.orm import selectinload
 
-from orchestrator.api import drives, servers
+from orchestrator.api import drives, networks, servers
 from orchestrator.api.common import (
     caller,
     collection_views,
@@ -23,11 +23,11 @@ from orchestrator.api.common import (
     session,
 )
 from orchestrator.api.standard import owner_field, resource_uri_field, uuid_field
-from orchestrator.db.models import Drive, Server, Tag, TagLink
+from orchestrator.db.models import Drive, Ip, Server, Tag, TagLink, Vlan
 from orchestrator.errors import ApiError, invalid
 from orchestrator.fields import NOT_PROVIDED, Field, Invalid, Kind, Meta, Resource, Str, link, ref_id
 
-TAGGABLE = {"servers": Server, "drives": Drive}  # ips and vlans join with the networking work
+TAGGABLE = {"servers": Server, "drives": Drive, "ips": Ip, "vlans": Vlan}
 
 
 def _resources(tag: Tag) -> list[dict[str, Any]]:
@@ -155,7 +155,8 @@ async def remove(request: web.Request) -> web.Response:
     return no_content()
 
 
-TAGGED_VIEWS = {"servers": (servers.SERVER, servers.owned, Server), "drives": (drives.DRIVE, drives.owned, Drive)}
+TAGGED_VIEWS = {"servers": (servers.SERVER, servers.owned, Server), "drives": (drives.DRIVE, drives.owned, Drive),
+                "ips": (networks.IP, networks.owned_ips, Ip), "vlans": (networks.VLAN, networks.owned_vlans, Vlan)}
 
 
 @routes.get(path("tags/{uuid}/{res_type:servers|drives|ips|vlans}"))

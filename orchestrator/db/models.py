@@ -230,3 +230,58 @@ class Job(Base):
     created: Mapped[datetime] = mapped_column(default=utcnow)
     last_modified: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
     children: Mapped[list[Job]] = relationship(order_by="Job.created", lazy="raise", cascade="all, delete-orphan")
+
+
+class Network(Base):
+    """An operator's public network: the subnet, its gateway, the DHCP pool (spec §25, issue 7)."""
+
+    __tablename__ = "networks"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    subnet: Mapped[str] = mapped_column(String(64))         # CIDR
+    gateway: Mapped[str] = mapped_column(String(64))
+    range_first: Mapped[str] = mapped_column(String(64))    # addresses handed out for conf "dhcp"
+    range_last: Mapped[str] = mapped_column(String(64))
+    nameservers: Mapped[list[Any]] = mapped_column(default=list)
+    bridge: Mapped[str | None] = mapped_column(String(15))  # an operator's bridge instead of libvirt NAT
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Ip(Base):
+    """An address in use: granted to a user (``subscription`` set) or leased by DHCP to a server's NIC
+    while it runs (``subscription`` null, ``mac`` set).  The address is the uuid."""
+
+    __tablename__ = "ips"
+    uuid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    network_name: Mapped[str] = mapped_column(ForeignKey("networks.name"), index=True)
+    owner_uuid: Mapped[str] = mapped_column(ForeignKey("users.uuid"), index=True)
+    subscription: Mapped[int | None] = mapped_column(Integer)
+    server_uuid: Mapped[str | None] = mapped_column(String(36), index=True)  # static conf or live lease
+    mac: Mapped[str | None] = mapped_column(String(17))                      # leases: the NIC holding it
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    network: Mapped[Network] = relationship(lazy="raise")
+    tag_links: Mapped[list[TagLink]] = _tag_links("Ip")
+
+
+class VlanMember(Base):
+    """A server with a NIC on a VLAN (the VLAN's ``servers``), kept with the server's ``nics``."""
+
+    __tablename__ = "vlan_members"
+    vlan_uuid: Mapped[str] = mapped_column(ForeignKey("vlans.uuid", ondelete="CASCADE"), primary_key=True)
+    server_uuid: Mapped[str] = mapped_column(ForeignKey("servers.uuid", ondelete="CASCADE"), primary_key=True,
+                                             index=True)
+
+
+class Vlan(Base):
+    """A private network; ``owner_uuid`` null while the operator has not assigned it (spec §26)."""
+
+    __tablename__ = "vlans"
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
+    owner_uuid: Mapped[str | None] = mapped_column(ForeignKey("users.uuid"), index=True)
+    tag: Mapped[int] = mapped_column(Integer, unique=True)  # VXLAN VNI underneath (bottom_vlan_tag)
+    subscription: Mapped[int | None] = mapped_column(Integer)
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    members: Mapped[list[VlanMember]] = relationship(order_by=VlanMember.server_uuid, lazy="raise",
+                                                     cascade="all, delete-orphan")
+    tag_links: Mapped[list[TagLink]] = _tag_links("Vlan")

@@ -29,7 +29,8 @@ def field_problems(ours: dict[str, Any], theirs: dict[str, Any], where: str) -> 
     return problems
 
 
-@pytest.mark.parametrize(("collection", "dump"), [("servers", "server"), ("drives", "drive"), ("tags", "tags")])
+@pytest.mark.parametrize(("collection", "dump"), [("servers", "server"), ("drives", "drive"), ("tags", "tags"),
+                                                 ("ips", "ip"), ("vlans", "vlan")])
 def test_schema_matches_dump(alice: Api, collection: str, dump: str) -> None:
     ours = alice.ok("GET", f"{collection}/schema/")
     _, theirs = load_dump(f"response_{dump}_schema")

@@ -67,6 +67,20 @@
 # If any block device has marker "ignore-acpi", presses are ignored and
 # the guest prints STRATO-POWERBUTTON-IGNORED for each press instead.
 #
+# Network (after STRATO-READY, so the report above is not delayed): every
+# NIC except lo is brought up. A block device whose first bytes are
+# "STRATO-NETCONF:" carries newline-separated directives (the first line is
+# the header itself; the text ends at the first NUL):
+#   addr IFNAME ADDRESS/PREFIX   give IFNAME this address (no DHCP on it)
+#   ping ADDRESS TRIES           ping ADDRESS once a second until it answers,
+#                                at most TRIES times (in the background)
+#   beat ADDRESS                 ping ADDRESS every second forever (traffic)
+# Every other NIC runs udhcpc (3 tries, 1 s apart; the script is
+# tests/guest/udhcpc.script at /usr/share/udhcpc/default.script). Then:
+#   net name=<ifname> mac=<mac> ip=<address/prefix|none>   (per NIC, by name)
+#   STRATO-NET-DONE
+#   ping addr=<address> result=<ok|fail>                    (per ping, when done)
+#
 # Usage: tests/guest/build-image.sh      (from anywhere; FORCE=1 to rebuild)
 set -euo pipefail
 
@@ -109,7 +123,7 @@ done
 [ -f "$MBR_BIN" ] || { log "missing $MBR_BIN (syslinux-common)"; exit 1; }
 
 # --- up to date? --------------------------------------------------------------
-INPUTS=("$HERE/build-image.sh" "$HERE/init" "$HERE/syslinux.cfg" "$KERNEL"
+INPUTS=("$HERE/build-image.sh" "$HERE/init" "$HERE/udhcpc.script" "$HERE/syslinux.cfg" "$KERNEL"
         "$MODDIR/modules.dep" "$BUSYBOX" "$MBR_BIN" "$(command -v syslinux)")
 OUTPUTS=("$IMG" "$OUT/vmlinuz" "$OUT/initrd.img" "$OUT/cmdline")
 up_to_date() {
@@ -166,6 +180,8 @@ for applet in $("$BUSYBOX" --list); do
 done
 ln -s bin "$IR/sbin"
 install -m 0755 "$HERE/init" "$IR/init"
+mkdir -p "$IR/usr/share/udhcpc"
+install -m 0755 "$HERE/udhcpc.script" "$IR/usr/share/udhcpc/default.script"
 : > "$IR/lib/modules/load-order"
 for rel in "${LOAD_ORDER[@]}"; do
     mkdir -p "$IR/lib/modules/$KVER/$(dirname "$rel")"
