@@ -8,6 +8,7 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from orchestrator.api import (
+    accounts,
     availability,
     capabilities,
     console_page,
@@ -26,13 +27,29 @@ from orchestrator.capabilities import Capabilities
 from orchestrator.cloud import Cloud
 from orchestrator.config import Config
 from orchestrator.consoles import Consoles
+from orchestrator.cookies import CookieStore
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
 from orchestrator.errors import error_middleware
+from orchestrator.feed import Feed
 from orchestrator.hosts.registry import ensure_local_host
-from orchestrator.keys import AUTH, CAPABILITIES, CLOUD, CONFIG, CONSOLES, ENGINE, READ_CACHE, SCHEDULER, SESSIONS
+from orchestrator.keys import (
+    AUTH,
+    CAPABILITIES,
+    CLOUD,
+    CONFIG,
+    CONSOLES,
+    COOKIES,
+    ENGINE,
+    FEED,
+    READ_CACHE,
+    SCHEDULER,
+    SESSIONS,
+    UPLOADS,
+)
 from orchestrator.protocol import negotiation_middleware, read_cache_middleware, request_id_middleware
 from orchestrator.read_cache import ReadCache
 from orchestrator.scheduler import Scheduler
+from orchestrator.uploading import Uploads
 
 
 async def database(app: web.Application) -> AsyncIterator[None]:
@@ -43,6 +60,8 @@ async def database(app: web.Application) -> AsyncIterator[None]:
     session_class = type("StratoSession", (Session,), {})
     app[READ_CACHE] = ReadCache(enabled=engine.dialect.name == "sqlite")
     app[READ_CACHE].watch(session_class)
+    app[FEED] = Feed()
+    app[FEED].watch(session_class)  # after the read cache: a frame's reader GETs fresh answers
     app[SESSIONS] = make_sessionmaker(engine, session_class)
     app[AUTH] = Authenticator(app[SESSIONS])
     yield
@@ -78,10 +97,12 @@ def create_app(config: Config) -> web.Application:
         client_max_size=config.max_body,
     )
     app[CONFIG] = config
+    app[COOKIES] = CookieStore()
+    app[UPLOADS] = Uploads(config.data_dir / "uploads")
     app[CAPABILITIES] = Capabilities.from_config(config.capabilities)
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(hosts)
-    for module in (availability, servers, server_actions, uploads, drives, libdrives, networks, tags, jobs,
+    for module in (accounts, availability, servers, server_actions, uploads, drives, libdrives, networks, tags, jobs,
                    profile, capabilities, console_page):
         app.add_routes(module.routes)
     console_page.add_novnc(app)

@@ -24,9 +24,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from orchestrator.api.console_page import PUBLIC_PREFIX
+from orchestrator.cookies import CHUNK_LINKS, LOGIN_PATHS, WEBSOCKET_PATHS, CookieStore
 from orchestrator.db.models import ApiToken, User
 from orchestrator.errors import ApiError
-from orchestrator.keys import AUTH, USER
+from orchestrator.keys import AUTH, COOKIES, USER
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="users"'}
@@ -100,6 +101,10 @@ class Authenticator:
             raise unauthorized("Malformed Basic credentials") from None
         if not sep:
             raise unauthorized("Malformed Basic credentials")
+        return await self.verify(email, password)
+
+    async def verify(self, email: str, password: str) -> str:
+        """The user uuid for an e-mail and password (Basic auth, session login)."""
         cache_key = hmac.new(self._key, f"{email}\x00{password}".encode(), "sha256").hexdigest()
         cached = self._cache.get(cache_key)
         if cached and cached[1] > time.monotonic():
@@ -127,6 +132,23 @@ async def auth_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     if request.path.startswith(PUBLIC_PREFIX):  # token-authorised browser console (api/console_page.py)
+        return await handler(request)
+    if request.path.startswith(CHUNK_LINKS):  # one-time upload links: the link is the credential (spec §24.2)
+        return await handler(request)
+    if request.path in WEBSOCKET_PATHS:  # the notification feed: only the async_auth cookie (spec §3 item 4)
+        user = request.app[COOKIES].async_user(request.cookies.get("async_auth"))
+        if user is None:
+            raise unauthorized("A fresh async_auth cookie is required (do=authenticate_asynchronous)")
+        request[USER] = user
+        return await handler(request)
+    if request.path in LOGIN_PATHS and request.query.get("do") == "login":  # checks the body's credentials
+        return await handler(request)
+    login = None if "Authorization" in request.headers else request.app[COOKIES].session(
+        request.cookies.get("sessionid"))
+    if login is not None:  # session cookie (spec §3 item 3): writes need the CSRF token too
+        if not CookieStore.csrf_ok(login, request.method, request.headers.get("X-CSRFToken")):
+            raise ApiError("permission", "CSRF token missing or incorrect (X-CSRFToken header)", None, status=403)
+        request[USER] = login.user
         return await handler(request)
     request[USER] = await request.app[AUTH].user_for(request.headers.get("Authorization"))
     return await handler(request)

@@ -38,7 +38,7 @@ from orchestrator.db.models import Drive, ServerDrive, new_uuid
 from orchestrator.drives import check_deletable, check_size, round_size, write_drive
 from orchestrator.errors import invalid, notexist
 from orchestrator.fields import NOT_PROVIDED, Bool, Field, Int, Output, Resource, Str, StrList, link
-from orchestrator.keys import CAPABILITIES, CLOUD, SCHEDULER
+from orchestrator.keys import CAPABILITIES, CLOUD, SCHEDULER, UPLOADS
 from orchestrator.tagging import forget_resources, set_resource_tags
 
 
@@ -199,7 +199,18 @@ async def clone(request: web.Request) -> web.Response:
                                                                 "Drive"))]}, 202)
 
 
-ACTIONS = {"clone": clone, "resize": resize}
+async def upload_chunk(request: web.Request) -> web.Response:
+    """A one-time link for one chunk of an ``/initupload/`` drive; 416 when it arrived already (spec §24.2)."""
+    body = await read_json(request, empty={})
+    number, size = (CHUNK_FIELD.parse(body.get(k) if isinstance(body, dict) else None, k)
+                    for k in ("chunk_number", "chunk_size"))
+    async with session(request) as s:
+        drive = await get_owned(s, one(request), "Drive")
+    return respond({"link": request.app[UPLOADS].link(drive.uuid, number, size)})
+
+
+CHUNK_FIELD = Field("chunk", Int(minimum=0), required=True)
+ACTIONS = {"clone": clone, "resize": resize, "upload_chunk": upload_chunk}
 
 
 @routes.post(path("libdrives/{uuid}/action"))

@@ -1,4 +1,6 @@
-"""``POST /drives/upload/[<file name>/]``: a raw image upload that creates a drive (spec §24.1).
+"""Images in and out (spec §24): ``POST /drives/upload/[<file name>/]`` (one raw request), the chunked
+protocols pycloudsigma speaks (``/initupload/``, one-time ``upload_chunk`` links, resumable.js on
+``/drives/{uuid}/upload/``) and ``GET /drives/{uuid}/download/`` with ``Range``.
 
 The body streams to a file in the data directory; the drive shows ``uploading`` until the
 storage host's agent has imported it (format detected from the content, never the name).
@@ -6,16 +8,33 @@ storage host's agent has imported it (format detected from the content, never th
 
 from __future__ import annotations
 
+import ast
 import contextlib
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from sqlalchemy import select
 
-from orchestrator.api.common import caller, path, query_uuids, session
-from orchestrator.db.models import Drive, new_uuid, utcnow
-from orchestrator.drives import check_size, round_size
-from orchestrator.errors import invalid
-from orchestrator.keys import CAPABILITIES, CLOUD, CONFIG, SCHEDULER
+from orchestrator.api.common import (
+    caller,
+    get_owned,
+    objects_of,
+    owned_row,
+    path,
+    query_uuids,
+    read_json,
+    respond,
+    session,
+)
+from orchestrator.api.drives import DRIVE, RELATED
+from orchestrator.db.models import Drive, Job, JobLink, new_uuid, utcnow
+from orchestrator.drives import IDLE, active_server, check_size, round_size
+from orchestrator.errors import forbidden, invalid, notexist
+from orchestrator.exports import export_raw
+from orchestrator.keys import CAPABILITIES, CLOUD, CONFIG, SCHEDULER, UPLOADS
+from orchestrator.tagging import set_resource_tags
+from orchestrator.uploading import chunk_span
 
 routes = web.RouteTableDef()
 
@@ -27,6 +46,8 @@ async def upload(request: web.Request) -> web.Response:
     length = request.content_length
     if not length:
         raise invalid("A raw image body with a Content-Length is required", "Content-Length")
+    if length > request.app[CONFIG].max_upload:
+        raise invalid(f"Uploads are limited to {request.app[CONFIG].max_upload} bytes", "Content-Length")
     storage_type = caps.default_storage_type
     size = max(round_size(length), caps.drive_size(storage_type)["min"])
     check_size(caps, storage_type, size, "Content-Length")
@@ -63,3 +84,165 @@ async def _receive(request: web.Request, target: Path) -> int:
             out.write(chunk)
             received += len(chunk)
     return received
+
+
+# --- chunked uploads (spec §24.2, §24.3) ------------------------------------------------------------
+
+
+@routes.post(path("initupload"))
+async def init_upload(request: web.Request) -> web.Response:
+    """A drive of the image's exact size in ``uploading``, and an ``drive_upload`` job showing progress."""
+    body = objects_of(await read_json(request))[0]
+    values = DRIVE.validate(body, create=True)
+    caps, scheduler, owner = request.app[CAPABILITIES], request.app[SCHEDULER], caller(request)
+    size, storage_type = values["size"], values["storage_type"] or caps.default_storage_type
+    if size > request.app[CONFIG].max_upload:
+        raise invalid(f"Uploads are limited to {request.app[CONFIG].max_upload} bytes", "size")
+    check_size(caps, storage_type, round_size(size))
+    uuid, tags = new_uuid(), values.pop("tags", [])
+    async with scheduler.lock, session(request) as s:
+        drive = Drive(uuid=uuid, owner_uuid=owner, **{**values, "storage_type": storage_type,
+                      "size": round_size(size)}, status="uploading", avoid=query_uuids(request, "avoid"),
+                      volume=f"{uuid}.qcow2")
+        s.add(drive)
+        await scheduler.place_drive(s, drive, drive.avoid)
+        job = Job(uuid=new_uuid(), owner_uuid=owner, operation="drive_upload", state="started", progress=0,
+                  resources=[f"/api/2.0/drives/{uuid}/"])
+        s.add_all([job, JobLink(job_uuid=job.uuid, res_uuid=uuid)])
+        await s.flush()
+        await set_resource_tags(s, "drives", uuid, tags, owner)
+    request.app[UPLOADS].start(uuid, owner, size)
+    async with session(request) as s:
+        created = DRIVE.dump(await get_owned(s, owned_row(Drive, RELATED, owner, uuid), "Drive"))
+    return respond({"objects": [created]}, 201, {"Location": created["resource_uri"]})
+
+
+@routes.post(path("chunks/{token}"))
+async def chunk_by_link(request: web.Request) -> web.Response:
+    """``POST <link>``: the body is the chunk (no authentication: the link is the credential)."""
+    link = request.app[UPLOADS].redeem(request.match_info["token"])
+    await _store(request, link.drive, link.offset, link.length, request.content.iter_chunked(1 << 20))
+    return respond({})
+
+
+@routes.get(path("drives/{uuid}/upload"))
+async def resumable_test(request: web.Request) -> web.Response:
+    """resumable.js "testChunks": 200 when the chunk is stored, 404 otherwise (never another 2xx)."""
+    upload = request.app[UPLOADS].get(request.match_info["uuid"])
+    if upload.owner != caller(request):
+        raise notexist("Drive")
+    offset, _ = _resumable_span(request.query, upload.size)
+    if offset in upload.received:
+        return web.Response(text="present\n")
+    raise notexist("Chunk")
+
+
+@routes.post(path("drives/{uuid}/upload"))
+async def resumable_post(request: web.Request) -> web.Response:
+    upload = request.app[UPLOADS].get(request.match_info["uuid"])
+    if upload.owner != caller(request):
+        raise notexist("Drive")
+    reader = await request.multipart()
+    fields: dict[str, str] = {}
+    while (part := await reader.next()) is not None:
+        assert isinstance(part, BodyPartReader)
+        if part.name != "file":
+            fields[part.name or ""] = (await part.read(decode=True)).decode()
+            continue
+        offset, length = _resumable_span(fields, upload.size)
+        data = await part.read(decode=True)
+        await _store(request, upload.drive, offset, length, _once(_chunk_bytes(bytes(data), length)))
+        return respond({})
+    raise invalid("A multipart 'file' part after the resumable fields is required", "file")
+
+
+def _resumable_span(fields: Mapping[str, str], total: int) -> tuple[int, int]:
+    try:
+        number, chunk_size = int(fields["resumableChunkNumber"]), int(fields["resumableChunkSize"])
+    except (KeyError, ValueError):
+        raise invalid("resumableChunkNumber and resumableChunkSize are required integers") from None
+    return chunk_span(number - 1, chunk_size, total)  # resumable.js counts from 1
+
+
+def _chunk_bytes(data: bytes, length: int) -> bytes:
+    """The chunk's bytes.  pycloudsigma's ``resumable_upload`` sends ``str(bytes)`` on Python 3, i.e. the
+    text ``b'...'``: when the part is not the expected length but is such a literal of it, decode it."""
+    if len(data) != length and data[:2] in (b"b'", b'b"'):
+        with contextlib.suppress(ValueError, SyntaxError, MemoryError):
+            decoded = ast.literal_eval(data.decode("ascii"))
+            if isinstance(decoded, bytes) and len(decoded) == length:
+                return decoded
+    return data
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _store(request: web.Request, drive: str, offset: int, length: int, body: AsyncIterator[bytes]) -> None:
+    """Write a chunk, show the progress on the drive's upload job; the last chunk starts the import."""
+    uploads = request.app[UPLOADS]
+    upload = await uploads.write(drive, offset, length, body)
+    async with session(request) as s:
+        job = await s.scalar(select(Job).join(JobLink, JobLink.job_uuid == Job.uuid).where(
+            JobLink.res_uuid == drive, Job.operation == "drive_upload", Job.state == "started"))
+        if job is not None:
+            job.progress = min(99, 100 * upload.done // upload.size)
+            if upload.complete:
+                job.state, job.progress = "success", 100
+    if upload.complete and drive in uploads.active:
+        cloud = request.app[CLOUD]
+        cloud.spawn(cloud.import_volume(drive, uploads.finish(drive)))
+
+
+# --- download (spec §24.4) ----------------------------------------------------------------------------
+
+
+@routes.get(path("drives/{uuid}/download"))
+async def download(request: web.Request) -> web.StreamResponse:
+    async with session(request) as s:
+        drive = await get_owned(s, owned_row(Drive, RELATED, caller(request), request.match_info["uuid"]), "Drive")
+        if drive.status not in IDLE:
+            raise forbidden(f'Cannot download drive in status "{drive.status}"')
+        busy = await active_server(s, drive.uuid)
+        if busy is not None:
+            raise forbidden(f"Drive {drive.uuid} is attached to server {busy}, which is not stopped")
+    target = Path(request.app[CONFIG].data_dir, "transit", f"download-{drive.uuid}-{new_uuid()}.raw")
+    try:
+        await export_raw(request.app[CLOUD], drive, target)
+        return await _send_range(request, target, drive.uuid)
+    finally:
+        target.unlink(missing_ok=True)
+
+
+async def _send_range(request: web.Request, file: Path, name: str) -> web.StreamResponse:
+    """The file, or the one ``Range`` asked for (206); 416 for a range outside it."""
+    size = file.stat().st_size
+    try:
+        wanted = request.http_range
+    except ValueError:
+        wanted = slice(None, None)
+    start, stop = wanted.start, wanted.stop
+    if start is not None and start < 0:  # "bytes=-N": the last N bytes
+        start, stop = max(size + start, 0), size
+    partial = start is not None or stop is not None
+    start, stop = start or 0, min(size, stop if stop is not None else size)
+    if partial and start >= size:
+        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+    response = web.StreamResponse(status=206 if partial else 200, headers={
+        "Content-Type": "application/octet-stream", "Content-Disposition": f"attachment; filename={name}",
+        "Accept-Ranges": "bytes", "Content-Length": str(stop - start)})
+    if partial:
+        response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    await response.prepare(request)
+    with file.open("rb") as f:
+        f.seek(start)
+        left = stop - start
+        while left > 0:
+            piece = f.read(min(left, 1 << 20))
+            if not piece:
+                break
+            left -= len(piece)
+            await response.write(piece)
+    await response.write_eof()
+    return response

@@ -1,0 +1,92 @@
+"""``/accounts/action/?do=login|logout|authenticate_asynchronous`` and the ``/websocket`` feed
+(spec §3, §9.3, §37)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from orchestrator.api.common import caller, path, read_json, respond
+from orchestrator.cookies import ASYNC_AGE, CSRF_AGE, SESSION_AGE, WEBSOCKET_PATHS
+from orchestrator.errors import invalid
+from orchestrator.keys import AUTH, COOKIES, FEED
+
+routes = web.RouteTableDef()
+
+
+async def login(request: web.Request) -> web.Response:
+    """Unauthenticated (the auth middleware lets it through): credentials in the JSON body."""
+    body = await read_json(request, empty={})
+    email, password = (body.get(k) if isinstance(body, dict) else None for k in ("username", "password"))
+    if not isinstance(email, str) or not isinstance(password, str):
+        raise invalid("username and password are required", "username")
+    user = await request.app[AUTH].verify(email, password)
+    sid, session = request.app[COOKIES].login(user)
+    response = respond({"uuid": user})
+    response.set_cookie("sessionid", sid, max_age=SESSION_AGE, path="/", httponly=True, samesite="Lax",
+                        secure=request.secure)
+    response.set_cookie("csrftoken", session.csrf, max_age=CSRF_AGE, path="/", samesite="Lax", secure=request.secure)
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    request.app[COOKIES].logout(request.cookies.get("sessionid"))
+    response = respond({})
+    response.del_cookie("sessionid", path="/")
+    response.del_cookie("csrftoken", path="/")
+    return response
+
+
+async def authenticate_asynchronous(request: web.Request) -> web.Response:
+    response = respond({})
+    response.set_cookie("async_auth", request.app[COOKIES].issue_async(caller(request)), max_age=ASYNC_AGE, path="/")
+    return response
+
+
+ACTIONS = {"login": login, "logout": logout, "authenticate_asynchronous": authenticate_asynchronous}
+
+
+@routes.post(path("accounts/action"))
+async def action(request: web.Request) -> web.Response:
+    do = request.query.get("do")
+    if do not in ACTIONS:
+        raise invalid(f"Unknown action {do!r}; one of: {', '.join(ACTIONS)}", "do")
+    return await ACTIONS[do](request)
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    """Authorised by the ``async_auth`` cookie (auth middleware); frames of the caller's objects."""
+    user = caller(request)
+    ws = web.WebSocketResponse(heartbeat=30)
+    await ws.prepare(request)
+    feed = request.app[FEED]
+    queue = feed.subscribe(user)
+    reader = asyncio.create_task(_drain(ws))  # notices the client closing
+    try:
+        while not ws.closed:
+            getter = asyncio.create_task(queue.get())
+            done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                break
+            await ws.send_json(getter.result())
+    finally:
+        feed.unsubscribe(user, queue)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        await ws.close()
+    return ws
+
+
+async def _drain(ws: web.WebSocketResponse) -> Any:
+    async for message in ws:
+        if message.type in (WSMsgType.CLOSE, WSMsgType.ERROR):
+            break
+
+
+for _path in WEBSOCKET_PATHS:
+    routes.get(_path)(websocket)
