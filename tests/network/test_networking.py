@@ -1,0 +1,251 @@
+"""Issue 7, "Networking": real guests on a NAT public network and on VLANs across two hosts.
+
+Three test guests (tests/guest, 128 MiB, TCG) on two hosts of one libvirtd:
+
+* ``pub`` runs NICs ``dhcp``, ``static`` (alice's granted IP), ``manual`` and one on VLAN A;
+  it gets the leased and the reserved addresses by DHCP, none on ``manual``, and reaches
+  ``peer`` over VLAN A;
+* ``peer`` (the other host) is on VLAN A only: the VLAN crosses hosts over VXLAN;
+* ``other`` is on VLAN B (alice's too) with an address of VLAN A's subnet: it reaches nobody.
+
+Private addresses come from a marker disk (``STRATO-NETCONF:``, tests/guest/build-image.sh).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+from tests.network.conftest import GATEWAY, RANGE, STATIC_IP, NetCluster
+from tests.strato_process import ROOT, Api
+
+GUEST_IMAGE = ROOT / "build" / "guest" / "strato-guest.img"
+MiB = 1024 * 1024
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def upload(api: Api, name: str, data: bytes) -> str:
+    r = api.post(f"drives/upload/{name}/", raw=data, headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 201, r.text
+    uuid = r.text.strip()
+    wait_for(lambda: api.ok("GET", f"drives/{uuid}/")["status"] == "unmounted", 120, f"upload {name}")
+    return uuid
+
+
+def clone(api: Api, source: str, name: str) -> str:
+    r = api.post(f"drives/{source}/action/?do=clone", {"name": name, "storage_type": "zadara"})
+    assert r.status_code == 202, r.text
+    uuid = r.json()["objects"][0]["uuid"]
+    wait_for(lambda: api.ok("GET", f"drives/{uuid}/")["status"] == "unmounted", 120, f"clone {name}")
+    return uuid
+
+
+def netconf(api: Api, name: str, lines: list[str]) -> str:
+    text = "\n".join(["STRATO-NETCONF:", *lines, ""]).encode()
+    uuid = upload(api, name, text.ljust(1024 * 1024, b"\0"))
+    return clone(api, uuid, name + "-shared")
+
+
+def make_server(api: Api, name: str, boot: str, conf: str, nics: list[dict[str, Any]]) -> dict[str, Any]:
+    body = {"name": name, "cpu": 1000, "mem": 128 * MiB, "vnc_password": "secret", "nics": nics,
+            "drives": [{"drive": boot, "device": "virtio", "dev_channel": "0:0", "boot_order": 1},
+                       {"drive": conf, "device": "virtio", "dev_channel": "0:1"}]}
+    return api.ok("POST", "servers/", body, 201)["objects"][0]
+
+
+def start(api: Api, uuid: str, avoid: list[str] | None = None) -> None:
+    query = f"&avoid={','.join(avoid)}" if avoid else ""
+    r = api.post(f"servers/{uuid}/action/?do=start{query}")
+    assert r.status_code == 202, r.text
+
+
+def host_of(net: NetCluster, uuid: str) -> str:
+    def find() -> str | None:
+        found = [h for h in net.hosts.values() if h.console_log(uuid).exists()]
+        return found[0].name if len(found) == 1 else None
+
+    return wait_for(find, 60, f"console log of {uuid}")
+
+
+def serial(net: NetCluster, uuid: str, marker: str, timeout: float = 300) -> str:
+    log = net.hosts[host_of(net, uuid)].console_log(uuid)
+
+    def text() -> str | None:
+        t = log.read_text(errors="replace")
+        return t if marker in t else None
+
+    return wait_for(text, timeout, f"{marker} in {log}")
+
+
+def nets(text: str) -> dict[str, dict[str, str]]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("net "):
+            fields = dict(kv.split("=", 1) for kv in line.split()[1:])
+            out[fields["name"]] = fields
+    return out
+
+
+def ping_result(net: NetCluster, uuid: str, address: str, timeout: float) -> str:
+    text = serial(net, uuid, f"ping addr={address} result=", timeout)
+    return re.search(rf"ping addr={re.escape(address)} result=(\w+)", text)[1]  # type: ignore[index]
+
+
+@pytest.fixture(scope="module")
+def guests(net: NetCluster) -> dict[str, Any]:
+    if not GUEST_IMAGE.exists():
+        pytest.skip("build the test guest first: tests/guest/build-image.sh")
+    alice = net.alice
+    vlan_a, vlan_b = net.vlans[0], net.vlans[1]
+    image = upload(alice, "strato-guest.img", GUEST_IMAGE.read_bytes())
+    boots = [clone(alice, image, f"boot-{i}") for i in range(3)]
+    confs = [netconf(alice, "conf-pub", ["addr eth3 10.99.0.1/24", "ping 10.99.0.2 90", f"beat {GATEWAY}"]),
+             netconf(alice, "conf-peer", ["addr eth0 10.99.0.2/24", "ping 10.99.0.1 90"]),
+             netconf(alice, "conf-other", ["addr eth0 10.99.0.3/24", "ping 10.99.0.1 15"])]
+    pub = make_server(alice, "pub", boots[0], confs[0], [
+        {"ip_v4_conf": {"conf": "dhcp", "ip": None}, "model": "virtio"},
+        {"ip_v4_conf": {"conf": "static", "ip": STATIC_IP}, "model": "virtio"},
+        {"ip_v4_conf": {"conf": "manual", "ip": None}, "model": "virtio"},
+        {"vlan": vlan_a, "model": "virtio"}])
+    peer = make_server(alice, "peer", boots[1], confs[1], [{"vlan": vlan_a}])
+    other = make_server(alice, "other", boots[2], confs[2], [{"vlan": vlan_b}])
+    start(alice, pub["uuid"])
+    start(alice, peer["uuid"], avoid=[pub["uuid"]])
+    start(alice, other["uuid"])
+    return {"pub": pub, "peer": peer, "other": other}
+
+
+# --- resources and references -----------------------------------------------------------------------
+
+
+def test_ips_and_vlans_resources(net: NetCluster) -> None:
+    alice, bob = net.alice, net.bob
+    [ip] = [i for i in alice.ok("GET", "ips/")["objects"] if i["uuid"] == STATIC_IP]
+    assert ip == {"owner": ip["owner"], "resource_uri": f"/api/2.0/ips/{STATIC_IP}/", "server": None,
+                  "uuid": STATIC_IP}
+    ip = alice.ok("GET", f"ips/{STATIC_IP}/")
+    assert (ip["netmask"], ip["gateway"], ip["nameservers"]) == (24, GATEWAY, [GATEWAY])
+    assert ip["subscription"]["resource_uri"].startswith("/api/2.0/subscriptions/")
+    assert bob.get(f"ips/{STATIC_IP}/").status_code == 404
+    assert alice.ok("GET", "vlans/")["meta"]["total_count"] == 2
+    assert set(alice.ok("GET", "vlans/")["objects"][0]) == {"owner", "resource_uri", "uuid"}
+    vlan = alice.ok("GET", f"vlans/{net.vlans[0]}/")
+    assert vlan["bottom_vlan_tag"] >= 100 and vlan["subscription"] is not None
+    # meta and tags are editable; name filters match meta.name
+    got = alice.ok("PUT", f"ips/{STATIC_IP}/", {"meta": {"name": "front door"}, "netmask": 8})
+    assert got["meta"] == {"name": "front door"} and got["netmask"] == 24
+    assert [i["uuid"] for i in alice.ok("GET", "ips/?name__contains=door")["objects"]] == [STATIC_IP]
+    assert alice.ok("GET", "ips/?name=nothing")["objects"] == []
+    tag = alice.ok("POST", "tags/", {"name": "net", "resources": [STATIC_IP, net.vlans[0]]}, 201)["objects"][0]
+    assert {r["res_type"] for r in tag["resources"]} == {"ips", "vlans"}
+    assert alice.ok("GET", f"vlans/{net.vlans[0]}/")["tags"][0]["uuid"] == tag["uuid"]
+    assert [i["uuid"] for i in alice.ok("GET", f"tags/{tag['uuid']}/ips/")["objects"]] == [STATIC_IP]
+    assert alice.ok("GET", f"vlans/?tag={tag['uuid']}")["meta"]["total_count"] == 1
+    alice.ok("PUT", f"vlans/{net.vlans[1]}/", {"tags": [tag["uuid"]]})
+    assert len(alice.ok("GET", f"tags/{tag['uuid']}/")["resources"]) == 3
+    assert alice.post("ips/", {}).status_code == 405 and alice.delete(f"vlans/{net.vlans[0]}/").status_code == 405
+
+
+def test_references_are_the_callers_and_static_is_exclusive(net: NetCluster) -> None:
+    alice, bob = net.alice, net.bob
+    base = {"cpu": 1000, "mem": 128 * MiB, "vnc_password": "x"}
+    for nic, point in (({"vlan": net.vlans[0]}, "nics.0.vlan"),
+                       ({"ip_v4_conf": {"conf": "static", "ip": STATIC_IP}}, "nics.0.ip_v4_conf.ip")):
+        r = bob.post("servers/", {"name": "thief", **base, "nics": [nic]})
+        assert r.status_code == 400 and r.json()[0]["error_point"] == point, r.text
+    assert bob.ok("POST", "servers/", {"name": "own", **base, "nics": [{"vlan": net.vlans[2]}]}, 201)
+    s1 = alice.ok("POST", "servers/", {"name": "s1", **base, "nics": [
+        {"ip_v4_conf": {"conf": "static", "ip": STATIC_IP}}]}, 201)["objects"][0]
+    assert alice.ok("GET", f"ips/{STATIC_IP}/")["server"]["uuid"] == s1["uuid"]
+    r = alice.post("servers/", {"name": "s2", **base, "nics": [{"ip_v4_conf": {"conf": "static", "ip": STATIC_IP}}]})
+    assert r.status_code == 400 and "static" in r.json()[0]["error_message"], r.text
+    r = alice.put(f"servers/{s1['uuid']}/", {"nics": [{"ip_v4_conf": {"conf": "static", "ip": STATIC_IP}},
+                                                      {"ip_v4_conf": {"conf": "static", "ip": STATIC_IP}}]})
+    assert r.status_code == 400 and r.json()[0]["error_point"] == "nics.1.ip_v4_conf.ip", r.text
+    r = alice.post("servers/", {"name": "s3", **base, "nics": [{"vlan": net.vlans[0], "ip_v4_conf": {"conf": "dhcp"}}]})
+    assert r.status_code == 400, r.text
+    # Freed when the NIC goes, or the server is deleted
+    alice.ok("PUT", f"servers/{s1['uuid']}/", {"nics": [{"ip_v4_conf": {"conf": "dhcp"}}]})
+    assert alice.ok("GET", f"ips/{STATIC_IP}/")["server"] is None
+    alice.ok("PUT", f"servers/{s1['uuid']}/", {"nics": [{"ip_v4_conf": {"conf": "static", "ip": STATIC_IP}}]})
+    alice.ok("DELETE", f"servers/{s1['uuid']}/", status=204)
+    assert alice.ok("GET", f"ips/{STATIC_IP}/")["server"] is None
+
+
+# --- real guests ----------------------------------------------------------------------------------
+
+
+def test_guests_get_their_addresses(net: NetCluster, guests: dict[str, Any]) -> None:
+    pub = guests["pub"]
+    text = serial(net, pub["uuid"], "STRATO-NET-DONE")
+    got = nets(text)
+    macs = [n["mac"] for n in pub["nics"]]
+    assert [got[f"eth{i}"]["mac"] for i in range(4)] == macs
+    dhcp = got["eth0"]["ip"].split("/")[0]
+    assert RANGE[0] <= dhcp <= RANGE[1] and got["eth0"]["ip"].endswith("/24"), got
+    assert got["eth1"]["ip"] == f"{STATIC_IP}/24", got
+    assert got["eth2"]["ip"] == "none", got          # manual: connected, nothing handed out
+    assert got["eth3"]["ip"] == "10.99.0.1/24", got
+    # the lease is listed in /ips/ without subscription, with its server
+    lease = net.alice.ok("GET", f"ips/{dhcp}/")
+    assert lease["subscription"] is None and lease["server"]["uuid"] == pub["uuid"]
+    assert net.alice.ok("GET", f"ips/{STATIC_IP}/")["server"]["uuid"] == pub["uuid"]
+    assert net.bob.get(f"ips/{dhcp}/").status_code == 404
+
+
+def test_vlan_spans_hosts_and_isolates(net: NetCluster, guests: dict[str, Any]) -> None:
+    pub, peer, other = guests["pub"]["uuid"], guests["peer"]["uuid"], guests["other"]["uuid"]
+    assert host_of(net, pub) != host_of(net, peer)   # the VLAN crosses a VXLAN link
+    assert ping_result(net, pub, "10.99.0.2", 300) == "ok"
+    assert ping_result(net, peer, "10.99.0.1", 300) == "ok"
+    assert ping_result(net, other, "10.99.0.1", 300) == "fail"   # VLAN B does not see VLAN A
+    vlan = net.alice.ok("GET", f"vlans/{net.vlans[0]}/")
+    assert {s["uuid"] for s in vlan["servers"]} == {pub, peer}
+
+
+def test_runtime_shows_addresses_and_growing_counters(net: NetCluster, guests: dict[str, Any]) -> None:
+    pub = guests["pub"]
+    serial(net, pub["uuid"], "STRATO-NET-DONE")
+    dhcp = nets(serial(net, pub["uuid"], "STRATO-NET-DONE"))["eth0"]["ip"].split("/")[0]
+
+    def runtime() -> dict[str, Any]:
+        return net.alice.ok("GET", f"servers/{pub['uuid']}/")
+
+    got = wait_for(lambda: (r := runtime())["runtime"]["nics"][0]["io"]["packets_sent"] > 0 and r, 60, "counters")
+    nics = got["runtime"]["nics"]
+    assert [n["mac"] for n in nics] == [n["mac"] for n in pub["nics"]]
+    assert nics[0]["ip_v4"]["uuid"] == dhcp and nics[1]["ip_v4"]["uuid"] == STATIC_IP
+    assert nics[2]["ip_v4"] is None and nics[3]["ip_v4"] is None
+    assert [n["interface_type"] for n in nics] == ["public", "public", "public", "private"]
+    assert got["nics"][0]["runtime"]["ip_v4"]["uuid"] == dhcp
+    first = nics[0]["io"]
+    wait_for(lambda: runtime()["runtime"]["nics"][0]["io"]["bytes_sent"] > first["bytes_sent"], 30, "growth")
+
+
+def test_stop_releases_lease_and_reservations(net: NetCluster, guests: dict[str, Any]) -> None:
+    alice, pub = net.alice, guests["pub"]
+    dhcp = nets(serial(net, pub["uuid"], "STRATO-NET-DONE"))["eth0"]["ip"].split("/")[0]
+    host = net.hosts[host_of(net, pub["uuid"])]
+    for g in guests.values():
+        alice.post(f"servers/{g['uuid']}/action/?do=stop")
+    wait_for(lambda: all(alice.ok("GET", f"servers/{g['uuid']}/")["status"] == "stopped" for g in guests.values()),
+             60, "stopped")
+    assert alice.get(f"ips/{dhcp}/").status_code == 404
+    assert alice.ok("GET", f"ips/{STATIC_IP}/")["server"]["uuid"] == pub["uuid"]  # still its static conf
+    xml = subprocess.run(["virsh", "net-dumpxml", f"{host.prefix}net-pub-public"], capture_output=True,
+                         text=True).stdout
+    assert pub["nics"][0]["mac"] not in xml and pub["nics"][1]["mac"] not in xml
