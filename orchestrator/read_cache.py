@@ -3,13 +3,15 @@
 Clients poll hard (libcloud every 5 s, terraform, pycloudsigma every 3 s), and a GET costs
 several database round trips.  With one API node on SQLite every write passes through this
 process, so a single generation counter, bumped after each commit that wrote anything (and
-when the agents' statistics change), tells exactly when a rendered answer may be stale.  With
-PostgreSQL other API nodes write too, so the cache is off there.  Keys carry the caller's
-uuid: one user's entry is never another's answer.
+when the agents' statistics change), tells when a rendered answer may be stale.  The command
+line (``strato ips assign`` …) writes from another process, so entries also expire after
+``max_age`` seconds.  With PostgreSQL other API nodes write too, so the cache is off there.
+Keys carry the caller's uuid: one user's entry is never another's answer.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
@@ -19,19 +21,23 @@ from sqlalchemy.orm import ORMExecuteState, Session
 
 
 class ReadCache:
-    def __init__(self, enabled: bool, size: int = 4096) -> None:
+    def __init__(self, enabled: bool, size: int = 4096, max_age: float = 2.0) -> None:
         self.enabled = enabled
         self.size = size
+        self.max_age = max_age
         self.generation = 0
-        self._entries: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[float, bytes]] = OrderedDict()
 
     def get(self, key: Hashable) -> bytes | None:
-        return self._entries.get(key) if self.enabled else None
+        entry = self._entries.get(key) if self.enabled else None
+        if entry is None or time.monotonic() - entry[0] > self.max_age:
+            return None
+        return entry[1]
 
     def put(self, key: Hashable, body: bytes, generation: int) -> None:
         """Keep ``body`` unless something was written since it was read (``generation``)."""
         if self.enabled and generation == self.generation:
-            self._entries[key] = body
+            self._entries[key] = (time.monotonic(), body)
             if len(self._entries) > self.size:
                 self._entries.popitem(last=False)
 
