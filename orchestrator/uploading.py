@@ -38,6 +38,7 @@ class Upload:
     size: int
     path: Path
     received: dict[int, int] = field(default_factory=dict)  # offset → length
+    finished: bool = False  # every byte arrived; the import runs (chunks asked for again: 416)
 
     @property
     def done(self) -> int:
@@ -109,8 +110,13 @@ class Uploads:
         upload.received[offset] = length
         return upload
 
-    def finish(self, drive: str) -> Path:
-        return self.active.pop(drive).path
+    def finish(self, drive: str) -> Path | None:
+        """The complete file, once: the caller imports it."""
+        upload = self.active[drive]
+        if upload.finished:
+            return None
+        upload.finished = True
+        return upload.path
 
     def _expire(self) -> None:
         now = time.monotonic()

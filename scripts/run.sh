@@ -2,6 +2,8 @@
 # Sets this machine up (idempotent) and runs a one-machine Strato cloud on it.
 #   STRATO_LISTEN (127.0.0.1:8080), STRATO_DATA_DIR (./data),
 #   STRATO_ADMIN_EMAIL / STRATO_ADMIN_PASSWORD: the first user, created when missing.
+#   STRATO_TLS_LISTEN (127.0.0.1:8443): HTTPS (self-signed certificate in $STRATO_DATA_DIR/tls/ unless
+#   STRATO_TLS_CERT / STRATO_TLS_KEY name one); the test guest image is in the drive library.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -13,4 +15,9 @@ if [ ! -f "$DATA_DIR/.admin-created" ]; then
     mkdir -p "$DATA_DIR" && touch "$DATA_DIR/.admin-created"
     echo "strato: user $EMAIL, password $PASSWORD"
 fi
-exec .venv/bin/strato serve --data-dir "$DATA_DIR" --listen "${STRATO_LISTEN:-127.0.0.1:8080}"
+# The test guest as a library drive (a no-op when it is there already); prints its uuid.
+echo "strato: library drive $(.venv/bin/strato libdrives import build/guest/strato-guest.img --name 'Strato test guest' \
+    --os linux --arch 64 --media disk --distribution Strato --description 'Busybox test guest' --data-dir "$DATA_DIR" \
+    2>/dev/null)"
+exec .venv/bin/strato serve --data-dir "$DATA_DIR" --listen "${STRATO_LISTEN:-127.0.0.1:8080}" \
+    --tls-listen "${STRATO_TLS_LISTEN:-127.0.0.1:8443}"

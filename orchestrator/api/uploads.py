@@ -101,8 +101,9 @@ async def init_upload(request: web.Request) -> web.Response:
     check_size(caps, storage_type, round_size(size))
     uuid, tags = new_uuid(), values.pop("tags", [])
     async with scheduler.lock, session(request) as s:
-        drive = Drive(uuid=uuid, owner_uuid=owner, **{**values, "storage_type": storage_type,
-                      "size": round_size(size)}, status="uploading", avoid=query_uuids(request, "avoid"),
+        # The exact image size while uploading (clients compare it with the file); rounded once imported.
+        drive = Drive(uuid=uuid, owner_uuid=owner, **{**values, "storage_type": storage_type}, status="uploading",
+                      avoid=query_uuids(request, "avoid"),
                       volume=f"{uuid}.qcow2")
         s.add(drive)
         await scheduler.place_drive(s, drive, drive.avoid)
@@ -150,7 +151,11 @@ async def resumable_post(request: web.Request) -> web.Response:
             fields[part.name or ""] = (await part.read(decode=True)).decode()
             continue
         offset, length = _resumable_span(fields, upload.size)
-        data = await part.read(decode=True)
+        data = bytearray()
+        while piece := await part.read_chunk(1 << 20):  # part.read() is capped by client_max_size
+            data += piece
+            if len(data) > 8 * length + 16:  # a chunk, or the bytes literal pycloudsigma sends
+                raise invalid(f"The chunk is longer than {length} bytes", "file")
         await _store(request, upload.drive, offset, length, _once(_chunk_bytes(bytes(data), length)))
         return respond({})
     raise invalid("A multipart 'file' part after the resumable fields is required", "file")
@@ -190,9 +195,9 @@ async def _store(request: web.Request, drive: str, offset: int, length: int, bod
             job.progress = min(99, 100 * upload.done // upload.size)
             if upload.complete:
                 job.state, job.progress = "success", 100
-    if upload.complete and drive in uploads.active:
+    if upload.complete and (complete := uploads.finish(drive)) is not None:
         cloud = request.app[CLOUD]
-        cloud.spawn(cloud.import_volume(drive, uploads.finish(drive)))
+        cloud.spawn(cloud.import_volume(drive, complete))
 
 
 # --- download (spec §24.4) ----------------------------------------------------------------------------
