@@ -26,7 +26,7 @@ from orchestrator.db.models import Drive, Host, Job, JobLink, Server, ServerDriv
 from orchestrator.drives import IDLE, refresh_mount_status, round_size
 from orchestrator.errors import forbidden, notexist
 from orchestrator.hosts.connection import AgentConnection, HostAddress, Listener
-from orchestrator.networks import lease_addresses, network_plan, stop_networking
+from orchestrator.networks import lease_addresses, network_plan, release_addresses, reservations_of
 from orchestrator.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -537,15 +537,22 @@ class Cloud(Listener):
 
     async def finish_stop(self, uuid: str, host: str) -> None:
         """The domain is off: status ``stopped``, claim released, definition removed."""
+        async with self.sessions() as s:
+            server = await s.get(Server, uuid)
+            if server is None or server.host != host:
+                return
+            reservations = await reservations_of(s, server)
+        # Reservations go first, so a client that sees "stopped" sees them gone (idempotent when
+        # the lifecycle event and the stop request both get here).
+        for network, mac in reservations:
+            with contextlib.suppress(AgentCallError, AgentGone):
+                await self.call(host, "network.release", network=network, mac=mac)
         async with self.sessions.begin() as s:
             server = await s.get(Server, uuid)
             if server is None or server.host != host:
                 return
             server.status, server.host, server.active_since = "stopped", None, None
-            reservations = await stop_networking(s, server)
-        for network, mac in reservations:
-            with contextlib.suppress(AgentCallError, AgentGone):
-                await self.call(host, "network.release", network=network, mac=mac)
+            await release_addresses(s, server)
         for listener in self.stop_listeners:
             await listener(uuid)
         with contextlib.suppress(AgentCallError, AgentGone):

@@ -238,12 +238,11 @@ async def release_addresses(s: AsyncSession, server: Server) -> None:
         server.nics = [{k: v for k, v in nic.items() if k != "lease"} for nic in server.nics]
 
 
-async def stop_networking(s: AsyncSession, server: Server) -> list[tuple[str, str]]:
-    """A stopped server's leases end; returns the (network, mac) reservations to remove on its host."""
+async def reservations_of(s: AsyncSession, server: Server) -> list[tuple[str, str]]:
+    """The (network, mac) DHCP reservations a running server holds on its host."""
     leases = [(n["lease"], n["mac"]) for n in server.nics if n.get("lease")]
     nets = dict((await s.execute(select(Ip.uuid, Ip.network_name).where(
         Ip.uuid.in_([a for a, _ in leases])))).tuples().all())
-    await release_addresses(s, server)
     return [(f"pub-{nets[a]}", mac) for a, mac in leases if a in nets]
 
 
