@@ -154,9 +154,7 @@ def test_put_merge_rules(alice: Api) -> None:
     assert alice.ok("PUT", f"servers/{server['uuid']}/", {"requirements": None})["requirements"] == []
 
 
-@pytest.mark.skip(reason="needs a running server: start/stop actions land with orchestration (spec §14)")
-def test_running_server_restrictions() -> None:
-    pass
+# Edits of a running server (spec §14) need real guests: tests/cloud/test_orchestration.py.
 
 
 @pytest.mark.parametrize(("recurse", "deleted"), [(None, set()), ("disks", {"disk"}), ("cdroms", {"cdrom"}),

@@ -132,6 +132,25 @@ def test_hosts_are_up(cluster: Cluster) -> None:
     assert hosts["ssh1"]["address"].startswith("ssh://root@127.0.0.1:")
 
 
+def test_running_server_takes_only_name_meta_and_tags(cluster: Cluster) -> None:
+    """Spec §14: while not stopped, a PUT applies name/meta/tags and silently ignores the rest."""
+    api = cluster.api
+    [uuid] = create_servers(api, 1, "edit-running")
+    tag = api.ok("POST", "tags/", {"name": "running-tag"}, 201)["objects"][0]["uuid"]
+    must_start(api, uuid)
+    wait_status(api, uuid, "running")
+    before = api.ok("GET", f"servers/{uuid}/")
+    got = api.ok("PUT", f"servers/{uuid}/", {"name": "renamed", "meta": {"k": "v"}, "tags": [tag], "cpu": 2000,
+                                             "mem": 128 * MiB, "nics": [{"model": "virtio"}], "smp": 2})
+    assert (got["name"], got["meta"], [t["uuid"] for t in got["tags"]]) == ("renamed", {"k": "v"}, [tag])
+    assert (got["cpu"], got["mem"], got["smp"], got["nics"]) == (before["cpu"], before["mem"], before["smp"], [])
+    assert got["status"] == "running"
+    assert_error(api.request("DELETE", f"servers/{uuid}/"), 403, "permission")  # running: not deletable
+    stop_all(api)
+    got = api.ok("PUT", f"servers/{uuid}/", {"cpu": 2000})  # stopped again: the edit applies
+    assert got["cpu"] == 2000
+
+
 def test_start_with_avoid_spreads_servers(cluster: Cluster) -> None:
     api = cluster.api
     a, b, c, d = create_servers(api, 4, "avoid")
