@@ -129,8 +129,10 @@ class Scheduler:
             return load.pools.get(wanted) if wanted else next(iter(load.pools.values()), None)
 
         fits = [h.name for h in loads if (p := pool(h)) is not None and p.get("available", 0) >= drive.size]
+        # Free space in whole GiB: pools on one filesystem tie, and ties go to the first host by
+        # name, so a user's drives stay together unless told otherwise (avoid, storage type).
         chosen = choose(loads, fits, await hosts_of(s, avoid, drive.owner_uuid),
-                        key=lambda h: pool(h)["available"])  # type: ignore[index]
+                        key=lambda h: pool(h)["available"] // 2**30)  # type: ignore[index]
         if chosen is None:
             raise ApiError("backend", f"We currently cannot provide enough resources to create a "
                                       f"{drive.storage_type} drive", None, status=503)
