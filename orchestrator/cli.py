@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import json
 import logging
 import os
 import signal
@@ -14,10 +13,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from orchestrator.admin import load_config, run_admin, with_session
 from orchestrator.app import create_app
 from orchestrator.auth import create_token, create_user
 from orchestrator.config import Config
-from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
 from orchestrator.db.models import User
 from orchestrator.hosts.registry import add_host, drain_host, list_hosts, remove_host
 from orchestrator.library import Entry, import_image
@@ -25,15 +24,8 @@ from orchestrator.network_cli import add_commands as add_network_commands
 from orchestrator.tls import Certificate, certificate
 
 
-def _config(args: argparse.Namespace) -> Config:
-    config = Config.load(args.config, data_dir=args.data_dir, db=args.db,
-                         listen=getattr(args, "listen", None))
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    return config
-
-
 def serve(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = load_config(args)
     if args.tls_listen:
         config.tls_listen = args.tls_listen
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -65,16 +57,6 @@ async def _serve_both(config: Config, tls_host: str, tls_port: int, cert: Certif
         await runner.cleanup()
 
 
-async def _with_session(config: Config, work):  # type: ignore[no-untyped-def]
-    engine = make_engine(config.db_url)
-    try:
-        await migrate(engine)
-        async with make_sessionmaker(engine).begin() as session:
-            return await work(session)
-    finally:
-        await engine.dispose()
-
-
 def users_create(args: argparse.Namespace) -> int:
     password = args.password or os.environ.get("STRATO_PASSWORD") or getpass.getpass("Password: ")
     if not password:
@@ -88,7 +70,7 @@ def users_create(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import IntegrityError
 
     try:
-        print(asyncio.run(_with_session(_config(args), work)))
+        print(asyncio.run(with_session(load_config(args), work)))
     except IntegrityError:
         print(f"strato: user {args.email} exists already", file=sys.stderr)
         return 1
@@ -102,22 +84,11 @@ def tokens_create(args: argparse.Namespace) -> int:
         user = await session.scalar(select(User).where(User.email == args.email))
         return None if user is None else await create_token(session, user)
 
-    token = asyncio.run(_with_session(_config(args), work))
+    token = asyncio.run(with_session(load_config(args), work))
     if token is None:
         print(f"strato: no user {args.email}", file=sys.stderr)
         return 1
     print(token)
-    return 0
-
-
-def _hosts(args: argparse.Namespace, work) -> int:  # type: ignore[no-untyped-def]
-    try:
-        result = asyncio.run(_with_session(_config(args), work))
-    except ValueError as e:
-        print(f"strato: {e}", file=sys.stderr)
-        return 1
-    if result is not None:
-        print(json.dumps(result, indent=2))
     return 0
 
 
@@ -126,26 +97,26 @@ def hosts_add(args: argparse.Namespace) -> int:
         print("strato: give exactly one of --ssh USER@HOST[:PORT] and --local", file=sys.stderr)
         return 2
     address = "local" if args.local else f"ssh://{args.ssh}"
-    config = _config(args)
+    config = load_config(args)
 
     async def work(session):  # type: ignore[no-untyped-def]
         host = await add_host(session, args.name, address, agent_command=args.agent_command, key_file=args.key,
                               known_hosts=args.known_hosts, config=config)
         return {"name": host.name, "address": host.address, "agent_command": host.agent_command}
 
-    return _hosts(args, work)
+    return run_admin(args, work)
 
 
 def hosts_list(args: argparse.Namespace) -> int:
-    return _hosts(args, list_hosts)
+    return run_admin(args, list_hosts)
 
 
 def hosts_drain(args: argparse.Namespace) -> int:
-    return _hosts(args, lambda session: drain_host(session, args.name))
+    return run_admin(args, lambda session: drain_host(session, args.name))
 
 
 def hosts_remove(args: argparse.Namespace) -> int:
-    return _hosts(args, lambda session: remove_host(session, args.name))
+    return run_admin(args, lambda session: remove_host(session, args.name))
 
 
 def libdrives_import(args: argparse.Namespace) -> int:
@@ -153,7 +124,7 @@ def libdrives_import(args: argparse.Namespace) -> int:
                   distribution=args.distribution, version=args.version, url=args.url or "",
                   category=args.category.split(",") if args.category else ["general"])
     try:
-        uuid, created = asyncio.run(import_image(_config(args), args.file, entry, args.host))
+        uuid, created = asyncio.run(import_image(load_config(args), args.file, entry, args.host))
     except (ValueError, OSError) as e:
         print(f"strato: {e}", file=sys.stderr)
         return 1

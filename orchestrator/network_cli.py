@@ -6,15 +6,13 @@ A running API node reads these rows at the next start of a server; nothing needs
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from orchestrator.admin import run_admin
 from orchestrator.db.models import Ip, Network, User, Vlan
 from orchestrator.networks import (
     add_network,
@@ -25,21 +23,6 @@ from orchestrator.networks import (
     unassign_ip,
     vlan_json,
 )
-
-Work = Callable[[AsyncSession], Awaitable[Any]]
-
-
-def _run(args: argparse.Namespace, work: Work) -> int:
-    from orchestrator.cli import _config, _with_session  # the command line's own session helpers
-
-    try:
-        result = asyncio.run(_with_session(_config(args), work))
-    except ValueError as e:
-        print(f"strato: {e}", file=sys.stderr)
-        return 1
-    if result is not None:
-        print(json.dumps(result, indent=2))
-    return 0
 
 
 async def _emails(s: AsyncSession) -> dict[str, str]:
@@ -56,14 +39,14 @@ def networks_add(args: argparse.Namespace) -> int:
         return network_json(await add_network(s, args.name, args.subnet, args.gateway, first, last,
                                               args.nameserver or [], args.bridge))
 
-    return _run(args, work)
+    return run_admin(args, work)
 
 
 def networks_list(args: argparse.Namespace) -> int:
     async def work(s: AsyncSession) -> Any:
         return [network_json(n) for n in (await s.scalars(select(Network).order_by(Network.created))).all()]
 
-    return _run(args, work)
+    return run_admin(args, work)
 
 
 def ips_assign(args: argparse.Namespace) -> int:
@@ -71,11 +54,11 @@ def ips_assign(args: argparse.Namespace) -> int:
         ip = await assign_ip(s, args.ip, args.email)
         return {"ip": ip.uuid, "network": ip.network_name, "owner": args.email}
 
-    return _run(args, work)
+    return run_admin(args, work)
 
 
 def ips_unassign(args: argparse.Namespace) -> int:
-    return _run(args, lambda s: unassign_ip(s, args.ip))
+    return run_admin(args, lambda s: unassign_ip(s, args.ip))
 
 
 def ips_list(args: argparse.Namespace) -> int:
@@ -85,21 +68,21 @@ def ips_list(args: argparse.Namespace) -> int:
                  "kind": "granted" if ip.subscription is not None else "lease", "server": ip.server_uuid}
                 for ip in (await s.scalars(select(Ip).order_by(Ip.created))).all()]
 
-    return _run(args, work)
+    return run_admin(args, work)
 
 
 def vlans_add(args: argparse.Namespace) -> int:
     async def work(s: AsyncSession) -> Any:
         return [vlan_json(v, {}) for v in await add_vlans(s, args.count, args.tag)]
 
-    return _run(args, work)
+    return run_admin(args, work)
 
 
 def vlans_assign(args: argparse.Namespace) -> int:
     async def work(s: AsyncSession) -> Any:
         return vlan_json(await assign_vlan(s, args.uuid, args.email), {(await _user_uuid(s, args.email)): args.email})
 
-    return _run(args, work)
+    return run_admin(args, work)
 
 
 async def _user_uuid(s: AsyncSession, email: str) -> str:
@@ -111,7 +94,7 @@ def vlans_list(args: argparse.Namespace) -> int:
         emails = await _emails(s)
         return [vlan_json(v, emails) for v in (await s.scalars(select(Vlan).order_by(Vlan.created))).all()]
 
-    return _run(args, work)
+    return run_admin(args, work)
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:

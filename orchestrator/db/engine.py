@@ -54,8 +54,16 @@ def _upgrade(connection: Connection) -> None:
 
 
 async def migrate(engine: AsyncEngine) -> None:
-    async with engine.begin() as conn:
+    async with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            # Batch migrations rebuild SQLite tables; with foreign keys enforced, dropping a
+            # referenced table fails.  The pragma only takes effect outside a transaction.
+            await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
         await conn.run_sync(_upgrade)
+        await conn.commit()
+        if sqlite:
+            await conn.exec_driver_sql("PRAGMA foreign_keys=ON")
 
 
 def make_sessionmaker(engine: AsyncEngine, session_class: type[Session] = Session) -> async_sessionmaker:

@@ -23,7 +23,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from tests.strato_process import ROOT, Api, StratoServer, free_port, remove_libvirt_objects
+from tests.strato_process import ROOT, Api, StratoServer, free_port, remove_libvirt_objects, wait_for
 
 SERVERS_PER_HOST = 6          # capacity the tests configure: 6 servers of SERVER_CPU MHz per host
 SERVER_CPU = 1000
@@ -130,16 +130,6 @@ class Cluster:
         assert len(names) == 1, f"volume of {drive_uuid} in {names}"
         return names[0]
 
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def host_mhz() -> int:

@@ -13,31 +13,20 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.strato_process import ROOT, Api, StratoServer
+from tests.strato_process import ROOT, Api, StratoServer, wait_for
 
 GUEST_IMAGE = ROOT / "build" / "guest" / "strato-guest.img"
 MiB = 2**20
 VNC_PASSWORD = "Vnc-pw-1234"          # longer than 8: RFB uses the first 8 characters
 TOKEN_TTL = 10.0                      # seconds; short so the expiry test can wait it out
 
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass

@@ -15,27 +15,16 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from typing import Any
 
 import pytest
 
 from tests.network.conftest import GATEWAY, RANGE, STATIC_IP, NetCluster
-from tests.strato_process import ROOT, Api
+from tests.strato_process import ROOT, Api, wait_for
 
 GUEST_IMAGE = ROOT / "build" / "guest" / "strato-guest.img"
 MiB = 1024 * 1024
 
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def upload(api: Api, name: str, data: bytes) -> str:
