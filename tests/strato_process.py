@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -108,6 +110,15 @@ class StratoServer:
             except requests.ConnectionError:
                 time.sleep(0.1)
         raise RuntimeError(f"strato serve did not answer: {self.log.read_text()[-3000:]}")
+
+    def wait_host_up(self, timeout: float = 60) -> None:
+        """Until the API node reports a host ``up`` (its agent connected), read from its SQLite file."""
+
+        def up() -> bool:
+            with contextlib.closing(sqlite3.connect(self.data_dir / "strato.db", timeout=30)) as con:
+                return "up" in [row[0] for row in con.execute("SELECT state FROM hosts")]
+
+        wait_for(up, timeout, f"a host up; see {self.log}", interval=0.2)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -79,15 +78,7 @@ def strato_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StratoSe
     server.cli("users", "create", "bob@example.com", "--password", "bob-pw")
     server.start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with sqlite3.connect(server.data_dir / "strato.db", timeout=30) as con:
-                states = [row[0] for row in con.execute("SELECT state FROM hosts")]
-            con.close()
-            if "up" in states:
-                break
-            assert time.monotonic() < deadline, f"local host never came up: {states}; see {server.log}"
-            time.sleep(0.2)
+        server.wait_host_up()
         yield server
     finally:
         server.stop()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -59,15 +58,7 @@ def node() -> Iterator[Node]:
             p.chmod(0o755)
     server.start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with sqlite3.connect(server.data_dir / "strato.db", timeout=30) as con:
-                states = [row[0] for row in con.execute("SELECT state FROM hosts")]
-            con.close()
-            if "up" in states:
-                break
-            assert time.monotonic() < deadline, f"local host never came up: {states}; see {server.log}"
-            time.sleep(0.2)
+        server.wait_host_up()
         yield Node(server, tls_port, library_disk)
     finally:
         server.stop()
