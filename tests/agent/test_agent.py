@@ -11,6 +11,7 @@ Two guests cover the translation, each booting several disks at once:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -185,10 +186,25 @@ async def test_reset_reboots(agent_env: AgentEnv, guest_a: GuestA) -> None:
 
 
 async def test_acpi_shutdown_pushes_stopped(agent_env: AgentEnv, guest_a: GuestA) -> None:
+    log = Path(guest_a.started["console_log"])
+    async with asyncio.timeout(90):  # a press before the guest listens for it is lost: wait for READY
+        while "STRATO-READY" not in log.read_text(errors="replace").rsplit("STRATO-REPORT-BEGIN", 1)[-1]:
+            await asyncio.sleep(0.5)
     events = agent_env.client.subscribe()
-    await agent_env.client.call("domain.shutdown", uuid=guest_a.uuid)
-    event = await events.wait_for(
-        lambda e: e["params"]["uuid"] == guest_a.uuid and e["params"]["state"] == "stopped", timeout=60)
+
+    async def press() -> None:  # like the API node: one ACPI press every two seconds
+        while True:
+            await agent_env.client.call("domain.shutdown", uuid=guest_a.uuid)
+            await asyncio.sleep(2)
+
+    presses = asyncio.create_task(press())
+    try:
+        event = await events.wait_for(
+            lambda e: e["params"]["uuid"] == guest_a.uuid and e["params"]["state"] == "stopped", timeout=60)
+    finally:
+        presses.cancel()
+        with contextlib.suppress(asyncio.CancelledError, AgentCallError):
+            await presses
     assert event["event"] == "domain.lifecycle"
     assert event["params"]["reason"] == "shutdown"
     assert "STRATO-POWEROFF" in Path(guest_a.started["console_log"]).read_text(errors="replace")
