@@ -174,3 +174,12 @@ def owned_row(model: Any, related: tuple[Any, ...], owner: str, uuid: str) -> Se
     """One of the owner's rows: a single joined query beats a query per relation."""
     return (select(model).where(model.owner_uuid == owner, model.uuid == uuid)
             .options(*(joinedload(r) for r in related)))
+
+
+async def created(request: web.Request, resource: Resource, rows: Select[Any], model: Any,
+                  uuids: list[str]) -> web.Response:
+    """201 with the new objects in full view, in request order, always in ``objects`` (spec §7.1)."""
+    async with session(request) as s:
+        found = {row.uuid: row for row in (await s.scalars(rows.where(model.uuid.in_(uuids)))).all()}
+    objects = [resource.dump(found[u]) for u in uuids]
+    return respond({"objects": objects}, 201, {"Location": objects[0]["resource_uri"]})

@@ -12,6 +12,7 @@ from orchestrator.api import libdrives
 from orchestrator.api.common import (
     caller,
     collection_views,
+    created,
     for_each,
     get_owned,
     no_content,
@@ -27,6 +28,7 @@ from orchestrator.api.common import (
 from orchestrator.api.standard import (
     acl_fields,
     jobs_field,
+    licenses_field,
     meta_field,
     owner_field,
     resource_uri_field,
@@ -79,14 +81,7 @@ DRIVE = Resource("drives", list_methods=("get", "put", "delete", "post"), defaul
     Field("mounted_on", Output(), readonly=True, get=_mounted_on,
           help="Servers on which this drive is mounted on"),
     jobs_field(),
-    Field("licenses", Output(), readonly=True, get=lambda d: d.licenses,
-          help="A list of licenses attached to this drive", schema={"readonly": False, "default": [], "fields": {
-              "amount": {"default": 1, "help_text": "Number of licenses", "readonly": False, "required": False,
-                         "type": "integer"},
-              "license": {"default": NOT_PROVIDED, "help_text": "A single related resource. Can be either a URI or "
-                          "set of nested resource data.", "readonly": False, "required": True, "type": "related"},
-              "user": {"default": None, "help_text": "Owner of the license", "readonly": False, "required": False,
-                       "type": "related"}}}),
+    licenses_field(lambda d: d.licenses),
     Field("snapshots", Output(), readonly=True, get=_always([]), help="Snapshots of the drive"),
     Field("remote_snapshots", Output(), readonly=True, get=_always([]), help="Drive's Remote snapshots"),
     Field("backup_scheduler", Output(), readonly=True, get=_always(None), help="Drive's Backup scheduler"),
@@ -137,10 +132,7 @@ async def create(request: web.Request) -> web.Response:
         uuids = [drive.uuid for drive in await for_each(objects, make)]
     for uuid in uuids:  # the host agents create the volumes; each drive then leaves "creating"
         cloud.spawn(cloud.create_volume(uuid))
-    async with session(request) as s:
-        rows = {row.uuid: row for row in (await s.scalars(owned(request).where(Drive.uuid.in_(uuids)))).all()}
-    created = [DRIVE.dump(rows[u]) for u in uuids]
-    return respond({"objects": created}, 201, {"Location": created[0]["resource_uri"]})
+    return await created(request, DRIVE, owned(request), Drive, uuids)
 
 
 @routes.get(path("drives/{uuid}"))

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import contains_eager
 
 from orchestrator.api.common import collection_views, get_owned, path, respond, session
-from orchestrator.api.standard import IDENTITY_SCHEMA
+from orchestrator.api.standard import IDENTITY_SCHEMA, licenses_field
 from orchestrator.db.models import Drive, LibDrive
 from orchestrator.fields import NOT_PROVIDED, Bool, Field, Output, Resource, Str, StrList
 
@@ -76,14 +76,7 @@ LIBDRIVE = Resource("libdrives", list_methods=("get",), detail_methods=("get",),
           schema={"required": False, "default": NOT_PROVIDED}),
     Field("jobs", Output(), readonly=True, get=_always([]), help="Background jobs related to this resource",
           schema={"required": True, "default": NOT_PROVIDED}),
-    Field("licenses", Output(), readonly=True, get=lambda row: row.drive.licenses,
-          help="A list of licenses attached to this drive", schema={"readonly": False, "default": [], "fields": {
-              "amount": {"default": 1, "help_text": "Number of licenses", "readonly": False, "required": False,
-                         "type": "integer"},
-              "license": {"default": NOT_PROVIDED, "help_text": "A single related resource. Can be either a URI or "
-                          "set of nested resource data.", "readonly": False, "required": True, "type": "related"},
-              "user": {"default": None, "help_text": "Owner of the license", "readonly": False, "required": False,
-                       "type": "related"}}}),
+    licenses_field(lambda row: row.drive.licenses),
     _attr("arch", Str(), "Operating system bit architecture the drive.", required=True, lookups=("exact",)),
     _attr("category", StrList(), "Category of the drive.", filters={"category": lambda values: or_(
         *(cast(LibDrive.category, String).contains(f'"{v}"') for v in values))}),

@@ -11,6 +11,7 @@ from sqlalchemy import Select, select
 from orchestrator.api.common import (
     caller,
     collection_views,
+    created,
     for_each,
     get_owned,
     no_content,
@@ -195,10 +196,7 @@ async def create(request: web.Request) -> web.Response:
             return server
 
         uuids = [server.uuid for server in await for_each(objects, make)]
-    async with session(request) as s:
-        rows = {row.uuid: row for row in (await s.scalars(owned(request).where(Server.uuid.in_(uuids)))).all()}
-    created = [SERVER.dump(rows[u]) for u in uuids]
-    return respond({"objects": created}, 201, {"Location": created[0]["resource_uri"]})
+    return await created(request, SERVER, owned(request), Server, uuids)
 
 
 @routes.get(path("servers/{uuid}"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -64,3 +65,16 @@ def acl_fields() -> tuple[Field, ...]:
               help="A list of data. Ex: ['abc', 26.73, 8]", schema={"readonly": False})
         for name in ("grantees", "permissions")
     )
+
+
+def licenses_field(get: Callable[[Any], Any]) -> Field:
+    """Licences inherited from a library image: shown, never edited (spec §18)."""
+    return Field("licenses", Output(), readonly=True, get=get, help="A list of licenses attached to this drive",
+                 schema={"readonly": False, "default": [], "fields": {
+                     "amount": {"default": 1, "help_text": "Number of licenses", "readonly": False,
+                                "required": False, "type": "integer"},
+                     "license": {"default": NOT_PROVIDED, "help_text": "A single related resource. Can be either a "
+                                 "URI or set of nested resource data.", "readonly": False, "required": True,
+                                 "type": "related"},
+                     "user": {"default": None, "help_text": "Owner of the license", "readonly": False,
+                              "required": False, "type": "related"}}})

@@ -12,6 +12,7 @@ from orchestrator.api import drives, networks, servers
 from orchestrator.api.common import (
     caller,
     collection_views,
+    created,
     for_each,
     get_owned,
     list_view,
@@ -125,10 +126,7 @@ async def create(request: web.Request) -> web.Response:
             return tag.uuid
 
         uuids = await for_each(objects, make)
-    async with session(request) as s:
-        rows = {t.uuid: t for t in (await s.scalars(owned(request).where(Tag.uuid.in_(uuids)))).all()}
-    created = [TAG.dump(rows[u]) for u in uuids]
-    return respond({"objects": created}, 201, {"Location": created[0]["resource_uri"]})
+    return await created(request, TAG, owned(request), Tag, uuids)
 
 
 @routes.get(path("tags/{uuid}"))
