@@ -1,8 +1,8 @@
 """The browser console: noVNC's page and the WebSocket it speaks RFB over (issue: VNC consoles).
 
 The WebSocket carries websockify's protocol (binary frames, each a chunk of the RFB byte
-stream), served here by aiohttp so the token check, the Origin check and the tunnel live in
-one process.  These routes take no Basic auth: a single-use, short-lived token bound to one
+stream), served here by aiohttp rather than by the websockify package's own server, so the
+token check, the Origin check and the tunnel live in the API node's one process and event loop.  These routes take no Basic auth: a single-use, short-lived token bound to one
 server, one user and one VNC tunnel authorises the socket, and the page itself is static.
 """
 
