@@ -2,8 +2,9 @@
 
 The WebSocket carries websockify's protocol (binary frames, each a chunk of the RFB byte
 stream), served here by aiohttp rather than by the websockify package's own server, so the
-token check, the Origin check and the tunnel live in the API node's one process and event loop.  These routes take no Basic auth: a single-use, short-lived token bound to one
-server, one user and one VNC tunnel authorises the socket, and the page itself is static.
+token check, the Origin check and the tunnel live in the API node's process and event loop.
+These routes take no Basic auth: a single-use, short-lived token bound to one server, one
+user and one VNC tunnel authorises the socket, and the page itself is static.
 """
 
 from __future__ import annotations
