@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from aiohttp import web
 
@@ -76,14 +77,14 @@ def forbidden(message: str, point: str | None = None) -> ApiError:
     return ApiError("permission", message, point)
 
 
+def respond(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON answer (every handler's, and the error lists below)."""
+    return web.Response(status=status, text=json.dumps(data), content_type="application/json", charset="utf-8",
+                        headers=headers)
+
+
 def json_error(status: int, items: list[dict], headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        text=json.dumps(items),
-        content_type="application/json",
-        charset="utf-8",
-        headers=headers,
-    )
+    return respond(items, status, headers)
 
 
 def error_response(error: ApiError) -> web.Response:

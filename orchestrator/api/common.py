@@ -12,7 +12,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
-from orchestrator.errors import ApiError, invalid, notexist
+from orchestrator.errors import ApiError, invalid, notexist, respond
 from orchestrator.fields import API_ROOT, Invalid, ListQuery, Resource, link, ref_id
 from orchestrator.keys import SESSIONS, USER
 
@@ -80,16 +80,6 @@ async def for_each(objects: Objects, work: Callable[[Any], Awaitable[T]]) -> lis
     if errors:
         raise ApiError.collect(errors)
     return results
-
-
-def respond(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        text=json.dumps(data),
-        content_type="application/json",
-        charset="utf-8",
-        headers=headers,
-    )
 
 
 def no_content() -> web.Response:
