@@ -50,8 +50,8 @@ from sqlalchemy import event, func, select, update  # noqa: E402
 
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate, sqlite_url  # noqa: E402
 from orchestrator.db.models import Host, Server, User  # noqa: E402
-from orchestrator.errors import ApiError  # noqa: E402
-from orchestrator.scheduler import HostLoad, Scheduler, choose, hosts_of  # noqa: E402
+from orchestrator.domain.errors import DomainError  # noqa: E402
+from orchestrator.domain.placement import HostLoad, Scheduler, choose, hosts_of  # noqa: E402
 
 GiB, MiB = 2**30, 2**20
 TARGET = 2000.0
@@ -206,7 +206,7 @@ async def run_db(label: str, w: Workload, scheduler: Scheduler, seconds: float, 
                 chosen = await scheduler.place_server(s, server, [], avoid)
                 server.status = "starting"
             run.returned.append(chosen.name)
-        except ApiError as err:
+        except DomainError as err:
             if err.status != 503:
                 raise
             run.returned.append(None)
@@ -370,7 +370,7 @@ async def profile(db: Any, w: Workload, reps: int) -> None:
         server = await s.get(Server, uuids[-1])
         server.host = None
         counter[0] = 0
-        with contextlib.suppress(ApiError):
+        with contextlib.suppress(DomainError):
             await sched.place_server(s, server, [], [])
         n_ship = counter[0]
         await s.rollback()

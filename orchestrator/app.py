@@ -11,7 +11,6 @@ from orchestrator.api import (
     accounts,
     availability,
     capabilities,
-    console_page,
     drives,
     jobs,
     libdrives,
@@ -22,34 +21,37 @@ from orchestrator.api import (
     tags,
     uploads,
 )
-from orchestrator.auth import Authenticator, auth_middleware
-from orchestrator.capabilities import Capabilities
-from orchestrator.cloud import Cloud
 from orchestrator.config import Config
-from orchestrator.consoles import Consoles
-from orchestrator.cookies import CookieStore
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
-from orchestrator.errors import error_middleware
-from orchestrator.feed import Feed
+from orchestrator.domain.capabilities import Capabilities
+from orchestrator.domain.placement import Scheduler
+from orchestrator.domain.uploads import Uploads
+from orchestrator.hosts.consoles import Consoles
+from orchestrator.hosts.pool import Hosts
 from orchestrator.hosts.registry import ensure_local_host
-from orchestrator.keys import (
+from orchestrator.web import console
+from orchestrator.web.auth import Authenticator, auth_middleware
+from orchestrator.web.cookies import CookieStore
+from orchestrator.web.errors import error_middleware
+from orchestrator.web.feed import Feed
+from orchestrator.web.keys import (
     AUTH,
     CAPABILITIES,
-    CLOUD,
     CONFIG,
     CONSOLES,
     COOKIES,
     ENGINE,
     FEED,
+    HOSTS,
     READ_CACHE,
     SCHEDULER,
     SESSIONS,
     UPLOADS,
+    WORK,
 )
-from orchestrator.protocol import negotiation_middleware, read_cache_middleware, request_id_middleware
-from orchestrator.read_cache import ReadCache
-from orchestrator.scheduler import Scheduler
-from orchestrator.uploading import Uploads
+from orchestrator.web.middlewares import negotiation_middleware, read_cache_middleware, request_id_middleware
+from orchestrator.web.read_cache import ReadCache
+from orchestrator.work.background import Work
 
 
 async def database(app: web.Application) -> AsyncIterator[None]:
@@ -69,23 +71,26 @@ async def database(app: web.Application) -> AsyncIterator[None]:
 
 
 async def hosts(app: web.Application) -> AsyncIterator[None]:
+    """Agent connections, the background work over them, and the console tunnels."""
     config = app[CONFIG]
     app[SCHEDULER] = Scheduler(config.cpu_overcommit, config.mem_overcommit, config.storage_pools)
-    cloud = Cloud(app[SESSIONS], app[SCHEDULER], config.data_dir / "transit",
-                  shutdown_window=config.shutdown_window, heartbeat=config.heartbeat)
-    cloud.stats_listeners.append(app[READ_CACHE].bump)  # runtime counters are part of GET answers
     if config.local_host:
         async with app[SESSIONS].begin() as s:
             await ensure_local_host(s, config)
-    await cloud.start()
-    app[CLOUD] = cloud
-    consoles = Consoles(cloud, bind=config.tunnel_bind, ports=config.tunnel_port_range,
+    hosts = Hosts(app[SESSIONS], heartbeat=config.heartbeat)
+    work = Work.build(app[SESSIONS], hosts, app[SCHEDULER], scratch=config.data_dir / "transit",
+                      shutdown_window=config.shutdown_window, heartbeat=config.heartbeat)
+    work.watch.stats_listeners.append(app[READ_CACHE].bump)  # runtime counters are part of GET answers
+    consoles = Consoles(hosts, bind=config.tunnel_bind, ports=config.tunnel_port_range,
                         idle_timeout=config.tunnel_idle, token_ttl=config.console_token_ttl)
+    work.servers.stop_listeners.append(consoles.close)  # a stopped server's tunnels close
+    app[HOSTS], app[WORK], app[CONSOLES] = hosts, work, consoles
+    await work.start()
     consoles.start()
-    app[CONSOLES] = consoles
     yield
     await consoles.stop()
-    await cloud.stop()
+    await work.stop()
+    await hosts.stop()
 
 
 def create_app(config: Config) -> web.Application:
@@ -103,7 +108,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(hosts)
     for module in (accounts, availability, servers, server_actions, uploads, drives, libdrives, networks, tags, jobs,
-                   profile, capabilities, console_page):
+                   profile, capabilities, console):
         app.add_routes(module.routes)
-    console_page.add_novnc(app)
+    console.check_novnc(config)
     return app

@@ -9,16 +9,17 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from orchestrator.api.common import caller, path, read_json, respond
-from orchestrator.cookies import ASYNC_AGE, CSRF_AGE, SESSION_AGE, WEBSOCKET_PATHS
-from orchestrator.errors import invalid
-from orchestrator.keys import AUTH, COOKIES, FEED
+from orchestrator.api.resource import action_route, caller, read_json, respond
+from orchestrator.domain.errors import invalid
+from orchestrator.web.auth import auth_policy
+from orchestrator.web.cookies import ASYNC_AGE, CSRF_AGE, SESSION_AGE, WEBSOCKET_PATHS
+from orchestrator.web.keys import AUTH, COOKIES, FEED
 
 routes = web.RouteTableDef()
 
 
 async def login(request: web.Request) -> web.Response:
-    """Unauthenticated (the auth middleware lets it through): credentials in the JSON body."""
+    """A public route (see ``action_route`` below): the credentials are in the JSON body."""
     body = await read_json(request, empty={})
     email, password = (body.get(k) if isinstance(body, dict) else None for k in ("username", "password"))
     if not isinstance(email, str) or not isinstance(password, str):
@@ -49,12 +50,9 @@ async def authenticate_asynchronous(request: web.Request) -> web.Response:
 ACTIONS = {"login": login, "logout": logout, "authenticate_asynchronous": authenticate_asynchronous}
 
 
-@routes.post(path("accounts/action"))
-async def action(request: web.Request) -> web.Response:
-    do = request.query.get("do")
-    if do not in ACTIONS:
-        raise invalid(f"Unknown action {do!r}; one of: {', '.join(ACTIONS)}", "do")
-    return await ACTIONS[do](request)
+# Login checks the body's credentials itself; the other actions need a known caller.
+action_route(routes, "accounts/action", ACTIONS,
+             policy=lambda request: "public" if request.query.get("do") == "login" else "user")
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -89,4 +87,4 @@ async def _drain(ws: web.WebSocketResponse) -> Any:
 
 
 for _path in WEBSOCKET_PATHS:
-    routes.get(_path)(websocket)
+    routes.get(_path)(auth_policy("async_auth")(websocket))

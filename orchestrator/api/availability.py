@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import select
 
-from orchestrator.api.common import caller, get_owned, path, respond, session
+from orchestrator.api.resource import caller, get_owned, path, respond, session
 from orchestrator.db.models import Drive, Server
 
 routes = web.RouteTableDef()

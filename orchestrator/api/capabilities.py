@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from orchestrator.api.common import path, respond
-from orchestrator.keys import CAPABILITIES
+from orchestrator.api.resource import path, respond
+from orchestrator.web.keys import CAPABILITIES
 
 routes = web.RouteTableDef()
 

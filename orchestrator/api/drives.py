@@ -5,17 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import Select, delete, select
+from sqlalchemy import Select, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from orchestrator.api import libdrives
-from orchestrator.api.common import (
+from orchestrator.api.fields import NOT_PROVIDED, Bool, Field, Int, Output, Resource, Str, StrList
+from orchestrator.api.resource import (
+    AfterCommit,
+    action_route,
     caller,
     collection_views,
     created,
+    delete_views,
     for_each,
     get_owned,
-    no_content,
     objects_of,
     owned_row,
     owned_rows,
@@ -35,13 +39,13 @@ from orchestrator.api.standard import (
     tags_field,
     uuid_field,
 )
-from orchestrator.cloning import CLONE_KEYS, plan_drive_clone
-from orchestrator.db.models import Drive, ServerDrive, new_uuid
-from orchestrator.drives import check_deletable, check_size, round_size, write_drive
-from orchestrator.errors import invalid, notexist
-from orchestrator.fields import NOT_PROVIDED, Bool, Field, Int, Output, Resource, Str, StrList, link
-from orchestrator.keys import CAPABILITIES, CLOUD, SCHEDULER, UPLOADS
-from orchestrator.tagging import forget_resources, set_resource_tags
+from orchestrator.db.models import Drive
+from orchestrator.domain.cloning import CLONE_KEYS, plan_drive_clone
+from orchestrator.domain.drives import check_size, delete_drives, new_drive, round_size, write_drive
+from orchestrator.domain.errors import invalid, notexist
+from orchestrator.domain.tagging import set_resource_tags
+from orchestrator.domain.uris import link
+from orchestrator.web.keys import CAPABILITIES, SCHEDULER, SESSIONS, UPLOADS, WORK
 
 
 def _mounted_on(drive: Drive) -> list[dict[str, str]]:
@@ -111,8 +115,8 @@ collection_views(routes, DRIVE, owned)
 @routes.post(path("drives"))
 async def create(request: web.Request) -> web.Response:
     objects, owner, caps = objects_of(await read_json(request)), caller(request), request.app[CAPABILITIES]
-    avoid, scheduler, cloud = query_uuids(request, "avoid"), request.app[SCHEDULER], request.app[CLOUD]
-    async with scheduler.lock, session(request) as s:
+    avoid, scheduler, work = query_uuids(request, "avoid"), request.app[SCHEDULER], request.app[WORK]
+    async with scheduler.placing(request.app[SESSIONS]) as s:
         async def make(body: Any) -> Drive:
             values = DRIVE.validate(body, create=True)
             storage_type = values["storage_type"] or caps.default_storage_type
@@ -120,18 +124,15 @@ async def create(request: web.Request) -> web.Response:
                 raise invalid(f"storage_type {storage_type!r} is not offered", "storage_type")
             check_size(caps, storage_type, values["size"])
             tags = values.pop("tags", [])
-            uuid = new_uuid()
-            drive = Drive(uuid=uuid, owner_uuid=owner, **{**values, "storage_type": storage_type,
-                          "size": round_size(values["size"])}, status="creating", avoid=avoid, volume=f"{uuid}.qcow2")
-            s.add(drive)
-            await scheduler.place_drive(s, drive, avoid)  # 503 when no storage host has room
+            drive = await new_drive(s, scheduler, owner, status="creating", avoid=avoid, **{
+                **values, "storage_type": storage_type, "size": round_size(values["size"])})
             await s.flush()
             await set_resource_tags(s, "drives", drive.uuid, tags, owner)
             return drive
 
         uuids = [drive.uuid for drive in await for_each(objects, make)]
     for uuid in uuids:  # the host agents create the volumes; each drive then leaves "creating"
-        cloud.spawn(cloud.create_volume(uuid))
+        await work.later(work.volumes.create(uuid), f"create volume {uuid}")
     return await created(request, DRIVE, owned(request), Drive, uuids)
 
 
@@ -165,7 +166,8 @@ async def _edit(request: web.Request, *, strict: bool, status: int) -> web.Respo
         drive = await get_owned(s, one(request), "Drive")
         resized = await write_drive(s, drive, values, request.app[CAPABILITIES], caller(request), strict=strict)
     if resized:
-        request.app[CLOUD].spawn(request.app[CLOUD].resize_volume(drive.uuid))
+        work = request.app[WORK]
+        await work.later(work.volumes.resize(drive.uuid), f"resize {drive.uuid}")
     async with session(request) as s:
         body = DRIVE.dump(await get_owned(s, one(request), "Drive"))
     return respond({"objects": [body]} if strict else body, status)
@@ -174,8 +176,8 @@ async def _edit(request: web.Request, *, strict: bool, status: int) -> web.Respo
 async def clone(request: web.Request) -> web.Response:
     """Clone one of the caller's drives or a library drive into the caller's account (spec §20.7)."""
     values = DRIVE.validate(await read_json(request, empty={}), create=False)
-    avoid, scheduler, cloud = query_uuids(request, "avoid"), request.app[SCHEDULER], request.app[CLOUD]
-    async with scheduler.lock, session(request) as s:
+    avoid, scheduler = query_uuids(request, "avoid"), request.app[SCHEDULER]
+    async with scheduler.placing(request.app[SESSIONS]) as s:
         source = (await s.scalars(one(request))).unique().first()
         entry = None if source is not None else await libdrives.find(s, request.match_info["uuid"])
         if entry is not None:
@@ -185,7 +187,7 @@ async def clone(request: web.Request) -> web.Response:
         copy, job = await plan_drive_clone(s, source, {k: values[k] for k in CLONE_KEYS if k in values},
                                            request.app[CAPABILITIES], scheduler, avoid, owner=caller(request),
                                            library=entry and libdrives.library_meta(entry))
-    cloud.spawn(cloud.run_clone(job.uuid))
+    await request.app[WORK].clones.run(job.uuid)
     async with session(request) as s:
         return respond({"objects": [DRIVE.dump(await get_owned(s, owned(request).where(Drive.uuid == copy.uuid),
                                                                 "Drive"))]}, 202)
@@ -205,58 +207,22 @@ CHUNK_FIELD = Field("chunk", Int(minimum=0), required=True)
 ACTIONS = {"clone": clone, "resize": resize, "upload_chunk": upload_chunk}
 
 
-@routes.post(path("libdrives/{uuid}/action"))
-async def library_action(request: web.Request) -> web.Response:
+async def clone_library_drive(request: web.Request) -> web.Response:
     """``/libdrives/{uuid}/action/?do=clone``: the same clone as through ``/drives/`` (spec §23)."""
-    if request.query.get("do") != "clone":
-        raise invalid(f"Unknown action {request.query.get('do')!r}; one of: clone", "do")
     async with session(request) as s:
         if await libdrives.find(s, request.match_info["uuid"]) is None:
             raise notexist("Library drive")
     return await clone(request)
 
 
-@routes.post(path("drives/{uuid}/action"))
-async def action(request: web.Request) -> web.Response:
-    do = request.query.get("do")
-    if do not in ACTIONS:
-        raise invalid(f"Unknown action {do!r}; one of: {', '.join(ACTIONS)}", "do")
-    return await ACTIONS[do](request)
+action_route(routes, "libdrives/{uuid}/action", {"clone": clone_library_drive})
+action_route(routes, "drives/{uuid}/action", ACTIONS)
 
 
-@routes.delete(path("drives/{uuid}"))
-async def remove(request: web.Request) -> web.Response:
-    async with session(request) as s:
-        volumes = await delete_drives(s, [await get_owned(s, one(request), "Drive")])
-    request.app[CLOUD].spawn(request.app[CLOUD].delete_volumes(volumes))
-    return no_content()
+async def _delete(request: web.Request, s: AsyncSession, drives: list[Drive]) -> AfterCommit:
+    volumes = await delete_drives(s, drives)
+    work = request.app[WORK]
+    return lambda: work.later(work.volumes.delete(volumes), "delete volumes")
 
 
-@routes.delete(path("drives"))
-async def remove_many(request: web.Request) -> web.Response:
-    wanted = objects_of(await read_json(request))
-    async with session(request) as s:
-        async def find(obj: Any) -> Drive:
-            uuid = obj.get("uuid") if isinstance(obj, dict) else obj
-            if not isinstance(uuid, str):
-                raise invalid("Each object needs a uuid", "uuid")
-            return await get_owned(s, owned(request).where(Drive.uuid == uuid), "Drive")
-
-        volumes = await delete_drives(s, await for_each(wanted, find))
-    request.app[CLOUD].spawn(request.app[CLOUD].delete_volumes(volumes))
-    return no_content()
-
-
-Volume = tuple[str | None, str | None, str | None]  # (host, pool, volume name)
-
-
-async def delete_drives(s: Any, drives: list[Drive]) -> list[Volume]:
-    """Delete the rows; returns the volumes for the storage hosts to delete after commit."""
-    for drive in drives:
-        await check_deletable(s, drive)
-    ids = [drive.uuid for drive in drives]
-    # Drives attached to stopped servers leave those servers' lists (spec §20.8).
-    await s.execute(delete(ServerDrive).where(ServerDrive.drive_uuid.in_(ids)))
-    await forget_resources(s, ids)
-    await s.execute(delete(Drive).where(Drive.uuid.in_(ids)))
-    return [(d.host, d.pool, d.volume) for d in drives]
+delete_views(routes, "drives", Drive, "Drive", owned, _delete)

@@ -8,10 +8,10 @@ from aiohttp import web
 from sqlalchemy import Select, select
 from sqlalchemy.orm import selectinload
 
-from orchestrator.api.common import caller, collection_views, get_owned, path, respond, session
+from orchestrator.api.fields import Field, Output, Resource, Str
+from orchestrator.api.resource import caller, collection_views, get_owned, path, respond, session
 from orchestrator.api.standard import resource_uri_field, uuid_field
 from orchestrator.db.models import Job
-from orchestrator.fields import Field, Output, Resource, Str
 
 
 def _children(job: Job) -> list[dict[str, Any]]:

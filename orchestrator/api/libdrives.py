@@ -14,10 +14,11 @@ from sqlalchemy import Select, String, cast, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import contains_eager
 
-from orchestrator.api.common import collection_views, get_owned, path, respond, session
+from orchestrator.api.fields import NOT_PROVIDED, Bool, Field, Output, Resource, Str, StrList
+from orchestrator.api.resource import collection_views, get_owned, path, respond, session
 from orchestrator.api.standard import IDENTITY_SCHEMA, licenses_field
 from orchestrator.db.models import Drive, LibDrive
-from orchestrator.fields import NOT_PROVIDED, Bool, Field, Output, Resource, Str, StrList
+from orchestrator.domain.uris import uri
 
 # The attributes a clone inherits in its meta (spec §20.7), as strings (meta is str → str).
 LIBRARY_META = ("os", "arch", "distribution", "version", "description", "install_notes", "url", "image_type",
@@ -45,7 +46,7 @@ LIBDRIVE = Resource("libdrives", list_methods=("get",), detail_methods=("get",),
                     default_order=(Drive.name, Drive.uuid), fields=(
     Field("uuid", Str(), readonly=True, short=True, lookups=("exact",), column=Drive.uuid, orderable=True,
           get=_drive("uuid"), help="UUID of the drive", schema=IDENTITY_SCHEMA),
-    Field("resource_uri", Str(), readonly=True, short=True, get=lambda row: f"/api/2.0/libdrives/{row.uuid}/",
+    Field("resource_uri", Str(), readonly=True, short=True, get=lambda row: uri("libdrives", row.uuid),
           help='Unicode string data. Ex: "Hello World"', schema={"required": True}),
     Field("owner", Output(), readonly=True, short=True, get=_always(None), help="Owner of the drive",
           schema={"required": False, "default": None}),

@@ -13,7 +13,8 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy import Select
 
-from orchestrator.api.common import (
+from orchestrator.api.fields import Field, Meta, Output, Resource, contains_filter, exact_filter
+from orchestrator.api.resource import (
     caller,
     collection_views,
     get_owned,
@@ -26,14 +27,14 @@ from orchestrator.api.common import (
 )
 from orchestrator.api.standard import acl_fields, owner_field, resource_uri_field, tags_field, uuid_field
 from orchestrator.db.models import Ip, Vlan
-from orchestrator.fields import Field, Meta, Output, Resource, contains_filter, exact_filter, link
-from orchestrator.tagging import set_resource_tags
+from orchestrator.domain.tagging import set_resource_tags
+from orchestrator.domain.uris import link, uri
 
 
 def _subscription(row: Ip | Vlan) -> dict[str, Any] | None:
     if row.subscription is None:
         return None
-    return {"id": row.subscription, "resource_uri": f"/api/2.0/subscriptions/{row.subscription}/"}
+    return {"id": row.subscription, "resource_uri": uri("subscriptions", row.subscription)}
 
 
 def _meta_field(model: Any) -> Field:

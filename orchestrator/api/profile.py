@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from orchestrator.api.common import caller, path, read_json, respond, session
+from orchestrator.api.fields import Field, Output, Resource, Str
+from orchestrator.api.resource import caller, path, read_json, respond, session
 from orchestrator.api.standard import meta_field
-from orchestrator.clone_naming import STRATEGIES
 from orchestrator.db.models import User
-from orchestrator.fields import Field, Output, Resource, Str
+from orchestrator.domain.clone_naming import STRATEGIES
+from orchestrator.domain.uris import API_ROOT
 
 PROFILE = Resource("profile", dialect="tastypie", list_methods=("get", "put"), detail_methods=(), fields=(
     Field("uuid", Str(), readonly=True),
@@ -16,7 +17,7 @@ PROFILE = Resource("profile", dialect="tastypie", list_methods=("get", "put"), d
     Field("clone_naming", Str(), default="NONE", choices=STRATEGIES,
           help="Naming strategy for clones made without a name"),
     meta_field(""),
-    Field("resource_uri", Output("string"), readonly=True, get=lambda user: "/api/2.0/profile/"),
+    Field("resource_uri", Output("string"), readonly=True, get=lambda user: f"{API_ROOT}/profile/"),
 ))
 
 routes = web.RouteTableDef()

@@ -1,8 +1,8 @@
 """``POST /servers/{uuid}/action/?do=…`` (spec §12.9, §13): decide, record, answer 202.
 
-Each action checks the state matrix of §13, moves the server into its first transitional
-status in the database (so an immediate GET shows it and a conflicting action gets 403),
-and leaves the slow part to :class:`orchestrator.cloud.Cloud` as a background task.
+Each action checks the state matrix of §13 (``orchestrator/domain/lifecycle.py``), records the
+server's first transitional status (so an immediate GET shows it and a conflicting action gets
+403), and leaves the slow part to the work layer (``orchestrator/work/servers.py``).
 """
 
 from __future__ import annotations
@@ -13,21 +13,16 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from agents.client import AgentCallError, AgentGone
-from orchestrator.api.common import get_owned, path, query_uuids, read_json, respond, session
+from orchestrator.api.resource import action_route, get_owned, query_uuids, read_json, respond, session
 from orchestrator.api.servers import SERVER, one, owned
-from orchestrator.cloning import plan_server_clone
-from orchestrator.consoles import Tunnel
 from orchestrator.db.models import Server
-from orchestrator.errors import ApiError, forbidden, invalid
-from orchestrator.keys import CAPABILITIES, CLOUD, CONFIG, CONSOLES, SCHEDULER
+from orchestrator.domain.cloning import plan_server_clone
+from orchestrator.domain.errors import invalid, unreachable
+from orchestrator.domain.lifecycle import check
+from orchestrator.hosts.consoles import Tunnel
+from orchestrator.web.keys import CAPABILITIES, CONFIG, CONSOLES, SCHEDULER, SESSIONS, WORK
 
 routes = web.RouteTableDef()
-
-
-def require(server: Server, action: str, allowed: tuple[str, ...]) -> None:
-    if server.status not in allowed:
-        wanted = " or ".join(f'"{s}"' for s in allowed)
-        raise forbidden(f'Cannot {action} server in state "{server.status}"; it must be {wanted}')
 
 
 def accepted(action: str, uuid: str) -> web.Response:
@@ -38,7 +33,7 @@ async def start(request: web.Request) -> web.Response:
     avoid = query_uuids(request, "avoid")
     async with session(request) as s:
         server = await get_owned(s, one(request), "Server")
-    await request.app[CLOUD].place_and_start(server.uuid, avoid)
+    await request.app[WORK].servers.start(server.uuid, avoid)
     return accepted("start", server.uuid)
 
 
@@ -46,12 +41,12 @@ async def clone(request: web.Request) -> web.Response:
     body, avoid = await read_json(request, empty={}), query_uuids(request, "avoid")
     if not isinstance(body, dict):
         raise invalid("A JSON object is required")
-    scheduler, cloud = request.app[SCHEDULER], request.app[CLOUD]
-    async with scheduler.lock, session(request) as s:
+    scheduler = request.app[SCHEDULER]
+    async with scheduler.placing(request.app[SESSIONS]) as s:
         source = await get_owned(s, one(request), "Server")
         created, jobs = await plan_server_clone(s, source, body, request.app[CAPABILITIES], scheduler, avoid)
     for job in jobs:
-        cloud.spawn(cloud.run_clone(job.uuid))
+        await request.app[WORK].clones.run(job.uuid)
     async with session(request) as s:
         fresh = await get_owned(s, owned(request).where(Server.uuid == created.uuid), "Server")
         return respond(SERVER.dump(fresh), 202)  # a bare object, unlike drive clones (spec §15)
@@ -60,30 +55,26 @@ async def clone(request: web.Request) -> web.Response:
 async def stop(request: web.Request) -> web.Response:
     async with session(request) as s:
         server = await get_owned(s, one(request), "Server")
-        require(server, "stop", ("starting", "running", "stopping", "paused"))
-        server.status = "stopping"
+        check(server, "stop")
         host = server.host
-    cloud = request.app[CLOUD]
     if host is not None:
-        cloud.spawn(cloud.stop_server(server.uuid, host))
+        await request.app[WORK].servers.stop(server.uuid, host)
     return accepted("stop", server.uuid)
 
 
 async def shutdown(request: web.Request) -> web.Response:
     async with session(request) as s:
         server = await get_owned(s, one(request), "Server")
-        require(server, "shutdown", ("running",))
-        server.status = "stopping"
-    cloud = request.app[CLOUD]
-    cloud.spawn(cloud.shutdown_server(server.uuid, server.host))
+        check(server, "shutdown")
+    await request.app[WORK].servers.shutdown(server.uuid, server.host)
     return accepted("shutdown", server.uuid)
 
 
 async def restart(request: web.Request) -> web.Response:
     async with session(request) as s:
         server = await get_owned(s, one(request), "Server")
-        require(server, "restart", ("running",))
-    await request.app[CLOUD].restart_server(server.uuid, server.host)
+        check(server, "restart")
+    await request.app[WORK].servers.restart(server.uuid, server.host)
     await request.app[CONSOLES].close(server.uuid)  # §12.9.5: tunnels end when the server restarts
     return accepted("restart", server.uuid)
 
@@ -91,12 +82,12 @@ async def restart(request: web.Request) -> web.Response:
 async def open_tunnel(request: web.Request, kind: str) -> Tunnel:
     async with session(request) as s:
         server = await get_owned(s, one(request), "Server")
-    require(server, f"open a {kind} tunnel to", ("running",))
+    check(server, f"open_{kind}")
     try:
         return await request.app[CONSOLES].open(kind, server.uuid, server.owner_uuid, server.host,
                                                 server.vnc_password)
     except (ConnectionError, AgentCallError, AgentGone) as err:
-        raise ApiError("backend", f"Cannot reach the guest's {kind}: {err}", None, status=503) from None
+        raise unreachable(f"Cannot reach the guest's {kind}: {err}") from None
 
 
 async def open_vnc(request: web.Request) -> web.Response:
@@ -120,7 +111,7 @@ def closer(kind: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def close(request: web.Request) -> web.Response:
         async with session(request) as s:
             server = await get_owned(s, one(request), "Server")
-        require(server, f"close a {kind} tunnel to", ("running",))
+        check(server, f"close_{kind}")
         await request.app[CONSOLES].close(server.uuid, kind)
         return accepted(f"close_{kind}", server.uuid)
 
@@ -138,9 +129,4 @@ ACTIONS: dict[str, Callable[[web.Request], Awaitable[web.Response]]] = {
 }
 
 
-@routes.post(path("servers/{uuid}/action"))
-async def action(request: web.Request) -> web.Response:
-    do = request.query.get("do")
-    if do not in ACTIONS:
-        raise invalid(f"Unknown action {do!r}; one of: {', '.join(ACTIONS)}", "do")
-    return await ACTIONS[do](request)
+action_route(routes, "servers/{uuid}/action", ACTIONS)

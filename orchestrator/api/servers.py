@@ -6,15 +6,18 @@ from functools import partial
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import Select, select
+from sqlalchemy import Select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from orchestrator.api.common import (
+from orchestrator.api.fields import Bool, Field, Int, Nested, Output, Ref, RefList, Resource, Str, StrList
+from orchestrator.api.resource import (
+    AfterCommit,
     caller,
     collection_views,
     created,
+    delete_views,
     for_each,
     get_owned,
-    no_content,
     objects_of,
     owned_row,
     owned_rows,
@@ -23,7 +26,6 @@ from orchestrator.api.common import (
     respond,
     session,
 )
-from orchestrator.api.drives import Volume, delete_drives
 from orchestrator.api.standard import (
     acl_fields,
     jobs_field,
@@ -33,24 +35,21 @@ from orchestrator.api.standard import (
     tags_field,
     uuid_field,
 )
-from orchestrator.cloud import Cloud
-from orchestrator.db.models import Drive, Server, ServerDrive, new_uuid
-from orchestrator.drives import refresh_mount_status
-from orchestrator.errors import forbidden, invalid
-from orchestrator.fields import Bool, Field, Int, Nested, Output, Ref, RefList, Resource, Str, StrList, link
-from orchestrator.keys import CAPABILITIES, CLOUD
-from orchestrator.networks import forget_servers
-from orchestrator.servers import write_server
-from orchestrator.tagging import forget_resources
+from orchestrator.db.models import Server, new_uuid
+from orchestrator.domain.errors import invalid
+from orchestrator.domain.servers import delete_servers, write_server
+from orchestrator.domain.uris import link
+from orchestrator.web.keys import CAPABILITIES, WORK
+from orchestrator.work.background import Work
 
 DRIVE_IO = ("bytes_read", "bytes_written", "count_flush", "count_read", "count_written", "total_time_ns_flush",
             "total_time_ns_read", "total_time_ns_write")
 NIC_IO = ("bytes_recv", "bytes_sent", "packets_recv", "packets_sent")
 
 
-def attach_stats(cloud: Cloud, servers: list[Server]) -> None:
+def attach_stats(work: Work, servers: list[Server]) -> None:
     for server in servers:
-        server.live = cloud.stats.get(server.uuid)
+        server.live = work.watch.stats.get(server.uuid)
 
 
 def _drive_runtime(server: Server, drive_uuid: str) -> dict[str, Any] | None:
@@ -177,7 +176,7 @@ def one(request: web.Request) -> Select[Any]:
     return owned_row(Server, RELATED, caller(request), request.match_info["uuid"])
 
 
-collection_views(routes, SERVER, owned, prepare=lambda request: partial(attach_stats, request.app[CLOUD]))
+collection_views(routes, SERVER, owned, prepare=lambda request: partial(attach_stats, request.app[WORK]))
 
 
 @routes.post(path("servers"))
@@ -203,7 +202,7 @@ async def create(request: web.Request) -> web.Response:
 async def get(request: web.Request) -> web.Response:
     async with session(request) as s:
         server = await get_owned(s, one(request), "Server")
-        attach_stats(request.app[CLOUD], [server])
+        attach_stats(request.app[WORK], [server])
         return respond(SERVER.dump(server, only=_only(request)))
 
 
@@ -211,7 +210,7 @@ async def get(request: web.Request) -> web.Response:
 async def runtime(request: web.Request) -> web.Response:
     async with session(request) as s:
         server = await get_owned(s, one(request), "Server")
-        attach_stats(request.app[CLOUD], [server])
+        attach_stats(request.app[WORK], [server])
         return respond(_runtime(server) or {})
 
 
@@ -225,29 +224,13 @@ async def edit(request: web.Request) -> web.Response:
         return respond(SERVER.dump(await get_owned(s, one(request), "Server")))
 
 
-@routes.delete(path("servers/{uuid}"))
-async def remove(request: web.Request) -> web.Response:
-    recurse = _recurse(request)
-    async with session(request) as s:
-        volumes = await delete_servers(s, [await get_owned(s, one(request), "Server")], recurse)
-    request.app[CLOUD].spawn(request.app[CLOUD].delete_volumes(volumes))
-    return no_content()
+async def _delete(request: web.Request, s: AsyncSession, servers: list[Server]) -> AfterCommit:
+    volumes = await delete_servers(s, servers, _recurse(request))
+    work = request.app[WORK]
+    return lambda: work.later(work.volumes.delete(volumes), "delete volumes")
 
 
-@routes.delete(path("servers"))
-async def remove_many(request: web.Request) -> web.Response:
-    recurse, wanted = _recurse(request), objects_of(await read_json(request))
-    async with session(request) as s:
-        async def find(obj: Any) -> Server:
-            uuid = obj.get("uuid") if isinstance(obj, dict) else obj
-            if not isinstance(uuid, str):
-                raise invalid("Each object needs a uuid", "uuid")
-            return await get_owned(s, owned(request).where(Server.uuid == uuid), "Server")
-
-        volumes = await delete_servers(s, await for_each(wanted, find), recurse)
-    request.app[CLOUD].spawn(request.app[CLOUD].delete_volumes(volumes))
-    return no_content()
-
+delete_views(routes, "servers", Server, "Server", owned, _delete)
 
 RECURSE = {"all_drives": ("disk", "cdrom"), "disks": ("disk",), "cdroms": ("cdrom",)}
 
@@ -264,29 +247,3 @@ def _recurse(request: web.Request) -> tuple[str, ...]:
 def _only(request: web.Request) -> set[str] | None:
     raw = request.query.get("fields")
     return {f.strip() for f in raw.split(",")} if raw else None
-
-
-async def delete_servers(s: Any, servers: list[Server], media: tuple[str, ...]) -> list[Volume]:
-    """Delete stopped servers and, with ``recurse``, their drives of the given media (spec §12.7).
-
-    Returns the volumes of the deleted drives, for their storage hosts to delete after commit."""
-    for server in servers:
-        if server.status != "stopped":
-            raise forbidden(f'Cannot delete server in state "{server.status}"; it must be "stopped"')
-    server_ids = [server.uuid for server in servers]
-    attached = {link.drive_uuid for server in servers for link in server.drive_links}
-    shared = set((await s.scalars(select(ServerDrive.drive_uuid).where(
-        ServerDrive.drive_uuid.in_(attached), ServerDrive.server_uuid.not_in(server_ids)))).all())
-    doomed = [] if not media else (await s.scalars(select(Drive).where(
-        Drive.uuid.in_(attached - shared), Drive.media.in_(media), Drive.owner_uuid.is_not(None)))).all()
-    for server in servers:
-        await s.delete(server)
-    await s.flush()
-    await forget_resources(s, server_ids)
-    await forget_servers(s, server_ids)
-    volumes = await delete_drives(s, list(doomed))
-    await refresh_mount_status(s, attached - {d.uuid for d in doomed})
-    return volumes
-
-
-

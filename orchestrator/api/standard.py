@@ -7,8 +7,9 @@ from typing import Any
 
 from sqlalchemy import select
 
+from orchestrator.api.fields import NOT_PROVIDED, Field, Meta, Output, RefList, Str
 from orchestrator.db.models import Tag, TagLink
-from orchestrator.fields import NOT_PROVIDED, Field, Meta, Output, RefList, Str, link
+from orchestrator.domain.uris import link, uri
 
 # The CloudSigma-dialect schemas show identity fields as required with a null default; the
 # Tastypie-dialect ones (tags, jobs) use the stock rendering, so they pass ``schema={}``.
@@ -22,7 +23,7 @@ def uuid_field(model: Any, help: str, schema: dict[str, Any] = IDENTITY_SCHEMA) 
 
 def resource_uri_field(collection: str, schema: dict[str, Any] = IDENTITY_SCHEMA) -> Field:
     return Field("resource_uri", Str(), readonly=True, short=True,
-                 get=lambda row: f"/api/2.0/{collection}/{row.uuid}/",
+                 get=lambda row: uri(collection, row.uuid),
                  help='Unicode string data. Ex: "Hello World"', schema={k: schema[k] for k in schema if k != "default"})
 
 

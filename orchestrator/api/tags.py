@@ -9,7 +9,8 @@ from sqlalchemy import Select, delete, select
 from sqlalchemy.orm import selectinload
 
 from orchestrator.api import drives, networks, servers
-from orchestrator.api.common import (
+from orchestrator.api.fields import NOT_PROVIDED, Field, Invalid, Kind, Meta, Resource, Str, ref_id
+from orchestrator.api.resource import (
     caller,
     collection_views,
     created,
@@ -25,15 +26,15 @@ from orchestrator.api.common import (
 )
 from orchestrator.api.standard import owner_field, resource_uri_field, uuid_field
 from orchestrator.db.models import Drive, Ip, Server, Tag, TagLink, Vlan
-from orchestrator.errors import ApiError, invalid
-from orchestrator.fields import NOT_PROVIDED, Field, Invalid, Kind, Meta, Resource, Str, link, ref_id
+from orchestrator.domain.errors import DomainError, invalid
+from orchestrator.domain.uris import link, uri
 
 TAGGABLE = {"servers": Server, "drives": Drive, "ips": Ip, "vlans": Vlan}
 
 
 def _resources(tag: Tag) -> list[dict[str, Any]]:
     return [{"owner": link("user", tag.owner_uuid), "res_type": ln.res_type,
-             "resource_uri": f"/api/2.0/{ln.res_type}/{ln.res_uuid}/", "uuid": ln.res_uuid} for ln in tag.links]
+             "resource_uri": uri(ln.res_type, ln.res_uuid), "uuid": ln.res_uuid} for ln in tag.links]
 
 
 class AnyRefList(Kind):
@@ -95,7 +96,7 @@ async def resolve_resources(s: Any, ids: list[str], owner: str) -> list[tuple[st
         else:
             out.append(found)
     if errors:
-        raise ApiError.collect(errors)
+        raise DomainError.collect(errors)
     return list(dict.fromkeys(out))
 
 

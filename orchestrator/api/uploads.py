@@ -16,7 +16,8 @@ from pathlib import Path
 from aiohttp import BodyPartReader, web
 from sqlalchemy import select
 
-from orchestrator.api.common import (
+from orchestrator.api.drives import DRIVE, RELATED
+from orchestrator.api.resource import (
     caller,
     get_owned,
     objects_of,
@@ -27,14 +28,15 @@ from orchestrator.api.common import (
     respond,
     session,
 )
-from orchestrator.api.drives import DRIVE, RELATED
 from orchestrator.db.models import Drive, Job, JobLink, new_uuid, utcnow
-from orchestrator.drives import IDLE, active_server, check_size, round_size
-from orchestrator.errors import forbidden, invalid, notexist
-from orchestrator.exports import export_raw
-from orchestrator.keys import CAPABILITIES, CLOUD, CONFIG, SCHEDULER, UPLOADS
-from orchestrator.tagging import set_resource_tags
-from orchestrator.uploading import chunk_span
+from orchestrator.domain.drives import IDLE, active_server, check_size, new_drive, round_size
+from orchestrator.domain.errors import forbidden, invalid, notexist
+from orchestrator.domain.jobs import new_job
+from orchestrator.domain.tagging import set_resource_tags
+from orchestrator.domain.uploads import chunk_span
+from orchestrator.web.auth import public
+from orchestrator.web.keys import CAPABILITIES, CONFIG, HOSTS, SCHEDULER, SESSIONS, UPLOADS, WORK
+from orchestrator.work.exports import export_raw
 
 routes = web.RouteTableDef()
 
@@ -42,7 +44,7 @@ routes = web.RouteTableDef()
 @routes.post(path("drives/upload"))
 @routes.post(path("drives/upload/{filename}"))
 async def upload(request: web.Request) -> web.Response:
-    caps, cloud, scheduler = request.app[CAPABILITIES], request.app[CLOUD], request.app[SCHEDULER]
+    caps, work, scheduler = request.app[CAPABILITIES], request.app[WORK], request.app[SCHEDULER]
     length = request.content_length
     if not length:
         raise invalid("A raw image body with a Content-Length is required", "Content-Length")
@@ -52,13 +54,11 @@ async def upload(request: web.Request) -> web.Response:
     size = max(round_size(length), caps.drive_size(storage_type)["min"])
     check_size(caps, storage_type, size, "Content-Length")
     name = request.match_info.get("filename") or f"Upload_{utcnow():%Y-%m-%d %H:%M:%S}"
-    uuid = new_uuid()
-    async with scheduler.lock, session(request) as s:
-        drive = Drive(uuid=uuid, owner_uuid=caller(request), name=name, size=size, media="disk",
-                      storage_type=storage_type, affinities=[], allow_multimount=False, iops=None, meta={},
-                      status="uploading", avoid=query_uuids(request, "avoid"), volume=f"{uuid}.qcow2")
-        s.add(drive)
-        await scheduler.place_drive(s, drive, drive.avoid)
+    async with scheduler.placing(request.app[SESSIONS]) as s:
+        drive = await new_drive(s, scheduler, caller(request), status="uploading", avoid=query_uuids(request, "avoid"),
+                                name=name, size=size, media="disk", storage_type=storage_type, affinities=[],
+                                allow_multimount=False, iops=None, meta={})
+        uuid = drive.uuid
     target = Path(request.app[CONFIG].data_dir, "uploads", f"{uuid}.img")
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -73,7 +73,7 @@ async def upload(request: web.Request) -> web.Response:
             if row is not None:
                 await s.delete(row)
         raise
-    cloud.spawn(cloud.import_volume(uuid, target))
+    await work.later(work.volumes.import_upload(uuid, target), f"import {uuid}")
     return web.Response(status=201, text=f"{uuid}\n", content_type="text/plain")
 
 
@@ -99,17 +99,13 @@ async def init_upload(request: web.Request) -> web.Response:
     if size > request.app[CONFIG].max_upload:
         raise invalid(f"Uploads are limited to {request.app[CONFIG].max_upload} bytes", "size")
     check_size(caps, storage_type, round_size(size))
-    uuid, tags = new_uuid(), values.pop("tags", [])
-    async with scheduler.lock, session(request) as s:
+    tags = values.pop("tags", [])
+    async with scheduler.placing(request.app[SESSIONS]) as s:
         # The exact image size while uploading (clients compare it with the file); rounded once imported.
-        drive = Drive(uuid=uuid, owner_uuid=owner, **{**values, "storage_type": storage_type}, status="uploading",
-                      avoid=query_uuids(request, "avoid"),
-                      volume=f"{uuid}.qcow2")
-        s.add(drive)
-        await scheduler.place_drive(s, drive, drive.avoid)
-        job = Job(uuid=new_uuid(), owner_uuid=owner, operation="drive_upload", state="started", progress=0,
-                  resources=[f"/api/2.0/drives/{uuid}/"])
-        s.add_all([job, JobLink(job_uuid=job.uuid, res_uuid=uuid)])
+        drive = await new_drive(s, scheduler, owner, status="uploading", avoid=query_uuids(request, "avoid"),
+                                **{**values, "storage_type": storage_type})
+        uuid = drive.uuid
+        new_job(s, owner, "drive_upload", "drives", uuid)
         await s.flush()
         await set_resource_tags(s, "drives", uuid, tags, owner)
     request.app[UPLOADS].start(uuid, owner, size)
@@ -119,6 +115,7 @@ async def init_upload(request: web.Request) -> web.Response:
 
 
 @routes.post(path("chunks/{token}"))
+@public  # the one-time link is the credential (spec §24.2)
 async def chunk_by_link(request: web.Request) -> web.Response:
     """``POST <link>``: the body is the chunk (no authentication: the link is the credential)."""
     link = request.app[UPLOADS].redeem(request.match_info["token"])
@@ -196,8 +193,8 @@ async def _store(request: web.Request, drive: str, offset: int, length: int, bod
             if upload.complete:
                 job.state, job.progress = "success", 100
     if upload.complete and (complete := uploads.finish(drive)) is not None:
-        cloud = request.app[CLOUD]
-        cloud.spawn(cloud.import_volume(drive, complete))
+        work = request.app[WORK]
+        await work.later(work.volumes.import_upload(drive, complete), f"import {drive}")
 
 
 # --- download (spec §24.4) ----------------------------------------------------------------------------
@@ -214,7 +211,7 @@ async def download(request: web.Request) -> web.StreamResponse:
             raise forbidden(f"Drive {drive.uuid} is attached to server {busy}, which is not stopped")
     target = Path(request.app[CONFIG].data_dir, "transit", f"download-{drive.uuid}-{new_uuid()}.raw")
     try:
-        await export_raw(request.app[CLOUD], drive, target)
+        await export_raw(request.app[HOSTS], request.app[WORK].volumes, drive, target)
         return await _send_range(request, target, drive.uuid)
     finally:
         target.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Engine set-up and schema migrations (Alembic scripts in ``sql/``)."""
+"""Engine set-up and schema migrations (Alembic scripts in ``migrations/``, shipped in the package)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "sql"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def sqlite_url(path: Path) -> str:

@@ -226,7 +226,9 @@ class Job(Base):
     operation: Mapped[str] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(16), default="started")  # started | success | failed
     progress: Mapped[int] = mapped_column(Integer, default=0)
-    resources: Mapped[list[Any]]  # URIs of the objects involved
+    resources: Mapped[list[Any]]  # URIs of the objects involved, as the API shows them
+    source_uuid: Mapped[str | None] = mapped_column(String(36))  # what a clone or upload reads / fills
+    target_uuid: Mapped[str | None] = mapped_column(String(36))  # the copy a clone makes
     created: Mapped[datetime] = mapped_column(default=utcnow)
     last_modified: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
     children: Mapped[list[Job]] = relationship(order_by="Job.created", lazy="raise", cascade="all, delete-orphan")

@@ -41,7 +41,7 @@ def _head() -> str:
     return ScriptDirectory.from_config(cfg).get_current_head() or ""
 
 
-HEAD = _head()  # newest revision in sql/versions
+HEAD = _head()  # newest revision in orchestrator/db/migrations/versions
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -1,0 +1,231 @@
+"""Helpers shared by the API modules: paths, bodies, envelopes, owner-scoped loading."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
+
+from aiohttp import web
+from sqlalchemy import Select, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import joinedload, selectinload
+
+from orchestrator.api.fields import Invalid, ListQuery, Resource, ref_id
+from orchestrator.domain.errors import DomainError, invalid, notexist
+from orchestrator.domain.uris import API_ROOT, link
+from orchestrator.web.auth import auth_policy
+from orchestrator.web.errors import respond
+from orchestrator.web.keys import SESSIONS, USER
+
+T = TypeVar("T")
+
+
+def path(tail: str) -> str:
+    """A route under the API root whose final slash is optional (spec §2)."""
+    return f"{API_ROOT}/{tail}" + "{_slash:/?}"
+
+
+def owner_link(owner_uuid: str) -> dict[str, str]:
+    return link("user", owner_uuid)
+
+
+def caller(request: web.Request) -> str:
+    return request[USER]
+
+
+def session(request: web.Request) -> Any:
+    """One unit of work: ``async with session(request) as s:`` commits on success."""
+    return request.app[SESSIONS].begin()
+
+
+async def read_json(request: web.Request, *, empty: Any = None) -> Any:
+    raw = await request.read()
+    if not raw.strip():
+        if empty is None:
+            raise invalid("A JSON request body is required")
+        return empty
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise invalid(f"Malformed JSON: {e}") from None
+
+
+class Objects(list[Any]):
+    """The objects of a create or bulk request; ``bare`` when one object came unwrapped."""
+
+    bare: bool = False
+
+
+def objects_of(body: Any) -> Objects:
+    """``{"objects": [...]}``, a bare list, or one bare object (spec §7.1)."""
+    objects = Objects()
+    if isinstance(body, dict) and "objects" in body:
+        body = body["objects"]
+    elif isinstance(body, dict):
+        body, objects.bare = [body], True
+    if not isinstance(body, list) or not body:
+        raise invalid("Expected an object, a list of objects or {\"objects\": [...]}", "objects")
+    objects.extend(body)
+    return objects
+
+
+async def for_each(objects: Objects, work: Callable[[Any], Awaitable[T]]) -> list[T]:
+    """``await work(obj)`` for each object, collecting every error, prefixed ``objects.N.``
+    unless a single bare object was sent."""
+    results, errors = [], []
+    for i, obj in enumerate(objects):
+        try:
+            results.append(await work(obj))
+        except DomainError as e:
+            errors.append(e if objects.bare else e.prefixed(f"objects.{i}"))
+    if errors:
+        raise DomainError.collect(errors)
+    return results
+
+
+def no_content() -> web.Response:
+    return web.Response(status=204)
+
+
+def envelope(objects: list[dict[str, Any]], lq: ListQuery, total: int) -> dict[str, Any]:
+    return {"meta": {"limit": lq.limit, "offset": lq.offset, "total_count": total}, "objects": objects}
+
+
+def list_query(request: web.Request, resource: Resource) -> ListQuery:
+    return resource.list_query(request.query, request.query.getall)
+
+
+async def page(s: AsyncSession, stmt: Select[Any], lq: ListQuery) -> tuple[list[Any], int]:
+    """Rows of one page plus the total count after filtering (``limit=0``: everything)."""
+    stmt = stmt.where(*lq.where)
+    total = await s.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
+    stmt = stmt.order_by(*lq.order_by).offset(lq.offset)
+    if lq.limit:
+        stmt = stmt.limit(lq.limit)
+    rows = list((await s.scalars(stmt)).unique())
+    return rows, total or 0
+
+
+async def get_owned(s: AsyncSession, stmt: Select[Any], what: str) -> Any:
+    row = (await s.scalars(stmt)).unique().first()
+    if row is None:
+        raise notexist(what)
+    return row
+
+
+async def list_view(request: web.Request, resource: Resource, stmt: Select[Any], *, short: bool,
+                    prepare: Callable[[list[Any]], None] | None = None) -> web.Response:
+    """An envelope list; ``prepare`` may attach non-stored data (live runtime) to the rows."""
+    lq = list_query(request, resource)
+    async with session(request) as s:
+        rows, total = await page(s, stmt, lq)
+        if prepare is not None:
+            prepare(rows)
+        objects = [resource.dump(row, short=short, only=lq.fields) for row in rows]
+    return respond(envelope(objects, lq, total))
+
+
+def query_uuids(request: web.Request, name: str) -> list[str]:
+    """A comma-separated uuid list from the query string (``avoid``)."""
+    raw = request.query.get(name, "")
+    values = [v.strip() for v in raw.split(",") if v.strip()]
+    try:
+        return [ref_id(v, "servers") for v in values]
+    except Invalid as e:
+        raise invalid(str(e), name) from None
+
+
+Prepare = Callable[[web.Request], Callable[[list[Any]], None]]
+
+
+def collection_views(routes: web.RouteTableDef, resource: Resource, rows: Callable[[web.Request], Select[Any]],
+                     *, short_list: bool = True, prepare: Prepare | None = None) -> None:
+    """``GET /<coll>/``, ``/<coll>/detail/`` and ``/<coll>/schema/``, all read from the field table.
+
+    ``rows`` gives the caller's rows; ``short_list`` False where the short view is the full one."""
+
+    async def listing(request: web.Request, short: bool) -> web.Response:
+        return await list_view(request, resource, rows(request), short=short,
+                               prepare=prepare(request) if prepare else None)
+
+    async def schema(request: web.Request) -> web.Response:
+        return respond(resource.schema())
+
+    routes.get(path(resource.name))(partial(listing, short=short_list))
+    routes.get(path(f"{resource.name}/detail"))(partial(listing, short=False))
+    routes.get(path(f"{resource.name}/schema"))(schema)
+
+
+def owned_rows(model: Any, related: tuple[Any, ...], owner: str) -> Select[Any]:
+    """The owner's rows with what their rendering reads, loaded per relation (lists)."""
+    return select(model).where(model.owner_uuid == owner).options(*(selectinload(r) for r in related))
+
+
+def owned_row(model: Any, related: tuple[Any, ...], owner: str, uuid: str) -> Select[Any]:
+    """One of the owner's rows: a single joined query beats a query per relation."""
+    return (select(model).where(model.owner_uuid == owner, model.uuid == uuid)
+            .options(*(joinedload(r) for r in related)))
+
+
+async def created(request: web.Request, resource: Resource, rows: Select[Any], model: Any,
+                  uuids: list[str]) -> web.Response:
+    """201 with the new objects in full view, in request order, always in ``objects`` (spec §7.1)."""
+    async with session(request) as s:
+        found = {row.uuid: row for row in (await s.scalars(rows.where(model.uuid.in_(uuids)))).all()}
+    objects = [resource.dump(found[u]) for u in uuids]
+    return respond({"objects": objects}, 201, {"Location": objects[0]["resource_uri"]})
+
+
+Action = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def action_route(routes: web.RouteTableDef, collection_path: str, actions: dict[str, Action], *,
+                 policy: Any = None) -> None:
+    """``POST <collection_path>/?do=<name>``: one handler dispatching to ``actions`` (spec §7.4)."""
+
+    async def action(request: web.Request) -> web.StreamResponse:
+        do = request.query.get("do")
+        if do not in actions:
+            raise invalid(f"Unknown action {do!r}; one of: {', '.join(actions)}", "do")
+        return await actions[do](request)
+
+    if policy is not None:
+        auth_policy(policy)(action)
+    routes.post(path(collection_path))(action)
+
+
+AfterCommit = Callable[[], Awaitable[None]] | None
+DeleteRows = Callable[[web.Request, AsyncSession, list[Any]], Awaitable[AfterCommit]]
+
+
+def delete_views(routes: web.RouteTableDef, collection: str, model: Any, what: str,
+                 owned: Callable[[web.Request], Select[Any]], delete_rows: DeleteRows) -> None:
+    """``DELETE /<coll>/{uuid}/`` and the bulk ``DELETE /<coll>/`` (a list of uuids or objects): the
+    rows go in one transaction (all or none, errors per object); ``delete_rows`` may return a
+    step to run after the commit (the hosts delete the volumes)."""
+
+    async def remove(request: web.Request, wanted: Objects) -> web.Response:
+        async with session(request) as s:
+            async def find(obj: Any) -> Any:
+                uuid = obj.get("uuid") if isinstance(obj, dict) else obj
+                if not isinstance(uuid, str):
+                    raise invalid("Each object needs a uuid", "uuid")
+                return await get_owned(s, owned(request).where(model.uuid == uuid), what)
+
+            after = await delete_rows(request, s, await for_each(wanted, find))
+        if after is not None:
+            await after()
+        return no_content()
+
+    async def remove_one(request: web.Request) -> web.Response:
+        wanted = Objects([request.match_info["uuid"]])
+        wanted.bare = True
+        return await remove(request, wanted)
+
+    async def remove_many(request: web.Request) -> web.Response:
+        return await remove(request, objects_of(await read_json(request)))
+
+    routes.delete(path(f"{collection}/{{uuid}}"))(remove_one)
+    routes.delete(path(collection))(remove_many)

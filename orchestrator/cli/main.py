@@ -1,0 +1,194 @@
+"""``strato``: run the API node and manage users and API tokens."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from orchestrator.app import create_app
+from orchestrator.cli.admin import load_config, run_admin, with_session
+from orchestrator.cli.library import Entry, import_image
+from orchestrator.cli.networks import add_commands as add_network_commands
+from orchestrator.config import Config
+from orchestrator.db.models import User
+from orchestrator.hosts.registry import add_host, drain_host, list_hosts, remove_host
+from orchestrator.web.auth import create_token, create_user
+from orchestrator.web.tls import Certificate, certificate
+
+
+def serve(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    if args.tls_listen:
+        config.tls_listen = args.tls_listen
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not config.tls_listen:
+        # run_app handles SIGINT and SIGTERM: it stops accepting, finishes requests, runs cleanup_ctx.
+        web.run_app(create_app(config), host=config.host, port=config.port, print=None, shutdown_timeout=10)
+        return 0
+    host, _, port = config.tls_listen.rpartition(":")
+    cert = certificate(config.data_dir, config.tls_cert, config.tls_key, host.strip("[]"))
+    print(f"strato: HTTPS on {config.tls_listen}, certificate {cert.cert.resolve()}"
+          f"{' (self-signed, new)' if cert.generated else ''}, SHA-256 fingerprint {cert.fingerprint}", flush=True)
+    asyncio.run(_serve_both(config, host.strip("[]"), int(port), cert))
+    return 0
+
+
+async def _serve_both(config: Config, tls_host: str, tls_port: int, cert: Certificate) -> None:
+    """Plain HTTP on ``listen`` and HTTPS on ``tls_listen``, one app; SIGINT/SIGTERM end both (cleanup_ctx runs)."""
+    runner = web.AppRunner(create_app(config), handle_signals=False, shutdown_timeout=10)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.host, config.port).start()
+        await web.TCPSite(runner, tls_host, tls_port, ssl_context=cert.context()).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def users_create(args: argparse.Namespace) -> int:
+    password = args.password or os.environ.get("STRATO_PASSWORD") or getpass.getpass("Password: ")
+    if not password:
+        print("strato: a password is required", file=sys.stderr)
+        return 2
+
+    async def work(session):  # type: ignore[no-untyped-def]
+        user = await create_user(session, args.email, password)
+        return user.uuid
+
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        print(asyncio.run(with_session(load_config(args), work)))
+    except IntegrityError:
+        print(f"strato: user {args.email} exists already", file=sys.stderr)
+        return 1
+    return 0
+
+
+def tokens_create(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    async def work(session):  # type: ignore[no-untyped-def]
+        user = await session.scalar(select(User).where(User.email == args.email))
+        return None if user is None else await create_token(session, user)
+
+    token = asyncio.run(with_session(load_config(args), work))
+    if token is None:
+        print(f"strato: no user {args.email}", file=sys.stderr)
+        return 1
+    print(token)
+    return 0
+
+
+def hosts_add(args: argparse.Namespace) -> int:
+    if bool(args.ssh) == bool(args.local):
+        print("strato: give exactly one of --ssh USER@HOST[:PORT] and --local", file=sys.stderr)
+        return 2
+    address = "local" if args.local else f"ssh://{args.ssh}"
+    config = load_config(args)
+
+    async def work(session):  # type: ignore[no-untyped-def]
+        host = await add_host(session, args.name, address, agent_command=args.agent_command, key_file=args.key,
+                              known_hosts=args.known_hosts, config=config)
+        return {"name": host.name, "address": host.address, "agent_command": host.agent_command}
+
+    return run_admin(args, work)
+
+
+def hosts_list(args: argparse.Namespace) -> int:
+    return run_admin(args, list_hosts)
+
+
+def hosts_drain(args: argparse.Namespace) -> int:
+    return run_admin(args, lambda session: drain_host(session, args.name))
+
+
+def hosts_remove(args: argparse.Namespace) -> int:
+    return run_admin(args, lambda session: remove_host(session, args.name))
+
+
+def libdrives_import(args: argparse.Namespace) -> int:
+    entry = Entry(name=args.name, os=args.os, arch=args.arch, media=args.media, description=args.description or "",
+                  distribution=args.distribution, version=args.version, url=args.url or "",
+                  category=args.category.split(",") if args.category else ["general"])
+    try:
+        uuid, created = asyncio.run(import_image(load_config(args), args.file, entry, args.host))
+    except (ValueError, OSError) as e:
+        print(f"strato: {e}", file=sys.stderr)
+        return 1
+    print(uuid)
+    if not created:
+        print(f"strato: {args.file} is already the library drive {uuid}", file=sys.stderr)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="strato", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="JSON config file (environment STRATO_<KEY> and flags win)")
+    common.add_argument("--data-dir", type=Path, help="data directory (default ./data)")
+    common.add_argument("--db", help="database URL (default: SQLite file in the data directory)")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", parents=[common], help="run the API node")
+    s.add_argument("--listen", help="HOST:PORT of plain HTTP (default 127.0.0.1:8080; keep it on loopback)")
+    s.add_argument("--tls-listen", help="HOST:PORT of HTTPS (certificate: tls_cert/tls_key, else self-signed)")
+    s.set_defaults(func=serve)
+    users = sub.add_parser("users").add_subparsers(dest="action", required=True)
+    u = users.add_parser("create", parents=[common], help="create a user")
+    u.add_argument("email")
+    u.add_argument("--password", help="default: $STRATO_PASSWORD or a prompt")
+    u.set_defaults(func=users_create)
+    tokens = sub.add_parser("tokens").add_subparsers(dest="action", required=True)
+    t = tokens.add_parser("create", parents=[common], help="create a Bearer API token for a user")
+    t.add_argument("email")
+    t.set_defaults(func=tokens_create)
+    hosts = sub.add_parser("hosts", help="hypervisor hosts").add_subparsers(dest="action", required=True)
+    h = hosts.add_parser("add", parents=[common], help="register a host (a running API node connects within seconds)")
+    h.add_argument("name")
+    h.add_argument("--ssh", metavar="USER@HOST[:PORT]", help="reach the agent over SSH")
+    h.add_argument("--local", action="store_true", help="run the agent as a local subprocess")
+    h.add_argument("--key", help="SSH private key file")
+    h.add_argument("--known-hosts", help="known_hosts file to check the host key against (default ~/.ssh/...)")
+    h.add_argument("--agent-command", help="the agent's command line on the host (default: strato-agent --stdio)")
+    h.set_defaults(func=hosts_add)
+    for name, func, text in (("list", hosts_list, "list hosts"), ("drain", hosts_drain, "place nothing new there"),
+                             ("remove", hosts_remove, "forget a host that runs no server")):
+        h = hosts.add_parser(name, parents=[common], help=text)
+        if name != "list":
+            h.add_argument("name")
+        h.set_defaults(func=func)
+    libdrives = sub.add_parser("libdrives", help="the drive library").add_subparsers(dest="action", required=True)
+    li = libdrives.add_parser("import", parents=[common], help="add an image (qcow2, raw or ISO, told from its "
+                              "content) to the library; prints its uuid (the same file and name again: a no-op)")
+    li.add_argument("file", type=Path)
+    li.add_argument("--name", required=True)
+    li.add_argument("--os", required=True, help="linux, windows, other")
+    li.add_argument("--arch", required=True, choices=("32", "64"))
+    li.add_argument("--media", required=True, choices=("disk", "cdrom"))
+    for flag in ("--description", "--distribution", "--version", "--url", "--host"):
+        li.add_argument(flag)
+    li.add_argument("--category", help="comma-separated (default general)")
+    li.set_defaults(func=libdrives_import)
+    add_network_commands(sub, common)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

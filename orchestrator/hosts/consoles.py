@@ -1,0 +1,218 @@
+"""VNC and serial-console tunnels (spec §12.9.5–§12.9.7, §16.3) and browser console tokens.
+
+A tunnel is a TCP listener on the API node, one per (server, kind), whose connections are
+bridged to the guest's VNC display or first serial port on its host: directly for the local
+host, through the host's SSH connection (direct-tcpip / direct-streamlocal) for remote ones,
+so guests' VNC and consoles listen only on their host.  Tunnels close on ``close_*``, when the
+server stops, and after an idle period without connections.
+
+Browser consoles get a short-lived token bound to one server, one user and one VNC tunnel;
+the WebSocket endpoint (``orchestrator/api/console_page.py``) redeems it.  Tokens are kept
+hashed and never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.hosts.pool import CHUNK, Hosts, Streams
+
+log = logging.getLogger(__name__)
+
+PROMPT_TIMEOUT = 30.0
+
+
+@dataclass
+class Tunnel:
+    kind: str                  # "vnc" | "console"
+    server_uuid: str
+    owner: str
+    port: int
+    password: str              # the console asks for it before bridging (VNC does its own auth)
+    upstream: Callable[[], Awaitable[Streams]]
+    listener: asyncio.Server | None = None
+    active: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    bridges: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
+@dataclass
+class ConsoleToken:
+    server_uuid: str
+    owner: str
+    port: int                  # the VNC tunnel it is bound to
+    expires: float
+
+
+class Consoles:
+    def __init__(self, hosts: Hosts, *, bind: str, ports: range, idle_timeout: float, token_ttl: float) -> None:
+        self.hosts = hosts
+        self.bind = bind
+        self.ports = ports
+        self.idle_timeout = idle_timeout
+        self.token_ttl = token_ttl
+        self.tunnels: dict[tuple[str, str], Tunnel] = {}
+        self.tokens: dict[str, ConsoleToken] = {}
+        self._next_port = ports.start
+        self._reaper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap())
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for server_uuid, kind in list(self.tunnels):
+            await self.close(server_uuid, kind)
+
+    # --- tunnels --------------------------------------------------------------------------------
+
+    async def open(self, kind: str, server_uuid: str, owner: str, host: str, password: str) -> Tunnel:
+        """The server's tunnel of this kind, opened when there is none (spec: same URL while open)."""
+        existing = self.tunnels.get((server_uuid, kind))
+        if existing is not None:
+            return existing
+        target = await self._target(kind, server_uuid, host)
+        tunnel = Tunnel(kind, server_uuid, owner, 0, password, target)
+        tunnel.listener, tunnel.port = await self._listen(tunnel)
+        self.tunnels[(server_uuid, kind)] = tunnel
+        return tunnel
+
+    async def close(self, server_uuid: str, kind: str | None = None) -> None:
+        for key in [k for k in self.tunnels if k[0] == server_uuid and kind in (None, k[1])]:
+            tunnel = self.tunnels.pop(key)
+            assert tunnel.listener is not None
+            tunnel.listener.close()
+            for task in list(tunnel.bridges):
+                task.cancel()
+            await asyncio.gather(*tunnel.bridges, return_exceptions=True)
+            for token, grant in list(self.tokens.items()):
+                if grant.port == tunnel.port:
+                    del self.tokens[token]
+
+    async def _target(self, kind: str, server_uuid: str, host: str) -> Callable[[], Awaitable[Streams]]:
+        """How to reach the guest's VNC display or serial socket on its host."""
+        domains = {d["uuid"]: d for d in await self.hosts.call(host, "domain.list")}
+        domain = domains.get(server_uuid) or {}
+        if kind == "vnc":
+            vnc = domain.get("vnc")
+            if not vnc:
+                raise ConnectionError("the guest has no VNC display")
+            return self.hosts.opener(host, tcp=(vnc["host"], vnc["port"]))
+        path = domain.get("console_socket")
+        if not path:
+            raise ConnectionError("the guest has no serial console")
+        return self.hosts.opener(host, unix=path)
+
+    async def _listen(self, tunnel: Tunnel) -> tuple[asyncio.Server, int]:
+        # Ports rotate through the range, so a new open after a close gets a new URL.
+        used = {t.port for t in self.tunnels.values()}
+        for _ in range(len(self.ports)):
+            port = self._next_port
+            self._next_port = port + 1 if port + 1 < self.ports.stop else self.ports.start
+            if port in used:
+                continue
+            try:
+                server = await asyncio.start_server(lambda r, w: self._accept(tunnel, r, w), self.bind, port,
+                                                    limit=CHUNK)
+            except OSError:
+                continue
+            return server, port
+        raise ConnectionError("no free tunnel port")
+
+    async def _accept(self, tunnel: Tunnel, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tunnel.bridges.add(task)
+        tunnel.active += 1
+        try:
+            if tunnel.kind == "console" and not await self._ask_password(tunnel, reader, writer):
+                return
+            up_reader, up_writer = await tunnel.upstream()
+            await bridge(reader, writer, up_reader, up_writer, lambda: setattr(tunnel, "last_used", time.monotonic()))
+        except (OSError, ConnectionError, asyncio.IncompleteReadError) as err:
+            log.info("%s tunnel of %s: %s", tunnel.kind, tunnel.server_uuid, err)
+        finally:
+            tunnel.active -= 1
+            tunnel.last_used = time.monotonic()
+            tunnel.bridges.discard(task)
+            writer.close()
+
+    async def _ask_password(self, tunnel: Tunnel, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """The serial console asks for the server's VNC password first (spec §12.9.7)."""
+        writer.write(b"Password: ")
+        await writer.drain()
+        try:
+            line = await asyncio.wait_for(reader.readline(), PROMPT_TIMEOUT)
+        except TimeoutError:
+            return False
+        if not hmac.compare_digest(line.strip().decode(errors="replace"), tunnel.password):
+            writer.write(b"\r\nWrong password\r\n")
+            await writer.drain()
+            return False
+        writer.write(b"\r\n")
+        await writer.drain()
+        return True
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(min(self.idle_timeout, 5.0))
+            now = time.monotonic()
+            for (uuid, kind), tunnel in list(self.tunnels.items()):
+                if tunnel.active == 0 and now - tunnel.last_used > self.idle_timeout:
+                    await self.close(uuid, kind)
+            for token, grant in list(self.tokens.items()):
+                if grant.expires < now:
+                    del self.tokens[token]
+
+    # --- browser console tokens ---------------------------------------------------------------
+
+    def grant(self, tunnel: Tunnel) -> str:
+        token = secrets.token_urlsafe(24)
+        self.tokens[_digest(token)] = ConsoleToken(tunnel.server_uuid, tunnel.owner, tunnel.port,
+                                                   time.monotonic() + self.token_ttl)
+        return token
+
+    def redeem(self, token: str) -> Tunnel | None:
+        """The VNC tunnel a valid, unexpired token opens (tokens are single-use)."""
+        grant = self.tokens.pop(_digest(token), None)
+        if grant is None or grant.expires < time.monotonic():
+            return None
+        tunnel = self.tunnels.get((grant.server_uuid, "vnc"))
+        if tunnel is None or tunnel.port != grant.port or tunnel.owner != grant.owner:
+            return None
+        return tunnel
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def bridge(reader: Any, writer: Any, up_reader: Any, up_writer: Any, touched: Callable[[], None]) -> None:
+    """Copy bytes both ways until either side closes."""
+
+    async def pump(src: Any, dst: Any) -> None:
+        while data := await src.read(CHUNK):
+            dst.write(data)
+            await dst.drain()
+            touched()
+
+    tasks = [asyncio.create_task(pump(reader, up_writer)), asyncio.create_task(pump(up_reader, writer))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        up_writer.close()

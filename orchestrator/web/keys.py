@@ -1,0 +1,38 @@
+"""Typed keys for state kept on the app and on each request (no globals, no string keys)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+
+if TYPE_CHECKING:
+    from orchestrator.config import Config
+    from orchestrator.domain.capabilities import Capabilities
+    from orchestrator.domain.placement import Scheduler
+    from orchestrator.domain.uploads import Uploads
+    from orchestrator.hosts.consoles import Consoles
+    from orchestrator.hosts.pool import Hosts
+    from orchestrator.web.auth import Authenticator
+    from orchestrator.web.cookies import CookieStore
+    from orchestrator.web.feed import Feed
+    from orchestrator.web.read_cache import ReadCache
+    from orchestrator.work.background import Work
+
+CONFIG: web.AppKey[Config] = web.AppKey("config")
+ENGINE = web.AppKey("engine", AsyncEngine)
+SESSIONS = web.AppKey("sessions", async_sessionmaker)
+AUTH: web.AppKey[Authenticator] = web.AppKey("authenticator")
+CAPABILITIES: web.AppKey[Capabilities] = web.AppKey("capabilities")
+HOSTS: web.AppKey[Hosts] = web.AppKey("hosts")
+WORK: web.AppKey[Work] = web.AppKey("work")  # background steps after commit
+CONSOLES: web.AppKey[Consoles] = web.AppKey("consoles")
+SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler")
+
+READ_CACHE: web.AppKey[ReadCache] = web.AppKey("read_cache")
+FEED: web.AppKey[Feed] = web.AppKey("feed")               # change notifications (spec §9.3)
+COOKIES: web.AppKey[CookieStore] = web.AppKey("cookies")  # login sessions, async_auth (spec §3)
+UPLOADS: web.AppKey[Uploads] = web.AppKey("uploads")      # chunked uploads in progress (spec §24)
+
+USER = web.RequestKey("user", str)  # uuid of the authenticated caller

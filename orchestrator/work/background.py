@@ -1,0 +1,47 @@
+"""The background workers of one API node, built together by the app factory."""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from orchestrator.domain.placement import Scheduler
+from orchestrator.hosts.pool import Hosts
+from orchestrator.work.clones import CloneWork
+from orchestrator.work.servers import ServerWork
+from orchestrator.work.tasks import Tasks
+from orchestrator.work.volumes import VolumeWork
+from orchestrator.work.watch import HostWatch
+
+
+@dataclass
+class Work:
+    tasks: Tasks
+    volumes: VolumeWork
+    servers: ServerWork
+    clones: CloneWork
+    watch: HostWatch
+
+    @classmethod
+    def build(cls, sessions: async_sessionmaker, hosts: Hosts, scheduler: Scheduler, *, scratch: Path,
+              shutdown_window: float, heartbeat: float) -> Work:
+        tasks = Tasks()
+        volumes = VolumeWork(sessions, hosts)
+        servers = ServerWork(sessions, hosts, tasks, scheduler, shutdown_window=shutdown_window)
+        clones = CloneWork(sessions, hosts, tasks, volumes, servers, scratch)
+        watch = HostWatch(sessions, hosts, tasks, servers, volumes, clones, heartbeat=heartbeat)
+        return cls(tasks, volumes, servers, clones, watch)
+
+    async def later(self, step: Coroutine[Any, Any, Any], name: str | None = None) -> None:
+        """Run ``step`` in the background (after the request's commit), supervised."""
+        await self.tasks.spawn(step, name)
+
+    async def start(self) -> None:
+        await self.watch.start()
+
+    async def stop(self) -> None:
+        await self.tasks.close()

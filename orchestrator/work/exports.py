@@ -1,0 +1,29 @@
+"""Reading a drive's volume back as a raw image (``GET /drives/{uuid}/download/``, spec §24.4).
+
+The volume file is read where it lies (the local host's path, or a copy fetched over the host's
+SSH connection); ``qemu-img convert`` then writes the raw image (the whole drive, zero padded)
+to a scratch file that the download streams.  The format is the volume's recorded one, never
+probed: a guest could write a qcow2 header into a raw disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from orchestrator.db.models import Drive
+from orchestrator.hosts.pool import Hosts
+from orchestrator.work.volumes import VolumeWork
+
+
+async def export_raw(hosts: Hosts, volumes: VolumeWork, drive: Drive, target: Path) -> Path:
+    assert drive.host is not None
+    volume = await volumes.path_of(drive)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    async with hosts.fetched(drive.host, volume["path"], target.parent) as source:
+        argv = ["qemu-img", "convert", "-q", "-U", "-f", volume["format"], "-O", "raw", str(source), str(target)]
+        proc = await asyncio.create_subprocess_exec(*argv, stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise OSError(f"qemu-img convert failed: {err.decode(errors='replace').strip()}")
+    return target

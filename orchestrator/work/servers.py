@@ -1,0 +1,170 @@
+"""Server lifecycles on their hosts, after the request that asked has committed.
+
+The handler has checked the §13 table and recorded the first transitional status (and, for a
+start, the claim on a host); what follows here talks to the host's agent and records the
+outcome: ``running`` once booted, ``stopped`` (claim and addresses released) once off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.orm import selectinload
+
+from agents.client import AgentCallError, AgentGone
+from orchestrator.db.models import Drive, Server, utcnow
+from orchestrator.domain.errors import notexist
+from orchestrator.domain.lifecycle import BOOTED, Status
+from orchestrator.domain.networks import network_plan, reservations_of
+from orchestrator.domain.placement import Scheduler
+from orchestrator.domain.transitions import begin_start, record_stopped
+from orchestrator.hosts.pool import Hosts
+from orchestrator.hosts.spec import server_spec
+from orchestrator.work.tasks import Tasks
+
+log = logging.getLogger(__name__)
+
+
+class ServerWork:
+    def __init__(self, sessions: async_sessionmaker, hosts: Hosts, tasks: Tasks, scheduler: Scheduler, *,
+                 shutdown_window: float = 60.0) -> None:
+        self.sessions = sessions
+        self.hosts = hosts
+        self.tasks = tasks
+        self.scheduler = scheduler
+        self.shutdown_window = shutdown_window
+        # Called with a server's uuid once it has stopped (the consoles close its tunnels).
+        self.stop_listeners: list[Callable[[str], Awaitable[None]]] = []
+        # Boots this process runs now; a reconciliation leaves these alone.
+        self.booting: set[str] = set()
+
+    async def start(self, uuid: str, avoid: Sequence[str] = ()) -> None:
+        """Place and mark ``starting`` in one transaction (refusals raise), then boot in the background."""
+        async with self.scheduler.placing(self.sessions) as s:
+            server = await s.get(Server, uuid)
+            if server is None:
+                raise notexist("Server")
+            await begin_start(s, server, self.scheduler, avoid)
+        await self.boot(uuid)
+
+    async def boot(self, uuid: str) -> None:
+        """Boot a server already placed (status ``starting``, host claimed), in the background."""
+        self.booting.add(uuid)
+        await self.tasks.spawn(self._boot(uuid), f"boot {uuid}")
+
+    async def _boot(self, uuid: str) -> None:
+        try:
+            await self._start_domain(uuid)
+        finally:
+            self.booting.discard(uuid)
+
+    async def _start_domain(self, uuid: str) -> None:
+        async with self.sessions() as s:
+            server = await s.scalar(select(Server).where(Server.uuid == uuid)
+                                    .options(selectinload(Server.drive_links)))
+            if server is None or server.host is None:
+                return
+            drives = {d.uuid: d for d in (await s.scalars(select(Drive).where(
+                Drive.uuid.in_([a.drive_uuid for a in server.drive_links])))).all()}
+            plan, host = await network_plan(s, server), server.host
+        try:
+            networks = await self._connect_nics(host, [n["mac"] for n in server.nics], plan)
+            domain = await self.hosts.call(host, "domain.start", server=server_spec(server, drives, networks))
+        except (AgentCallError, AgentGone) as err:
+            log.error("server %s did not start on %s: %s", uuid, host, err)
+            await self.finish_stop(uuid, host)  # boot failure: back to stopped, claim released
+            return
+        async with self.sessions.begin() as s:
+            server = await s.get(Server, uuid)
+            # The lifecycle event may have marked it running already.
+            booted = server is not None and server.host == host and server.status in BOOTED
+            if booted:
+                server.status = Status.RUNNING
+                server.active_since = datetime.fromisoformat(domain["active_since"]) if domain.get(
+                    "active_since") else utcnow()
+        if not booted:  # stopped (or deleted) while booting: the guest must not outlive its claim
+            with contextlib.suppress(AgentCallError, AgentGone):
+                await self.hosts.call(host, "domain.undefine", uuid=uuid)
+
+    async def _connect_nics(self, host: str, macs: list[str],
+                            plan: list[tuple[dict[str, Any] | None, str | None]]) -> list[str | None]:
+        """Each NIC's network made ready on the host (defined, VXLAN peers) and its address
+        reserved for its MAC; returns the libvirt network names for the server spec."""
+        names: dict[str, str] = {}
+        out: list[str | None] = []
+        for mac, (network, address) in zip(macs, plan, strict=True):
+            if network is None:
+                out.append(None)
+                continue
+            if network["name"] not in names:
+                names[network["name"]] = (await self.hosts.call(host, "network.ensure", network=network))["name"]
+            if address is not None:
+                await self.hosts.call(host, "network.reserve", network=network["name"], mac=mac, ip=address)
+            out.append(names[network["name"]])
+        return out
+
+    async def stop(self, uuid: str, host: str) -> None:
+        await self.tasks.spawn(self._stop(uuid, host), f"stop {uuid}")
+
+    async def _stop(self, uuid: str, host: str) -> None:
+        with contextlib.suppress(AgentCallError):  # notfound: already gone
+            await self.hosts.call(host, "domain.stop", uuid=uuid)
+        await self.finish_stop(uuid, host)
+
+    async def restart(self, uuid: str, host: str) -> None:
+        await self.hosts.call(host, "domain.reset", uuid=uuid)
+
+    async def shutdown(self, uuid: str, host: str) -> None:
+        await self.tasks.spawn(self._shutdown(uuid, host), f"shutdown {uuid}")
+
+    async def _shutdown(self, uuid: str, host: str) -> None:
+        """ACPI power button every second for the window; a guest that ignores it stays running."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_window
+        while loop.time() < deadline:
+            try:
+                await self.hosts.call(host, "domain.shutdown", uuid=uuid)
+            except AgentCallError:
+                break  # the domain is gone: it shut down
+            await asyncio.sleep(1)
+            async with self.sessions() as s:
+                server = await s.get(Server, uuid)
+            if server is None or server.status != Status.STOPPING:
+                return
+        domains = {d["uuid"]: d for d in await self.hosts.call(host, "domain.list")}
+        if domains.get(uuid, {}).get("state") == "running":
+            async with self.sessions.begin() as s:
+                server = await s.get(Server, uuid)
+                if server is not None and server.status == Status.STOPPING:
+                    server.status = Status.RUNNING
+        else:
+            await self.finish_stop(uuid, host)
+
+    async def finish_stop(self, uuid: str, host: str) -> None:
+        """The domain is off: status ``stopped``, claim released, definition removed."""
+        async with self.sessions() as s:
+            server = await s.get(Server, uuid)
+            if server is None or server.host != host:
+                return
+            reservations = await reservations_of(s, server)
+        # Reservations go first, so a client that sees "stopped" sees them gone (idempotent when
+        # the lifecycle event and the stop request both get here).
+        for network, mac in reservations:
+            with contextlib.suppress(AgentCallError, AgentGone):
+                await self.hosts.call(host, "network.release", network=network, mac=mac)
+        async with self.sessions.begin() as s:
+            server = await s.get(Server, uuid)
+            if server is None or server.host != host:
+                return
+            await record_stopped(s, server)
+        for listener in self.stop_listeners:
+            await listener(uuid)
+        with contextlib.suppress(AgentCallError, AgentGone):
+            await self.hosts.call(host, "domain.undefine", uuid=uuid)

@@ -1,0 +1,30 @@
+"""The one supervisor of the API node's background work (aiojobs): every step that runs after a
+request's commit is spawned here, logged when it fails, and cancelled when the app stops."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+import aiojobs
+
+log = logging.getLogger(__name__)
+
+
+class Tasks:
+    def __init__(self) -> None:
+        self._scheduler = aiojobs.Scheduler(limit=None, close_timeout=5.0,
+                                            exception_handler=self._failed)
+
+    async def spawn(self, work: Coroutine[Any, Any, Any], name: str | None = None) -> None:
+        await self._scheduler.spawn(work, name)
+
+    async def close(self) -> None:
+        await self._scheduler.close()
+
+    @staticmethod
+    def _failed(_scheduler: aiojobs.Scheduler, context: dict[str, Any]) -> None:
+        job = context.get("job")
+        log.error("background task %s failed", getattr(job, "_name", None) or job,
+                  exc_info=context.get("exception"))

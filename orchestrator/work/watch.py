@@ -1,0 +1,155 @@
+"""Keeping the store in line with the hosts: what a connection reports (up, down, lifecycle
+events), reconciliation after every (re)connection, and the periodic host sync and statistics
+poll whose counters GETs read without an RPC."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from agents.client import AgentCallError, AgentGone
+from orchestrator.db.models import Drive, Host, Server, utcnow
+from orchestrator.domain.drives import IDLE
+from orchestrator.domain.lifecycle import ACTIVE, REVIVED_BY_RUNNING, Status
+from orchestrator.hosts.connection import Event, Listener
+from orchestrator.hosts.pool import Hosts
+from orchestrator.work.clones import CloneWork
+from orchestrator.work.servers import ServerWork
+from orchestrator.work.tasks import Tasks
+from orchestrator.work.volumes import VolumeWork
+
+log = logging.getLogger(__name__)
+
+
+class HostWatch(Listener):
+    def __init__(self, sessions: async_sessionmaker, hosts: Hosts, tasks: Tasks, servers: ServerWork,
+                 volumes: VolumeWork, clones: CloneWork, *, heartbeat: float = 5.0) -> None:
+        self.sessions = sessions
+        self.hosts = hosts
+        self.tasks = tasks
+        self.servers = servers
+        self.volumes = volumes
+        self.clones = clones
+        self.heartbeat = heartbeat
+        # Latest domain.stats per running server, polled per host.
+        self.stats: dict[str, dict[str, Any]] = {}
+        self.stats_listeners: list[Callable[[], None]] = []  # called when the polled stats change
+
+    async def start(self) -> None:
+        self.hosts.listener = self
+        await self.hosts.sync()
+        await self.tasks.spawn(self._watch(), "host watch")
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                await self.hosts.sync()
+                await self.poll_stats()
+            except Exception:
+                log.exception("host watch failed; trying again")
+
+    async def poll_stats(self) -> None:
+        """Runtime counters of the running servers, and each host's facts (pool space left)."""
+        fresh: dict[str, dict[str, Any]] = {}
+        for name in self.hosts.up_hosts():
+            with contextlib.suppress(AgentCallError, AgentGone, TimeoutError):
+                fresh.update(await self.hosts.call(name, "domain.stats", timeout=10))
+                facts = await self.hosts.call(name, "host.facts", timeout=10)
+                async with self.sessions.begin() as s:
+                    host = await s.get(Host, name)
+                    if host is not None and host.facts != facts:
+                        host.facts = facts
+        if fresh != self.stats:
+            self.stats = fresh
+            for listener in self.stats_listeners:
+                listener()
+
+    # --- what connections report ------------------------------------------------------------------
+
+    async def host_up(self, host: str, facts: dict[str, Any]) -> None:
+        async with self.sessions.begin() as s:
+            row = await s.get(Host, host)
+            if row is None:
+                return
+            row.facts, row.last_heartbeat = facts, utcnow()
+            if row.state == "down":
+                row.state = "up"
+        await self.reconcile(host)
+
+    async def host_down(self, host: str) -> None:
+        async with self.sessions.begin() as s:
+            row = await s.get(Host, host)
+            if row is not None and row.state == "up":
+                row.state = "down"
+            for server in (await s.scalars(select(Server).where(Server.host == host,
+                                                                 Server.status.in_(ACTIVE)))).all():
+                server.status = Status.UNAVAILABLE
+            for drive in (await s.scalars(select(Drive).where(Drive.host == host, Drive.status.in_(IDLE)))).all():
+                drive.status = "unavailable"
+
+    async def agent_event(self, host: str, event: Event) -> None:
+        params = event.get("params", {})
+        state, uuid = params.get("state"), params.get("uuid")
+        if event.get("event") != "domain.lifecycle" or state is None:
+            return
+        if state == "stopped":
+            await self.servers.finish_stop(uuid, host)
+            return
+        async with self.sessions.begin() as s:
+            server = await s.get(Server, uuid)
+            if server is None or server.host != host:
+                log.warning("host %s: event for a domain Strato does not know: %s", host, params)
+                return
+            if state == "running" and server.status in REVIVED_BY_RUNNING:
+                server.status = Status.RUNNING
+            elif state == "paused":
+                server.status = Status.PAUSED
+
+    async def reconcile(self, host: str) -> None:
+        """Compare the database with what the host's libvirt says (after any (re)connection)."""
+        domains = {d["uuid"]: d for d in await self.hosts.call(host, "domain.list")}
+        volumes = {v["name"] for v in await self.hosts.call(host, "volume.list")}
+        async with self.sessions.begin() as s:
+            servers = (await s.scalars(select(Server).where(Server.host == host))).all()
+            known = {server.uuid for server in servers}
+            gone = []
+            for server in servers:
+                domain = domains.get(server.uuid)
+                if domain is not None and domain["state"] == "running":
+                    if server.status != Status.RUNNING:
+                        server.status = Status.RUNNING
+                    if domain.get("active_since"):
+                        server.active_since = datetime.fromisoformat(domain["active_since"])
+                elif server.status != Status.STARTING or domain is None or server.uuid not in self.servers.booting:
+                    gone.append(server.uuid)
+            # A guest of a server the database says is stopped (its boot finished after the API node
+            # that asked for it died, and the claim was released): it must not outlive its claim.
+            stray = set((await s.scalars(select(Server.uuid).where(
+                Server.uuid.in_(set(domains) - known), Server.status == Status.STOPPED))).all())
+            for uuid in set(domains) - known - stray:
+                # Never destroyed silently: an operator decides what an unknown guest is.
+                log.warning("host %s runs domain %s that Strato does not know; left alone", host, uuid)
+            unsettled = (await s.scalars(select(Drive).where(Drive.host == host, Drive.status.in_(
+                ("creating", "unavailable", "resizing"))))).all()
+        for uuid in gone:
+            await self.servers.finish_stop(uuid, host)
+        for uuid in stray:
+            log.warning("host %s runs domain %s of a stopped server; removing it", host, uuid)
+            with contextlib.suppress(AgentCallError, AgentGone):
+                await self.hosts.call(host, "domain.undefine", uuid=uuid)
+        for drive in unsettled:
+            if drive.status == "creating" and drive.volume not in volumes:
+                await self.tasks.spawn(self.volumes.create(drive.uuid))
+            elif drive.status == "resizing":
+                await self.tasks.spawn(self.volumes.resize(drive.uuid))  # growing to the recorded size is idempotent
+            else:
+                await self.volumes.settle(drive.uuid)
+        await self.clones.resume(host)
