@@ -9,11 +9,11 @@ feasible-avoid violations.
 One workload (host sizes, server sizes, avoid lists of 0-4 earlier servers) is generated up front
 and run through two phases, each on a fresh state:
 
-A. pure ``choose()`` (orchestrator/scheduler.py) on in-memory ``HostLoad`` rows, with ``fits``
+A. pure ``choose()`` (orchestrator/domain/placement.py) on in-memory ``HostLoad`` rows, with ``fits``
    computed as ``place_server`` does: the baseline;
 C. ``Scheduler.place_server`` against a real SQLite database (``make_engine`` + ``migrate``): host
-   rows with facts, server rows, each placement in its own transaction under ``scheduler.lock``
-   exactly as ``Cloud.place_and_start`` does (the claim is ``servers.host``).
+   rows with facts, server rows, each placement in its own transaction under ``scheduler.placing``
+   exactly as ``ServerWork.start`` does (the claim is ``servers.host``).
 
 Phases are capped by wall-clock time (``--db-seconds`` / ``--pure-seconds``); a capped phase
 reports its rate over the placements it reached and is checked over exactly those.
@@ -199,8 +199,8 @@ async def run_db(label: str, w: Workload, scheduler: Scheduler, seconds: float, 
     for i in range(len(w.servers)):
         avoid = [uuids[j] for j in w.avoid[i]]
         try:
-            # As Cloud.place_and_start: one transaction per placement, under the scheduler lock.
-            async with scheduler.lock, sessions.begin() as s:
+            # As ServerWork.start: one transaction per placement, under the scheduler lock.
+            async with scheduler.placing(sessions) as s:
                 server = await s.get(Server, uuids[i])
                 assert server is not None
                 chosen = await scheduler.place_server(s, server, [], avoid)

@@ -153,7 +153,8 @@ def load_dump(name: str) -> tuple[str, Any]:
     return head.splitlines()[0], (json.loads(body) if body else None)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 120, what: str = "the condition",
+             interval: float = 0.25) -> Any:
     """Poll ``predicate`` until it returns something truthy (returned), or fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -163,3 +164,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def upload(api: Api, name: str, data: bytes) -> str:
+    """A raw upload as one request (spec §24.1); returns the drive's uuid once imported."""
+    r = api.post(f"drives/upload/{name}/", raw=data, headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 201, r.text
+    uuid = r.text.strip()
+    wait_for(lambda: api.ok("GET", f"drives/{uuid}/")["status"] == "unmounted", 120, f"upload {name}")
+    return uuid

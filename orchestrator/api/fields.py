@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 import uuid as uuidlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -506,10 +506,3 @@ class Resource:
         out.update(f.schema)
         return out
 
-
-def check_unique(items: Iterable[Any], point: str, what: str) -> None:
-    seen: set[Any] = set()
-    for i, item in enumerate(items):
-        if item in seen:
-            raise invalid(f"Duplicate {what} {item!r}", f"{point}.{i}")
-        seen.add(item)

@@ -1,7 +1,7 @@
 """/ips/ and /vlans/: addresses and private networks granted by the operator (spec §25, §26).
 
 Both are read-only for users except ``meta`` and ``tags``; the operator creates and assigns them
-(``strato networks|ips|vlans``, orchestrator/networks.py).  ``/ips/`` also lists the addresses
+(``strato networks|ips|vlans``, orchestrator/cli/networks.py).  ``/ips/`` also lists the addresses
 DHCP currently leases to the caller's running servers (no subscription).
 """
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import joinedload, selectinload
 
 from orchestrator.api.fields import Invalid, ListQuery, Resource, ref_id
 from orchestrator.domain.errors import DomainError, invalid, notexist
-from orchestrator.domain.uris import API_ROOT, link
+from orchestrator.domain.uris import API_ROOT
 from orchestrator.web.auth import auth_policy
 from orchestrator.web.errors import respond
 from orchestrator.web.keys import SESSIONS, USER
@@ -25,10 +25,6 @@ T = TypeVar("T")
 def path(tail: str) -> str:
     """A route under the API root whose final slash is optional (spec §2)."""
     return f"{API_ROOT}/{tail}" + "{_slash:/?}"
-
-
-def owner_link(owner_uuid: str) -> dict[str, str]:
-    return link("user", owner_uuid)
 
 
 def caller(request: web.Request) -> str:

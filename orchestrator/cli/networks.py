@@ -1,4 +1,4 @@
-"""``strato networks|ips|vlans``: the operator's side of networking (orchestrator/networks.py).
+"""``strato networks|ips|vlans``: the operator's side of networking (rules in orchestrator/domain/networks.py).
 
 A running API node reads these rows at the next start of a server; nothing needs a restart.
 """

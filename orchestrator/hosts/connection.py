@@ -78,10 +78,6 @@ class AgentConnection:
                 await self._task
         await self._disconnect()
 
-    async def drop(self) -> None:
-        """Break the current connection (tests use it; the loop reconnects)."""
-        await self._disconnect()
-
     async def _run(self) -> None:
         delay = self.backoff[0]
         while True:

@@ -7,7 +7,7 @@ so guests' VNC and consoles listen only on their host.  Tunnels close on ``close
 server stops, and after an idle period without connections.
 
 Browser consoles get a short-lived token bound to one server, one user and one VNC tunnel;
-the WebSocket endpoint (``orchestrator/api/console_page.py``) redeems it.  Tokens are kept
+the WebSocket endpoint (``orchestrator/web/console.py``) redeems it.  Tokens are kept
 hashed and never logged.
 """
 

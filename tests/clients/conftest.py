@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,11 +86,3 @@ def cloudsigma(node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     yield cloudsigma.resource
 
 
-def wait_for(check, timeout: float = 120, every: float = 0.3):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(every)

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.clients.conftest import EMAIL, PASSWORD, Node, wait_for
+from tests.clients.conftest import EMAIL, PASSWORD, Node
+from tests.strato_process import wait_for
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from pathlib import Path
 import requests
 
 from tests.api.conftest import assert_error
-from tests.clients.conftest import EMAIL, GUEST, PASSWORD, Node, wait_for
-from tests.strato_process import ROOT, Api, load_dump
+from tests.clients.conftest import EMAIL, GUEST, PASSWORD, Node
+from tests.strato_process import ROOT, Api, load_dump, wait_for
 
 
 def test_tls_fingerprint_printed_and_served(node: Node, carol: Api) -> None:

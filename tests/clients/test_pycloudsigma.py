@@ -9,7 +9,8 @@ from types import ModuleType
 
 import pytest
 
-from tests.clients.conftest import Node, wait_for
+from tests.clients.conftest import Node
+from tests.strato_process import wait_for
 
 
 def test_lifecycle(cloudsigma: ModuleType, node: Node) -> None:

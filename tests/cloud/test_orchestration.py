@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from tests.cloud.conftest import SERVER_CPU, SERVERS_PER_HOST, SHUTDOWN_WINDOW, Cluster, MiB, wait_for
-from tests.strato_process import ROOT, Api
+from tests.strato_process import ROOT, Api, upload
 
 GUEST_IMAGE = ROOT / "build" / "guest" / "strato-guest.img"
 
@@ -77,14 +77,6 @@ def host_of(cluster: Cluster, uuid: str) -> str:
 def domstate(domain: str) -> str | None:
     out = subprocess.run(["virsh", "domstate", domain], capture_output=True, text=True)
     return out.stdout.strip() if out.returncode == 0 else None
-
-
-def upload(api: Api, name: str, data: bytes) -> str:
-    r = api.post(f"drives/upload/{name}/", raw=data, headers={"Content-Type": "application/octet-stream"})
-    assert r.status_code == 201, r.text
-    uuid = r.text.strip()
-    wait_for(lambda: api.ok("GET", f"drives/{uuid}/")["status"] == "unmounted", 120, f"upload {name}")
-    return uuid
 
 
 def create_drive(api: Api, name: str, size: int, media: str = "disk", **extra: Any) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.strato_process import ROOT, Api, StratoServer, wait_for
+from tests.strato_process import ROOT, Api, StratoServer, upload, wait_for
 
 GUEST_IMAGE = ROOT / "build" / "guest" / "strato-guest.img"
 MiB = 2**20
@@ -89,14 +89,6 @@ def wait_host_up(node: StratoServer, timeout: float = 60) -> None:
             con.close()
 
     wait_for(lambda: "up" in states(), timeout, f"the local host up; see {node.log}", 0.2)
-
-
-def upload(api: Api, name: str, data: bytes) -> str:
-    r = api.post(f"drives/upload/{name}/", raw=data, headers={"Content-Type": "application/octet-stream"})
-    assert r.status_code == 201, r.text
-    uuid = r.text.strip()
-    wait_for(lambda: api.ok("GET", f"drives/{uuid}/")["status"] == "unmounted", 120, f"upload {name}")
-    return uuid
 
 
 def guest_node(extra_env: dict[str, str] | None = None) -> Iterator[Guest]:

@@ -20,19 +20,11 @@ from typing import Any
 import pytest
 
 from tests.network.conftest import GATEWAY, RANGE, STATIC_IP, NetCluster
-from tests.strato_process import ROOT, Api, wait_for
+from tests.strato_process import ROOT, Api, upload, wait_for
 
 GUEST_IMAGE = ROOT / "build" / "guest" / "strato-guest.img"
 MiB = 1024 * 1024
 
-
-
-def upload(api: Api, name: str, data: bytes) -> str:
-    r = api.post(f"drives/upload/{name}/", raw=data, headers={"Content-Type": "application/octet-stream"})
-    assert r.status_code == 201, r.text
-    uuid = r.text.strip()
-    wait_for(lambda: api.ok("GET", f"drives/{uuid}/")["status"] == "unmounted", 120, f"upload {name}")
-    return uuid
 
 
 def clone(api: Api, source: str, name: str) -> str:

@@ -8,7 +8,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,18 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.strato_process import StratoServer
+from tests.strato_process import StratoServer, free_port
 
 PG_BIN = Path(os.environ.get("STRATO_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PG_USER = "postgres"
 BACKENDS = ("sqlite", "postgresql")
 FAKE_AGENT = Path(__file__).with_name("fake_agent.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_postgres(*cmd: str | Path, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -63,7 +56,7 @@ def postgres_url() -> Iterator[str]:
         shutil.chown(root, PG_USER)
         shutil.chown(sockets, PG_USER)
     os.chmod(root, 0o700)
-    port = _free_port()
+    port = free_port()
     started = False
     try:
         _as_postgres(PG_BIN / "initdb", "-D", data, "-U", PG_USER, "--auth=trust", "--encoding=UTF8",
