@@ -7,23 +7,16 @@ branch; regenerate it with STRATO_REGEN_GOLDEN=1 after an intended change and re
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from agents import domain_xml
+from agents import domain_xml, wire
 from agents.domain_xml import Domain, PciAddress
-from agents.errors import AgentError
-from agents.translate import (
-    HostPolicy,
-    VolumeRef,
-    _disk_letters,
-    build_domain,
-    cpu_quota,
-    numa_cells,
-    parse_server,
-)
+from agents.translate import HostPolicy, VolumeRef, _disk_letters, build_domain, cpu_quota, numa_cells
 from agents.xmlmodel import Element
 
 GOLDEN = Path(__file__).parent / "golden" / "server-full.xml"
@@ -52,7 +45,7 @@ def full_server() -> dict:
 
 
 def render_full() -> Domain:
-    spec = parse_server(full_server())
+    spec = wire.convert(full_server(), wire.Server, "server")
     volumes = {d.uuid: VolumeRef(f"/pool/{d.volume}", "raw" if d.volume == "cd" else "qcow2") for d in spec.drives}
     return build_domain(spec, HOST, volumes, active_since="2024-05-06T07:08:09Z")
 
@@ -125,13 +118,29 @@ def test_numa_split_and_quota() -> None:
                  "device": "sata", "dev_channel": "0:0", "boot_order": None}]},
 ])
 def test_invalid_specs(bad: dict) -> None:
-    with pytest.raises(AgentError) as err:
-        parse_server({**full_server(), **bad})
-    assert err.value.kind == "invalid"
+    with pytest.raises(msgspec.ValidationError):
+        wire.convert({**full_server(), **bad}, wire.Server)
 
 
 def test_duplicate_channels_refused() -> None:
     server = full_server()
     server["drives"][1]["dev_channel"] = "0:0"
-    with pytest.raises(AgentError, match="virtio 0:0"):
-        parse_server(server)
+    with pytest.raises(msgspec.ValidationError, match="virtio 0:0"):
+        wire.convert(server, wire.Server)
+
+
+def test_struct_encodes_like_the_dict() -> None:
+    """The orchestrator may send the dict or build the Struct: the same bytes either way."""
+    raw = full_server()
+    assert json.dumps(wire.convert(raw, wire.Server), default=wire.to_builtins) == json.dumps(raw)
+
+
+def test_errors_name_the_path() -> None:
+    server = full_server()
+    server["drives"][2]["dev_channel"] = "2:0"
+    with pytest.raises(msgspec.ValidationError, match=r"^params\.server\.drives\.2: dev_channel 2:0 is out of range"):
+        wire.convert({"server": server}, wire.DomainSpec)
+    server = full_server()
+    del server["mem"]
+    with pytest.raises(msgspec.ValidationError, match="missing required field `mem`"):
+        wire.convert({"server": server}, wire.DomainSpec)
