@@ -18,11 +18,11 @@ from typing import Any
 import libvirt
 
 from agents import wire
-from agents.domain_xml import Domain, Graphics
 from agents.errors import AgentError
 from agents.networks import Networks
 from agents.storage import Storage
 from agents.translate import DRIVE_ALIAS_PREFIX, HostPolicy, VolumeRef, build_domain, console_log_path
+from agents.xml.domain import Domain, Graphics
 
 log = logging.getLogger(__name__)
 
@@ -126,25 +126,23 @@ class Domains:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> list[wire.DomainInfo]:
         doms = [d for d in self.conn.listAllDomains(0) if d.name().startswith(self.host.prefix)]
-        return sorted((self._describe(d) for d in doms), key=lambda d: d["name"])
+        return sorted((self._describe(d) for d in doms), key=lambda d: d.name)
 
-    def xml(self, uuid: Any) -> dict[str, Any]:
-        return {"xml": self._lookup(uuid).XMLDesc(0)}
+    def xml(self, uuid: str) -> wire.Xml:
+        return wire.Xml(xml=self._lookup(uuid).XMLDesc(0))
 
-    def stats(self, uuids: Any) -> dict[str, Any]:
+    def stats(self, uuids: list[str] | None) -> dict[str, wire.DomainStats]:
         if uuids is None:
             doms = [d for d in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
                     if d.name().startswith(self.host.prefix)]
-        elif isinstance(uuids, list):
-            doms = [self._lookup(u) for u in uuids]
         else:
-            raise AgentError("invalid", "uuids: expected a list of uuids or null")
+            doms = [self._lookup(u) for u in uuids]
         if not doms:
-            return wire.Empty()
+            return {}
         kinds = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BLOCK | libvirt.VIR_DOMAIN_STATS_INTERFACE
-        result: dict[str, Any] = {}
+        result: dict[str, wire.DomainStats] = {}
         for dom, record in self.conn.domainListGetStats(doms, kinds, 0):
             result[dom.UUIDString()] = self._stats(dom, record)
         return result

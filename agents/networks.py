@@ -1,6 +1,6 @@
 """Virtual networks on this host: libvirt networks, DHCP reservations and VXLAN links.
 
-Policy lives here (`agents/network_xml.py` only mirrors XML). A Strato network named N is the
+Policy lives here (`agents/xml/network.py` only mirrors XML). A Strato network named N is the
 libvirt network PREFIX + "net-" + N; it is one of three kinds:
 
 * `nat`       libvirt NAT (`<forward mode='nat'>`) on its own bridge, whose address is the
@@ -27,7 +27,7 @@ import libvirt
 
 from agents import wire
 from agents.errors import AgentError
-from agents.network_xml import Dhcp, DhcpHost, IpDef, Network
+from agents.xml.network import Dhcp, DhcpHost, IpDef, Network
 
 log = logging.getLogger(__name__)
 

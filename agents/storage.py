@@ -17,8 +17,8 @@ import libvirt
 
 from agents import wire
 from agents.errors import AgentError
-from agents.storage_xml import DirPool, Volume
 from agents.translate import VolumeRef
+from agents.xml.storage import DirPool, Volume
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Policy: the CloudSigma server spec plus host facts become a libvirt `Domain`.
 
 This is the only module where CloudSigma terms meet libvirt terms (Nova's designer.py split);
-`agents/domain_xml.py` only mirrors XML. Everything here is pure: no libvirt connection, so a
+`agents/xml/domain.py` only mirrors XML. Everything here is pure: no libvirt connection, so a
 bad spec is refused before anything is defined. The spec arrives as a `wire.Server`, already
 validated (shapes, ranges, dev_channel limits, duplicates) by `agents/wire.py`.
 
@@ -28,7 +28,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from agents.domain_xml import (
+from agents.wire import CHANNEL_LIMITS, NOT_XML, Server, ServerDrive
+from agents.xml.domain import (
     Clock,
     Controller,
     Cpu,
@@ -53,7 +54,6 @@ from agents.domain_xml import (
     Timer,
     Topology,
 )
-from agents.wire import CHANNEL_LIMITS, NOT_XML, Server, ServerDrive
 
 CPU_PERIOD_US = 100_000
 MIN_QUOTA_US = 1_000
