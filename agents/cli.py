@@ -18,9 +18,10 @@ from typing import Any
 import libvirt
 import libvirtaio
 
+from agents import wire
 from agents.domains import Domains
 from agents.host import AgentConfig, HostFacts
-from agents.networks import Networks, VxlanEndpoint
+from agents.networks import Networks
 from agents.protocol import MAX_LINE, Agent, LineReader, LineWriter, encode, serve
 from agents.storage import PoolConfig, Storage
 from agents.translate import HostPolicy
@@ -97,7 +98,7 @@ async def run_stdio(config: AgentConfig) -> None:
     reader, writer = await _stdio_streams(loop)
     # Opened on the loop thread: libvirtaio registers the connection's socket with this loop.
     agent, conn = _open(config, loop)
-    agent.domains.watch(lambda event: writer.write(encode(event)))
+    agent.domains.watch(lambda name, params: writer.write(encode({"event": name, "params": params})))
     log.info("ready: uri=%s virt_type=%s prefix=%s", config.uri, agent.domains.host.virt_type, config.prefix)
     try:
         await serve(agent, reader, writer)
@@ -161,7 +162,7 @@ def _open(config: AgentConfig, loop: asyncio.AbstractEventLoop) -> tuple[Agent, 
     storage.ensure_pools()
     for directory in (policy.console_log_dir, policy.socket_dir):
         os.makedirs(directory, exist_ok=True)
-    vxlan = VxlanEndpoint(config.vxlan_local, config.vxlan_port) if config.vxlan_local else None
+    vxlan = wire.VxlanEndpoint(address=config.vxlan_local, port=config.vxlan_port) if config.vxlan_local else None
     networks = Networks(conn, config.prefix, vxlan)
     return Agent(config, facts, storage, Domains(conn, policy, storage, networks), networks), conn
 

@@ -1,4 +1,4 @@
-"""An asyncio client for the agent protocol (`agents/protocol.py`).
+"""An asyncio client for the agent protocol (`agents/protocol.py`, messages in `agents/wire.py`).
 
 Transport-agnostic: it needs a reader with `async readline()` and a writer with `write()` and
 `async drain()`, which is what both an asyncio subprocess's pipes and an asyncssh process's
@@ -14,6 +14,8 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
+
+from agents import wire
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +100,19 @@ class AgentClient:
         if self._task is None:
             self._task = asyncio.create_task(self._read_loop())
 
-    async def call(self, method: str, timeout: float | None = None, **params: Any) -> Any:
-        """Send one request and wait for its response; errors raise `AgentCallError`."""
+    async def call(self, method: str, params: wire.Message | None = None, /, *, timeout: float | None = None,
+                   **fields: Any) -> Any:
+        """Send one request and wait for its (decoded JSON) result; errors raise `AgentCallError`.
+
+        Params are either the method's Struct (`call("domain.start", wire.DomainSpec(server=s))`)
+        or keyword fields whose values are JSON values or Structs (`call("domain.start",
+        server=s)` with `s` a dict or a `wire.Server`); both encode to the same bytes.
+        """
+        if params is not None:
+            kind = wire.METHODS[method].params
+            if fields or not isinstance(params, kind):
+                raise TypeError(f"{method} takes one {kind.__name__} or keyword fields")
+        body: Any = params if params is not None else fields
         self._ensure_reading()
         if self._closed is not None:
             raise AgentGone("agent closed") from self._closed
@@ -107,7 +120,8 @@ class AgentClient:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = future
         try:
-            await self.send_raw(json.dumps({"id": req_id, "method": method, "params": params}))
+            await self.send_raw(json.dumps({"id": req_id, "method": method, "params": body},
+                                           default=wire.to_builtins))
             return await asyncio.wait_for(future, timeout)
         finally:
             self._pending.pop(req_id, None)

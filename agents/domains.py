@@ -17,19 +17,12 @@ from typing import Any
 
 import libvirt
 
-from agents.domain_xml import Domain, Graphics
+from agents import wire
 from agents.errors import AgentError
 from agents.networks import Networks
 from agents.storage import Storage
-from agents.translate import (
-    DRIVE_ALIAS_PREFIX,
-    HostPolicy,
-    ServerSpec,
-    VolumeRef,
-    build_domain,
-    console_log_path,
-    parse_server,
-)
+from agents.translate import DRIVE_ALIAS_PREFIX, HostPolicy, VolumeRef, build_domain, console_log_path
+from agents.xml.domain import Domain, Graphics
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +61,7 @@ _STOPPED_DETAIL = {
     libvirt.VIR_DOMAIN_EVENT_STOPPED_FROM_SNAPSHOT: "from_snapshot",
 }
 
-EventSink = Callable[[dict[str, Any]], None]
+EventSink = Callable[[str, wire.Message], None]  # event name, its params
 
 
 def utcnow_iso() -> str:
@@ -85,20 +78,18 @@ class Domains:
 
     # -- building ---------------------------------------------------------------------------
 
-    def _build(self, spec: ServerSpec, active_since: str | None) -> Domain:
+    def _build(self, spec: wire.Server, active_since: str | None) -> Domain:
         volumes: dict[str, VolumeRef] = {d.uuid: self.storage.resolve(d.pool, d.volume) for d in spec.drives}
         return build_domain(spec, self.host, volumes, active_since)
 
-    def render(self, server: Any) -> dict[str, Any]:
-        spec = parse_server(server)
-        return {"xml": self._build(spec, None).to_xml()}
+    def render(self, spec: wire.Server) -> wire.Xml:
+        return wire.Xml(xml=self._build(spec, None).to_xml())
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def start(self, server: Any) -> dict[str, Any]:
+    def start(self, spec: wire.Server) -> wire.DomainInfo:
         # Everything that can be refused is checked before libvirt sees a definition:
-        # the spec (channels, models, macs) in parse_server, the volumes in _build.
-        spec = parse_server(server)
+        # the spec (channels, models, macs) by its wire types, the volumes in _build.
         domain = self._build(spec, utcnow_iso())
         existing = self._lookup_optional(spec.uuid)
         if existing is not None:
@@ -112,88 +103,89 @@ class Domains:
         dom.create()
         return self._describe(dom)
 
-    def stop(self, uuid: Any) -> dict[str, Any]:
+    def stop(self, uuid: str) -> wire.Empty:
         dom = self._lookup(uuid)
         if dom.isActive():
             dom.destroy()
-        return {}
+        return wire.Empty()
 
-    def shutdown(self, uuid: Any) -> dict[str, Any]:
+    def shutdown(self, uuid: str) -> wire.Empty:
         self._lookup(uuid).shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-        return {}
+        return wire.Empty()
 
-    def reset(self, uuid: Any) -> dict[str, Any]:
+    def reset(self, uuid: str) -> wire.Empty:
         self._lookup(uuid).reset(0)
-        return {}
+        return wire.Empty()
 
-    def undefine(self, uuid: Any) -> dict[str, Any]:
+    def undefine(self, uuid: str) -> wire.Empty:
         dom = self._lookup(uuid)
         if dom.isActive():
             dom.destroy()
         dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-        return {}
+        return wire.Empty()
 
     # -- reading ----------------------------------------------------------------------------
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> list[wire.DomainInfo]:
         doms = [d for d in self.conn.listAllDomains(0) if d.name().startswith(self.host.prefix)]
-        return sorted((self._describe(d) for d in doms), key=lambda d: d["name"])
+        return sorted((self._describe(d) for d in doms), key=lambda d: d.name)
 
-    def xml(self, uuid: Any) -> dict[str, Any]:
-        return {"xml": self._lookup(uuid).XMLDesc(0)}
+    def xml(self, uuid: str) -> wire.Xml:
+        return wire.Xml(xml=self._lookup(uuid).XMLDesc(0))
 
-    def stats(self, uuids: Any) -> dict[str, Any]:
+    def stats(self, uuids: list[str] | None) -> dict[str, wire.DomainStats]:
         if uuids is None:
             doms = [d for d in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
                     if d.name().startswith(self.host.prefix)]
-        elif isinstance(uuids, list):
-            doms = [self._lookup(u) for u in uuids]
         else:
-            raise AgentError("invalid", "uuids: expected a list of uuids or null")
+            doms = [self._lookup(u) for u in uuids]
         if not doms:
             return {}
         kinds = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BLOCK | libvirt.VIR_DOMAIN_STATS_INTERFACE
-        result: dict[str, Any] = {}
+        result: dict[str, wire.DomainStats] = {}
         for dom, record in self.conn.domainListGetStats(doms, kinds, 0):
             result[dom.UUIDString()] = self._stats(dom, record)
         return result
 
-    def _stats(self, dom: libvirt.virDomain, record: dict[str, Any]) -> dict[str, Any]:
+    def _stats(self, dom: libvirt.virDomain, record: dict[str, Any]) -> wire.DomainStats:
         live = Domain.from_xml(dom.XMLDesc(0))
         drive_by_target = {
             d.target: d.alias[len(DRIVE_ALIAS_PREFIX):]
             for d in live.disks() if d.alias and d.alias.startswith(DRIVE_ALIAS_PREFIX)
         }
-        drives = {uuid: {"io": _block_io(record, None)} for uuid in drive_by_target.values()}
+        drives = {uuid: wire.DriveStats(io=wire.BlockIo()) for uuid in drive_by_target.values()}
         for i in range(record.get("block.count", 0)):
             uuid = drive_by_target.get(record.get(f"block.{i}.name", ""))
             if uuid is not None:
-                drives[uuid] = {"io": _block_io(record, i)}
+                drives[uuid] = wire.DriveStats(io=_block_io(record, i))
         nic_by_ifname = {n.target_dev: n.mac for n in live.interfaces() if n.target_dev}
-        nics: dict[str, Any] = {n.mac: {"io": _net_io(record, None)} for n in live.interfaces()}
+        net_io = {n.mac: wire.NetIo() for n in live.interfaces()}
         for i in range(record.get("net.count", 0)):
             mac = nic_by_ifname.get(record.get(f"net.{i}.name", ""))
             if mac is not None:
-                nics[mac] = {"io": _net_io(record, i)}
-        for n in live.interfaces():  # the address a DHCP lease of its libvirt network gives it
-            lease = self.networks.lease_of(n.network, n.mac) if self.networks and n.network else None
-            nics[n.mac]["ip_v4"] = lease
-        return {"active_since": _active_since(live, dom), "drives": drives, "nics": nics}
+                net_io[mac] = _net_io(record, i)
+        nics = {
+            # ip_v4: the address a DHCP lease of its libvirt network gives it
+            n.mac: wire.NicStats(io=net_io[n.mac], ip_v4=self.networks.lease_of(n.network, n.mac)
+                                 if self.networks and n.network else None)
+            for n in live.interfaces()
+        }
+        return wire.DomainStats(active_since=_active_since(live, dom), drives=drives, nics=nics)
 
-    def _describe(self, dom: libvirt.virDomain) -> dict[str, Any]:
+    def _describe(self, dom: libvirt.virDomain) -> wire.DomainInfo:
         state, _reason = dom.state()
         active = dom.isActive() == 1
         live = Domain.from_xml(dom.XMLDesc(0))
         graphics = live.graphics()
-        return {
-            "uuid": dom.UUIDString(),
-            "name": dom.name(),
-            "state": _STATE.get(state, "stopped"),
-            "active_since": _active_since(live, dom),
-            "vnc": _vnc(graphics) if active and graphics is not None else None,
-            "console_log": console_log_path(self.host, dom.name()),
-            "console_socket": f"{self.host.socket_dir}/{dom.UUIDString()}.console",
-        }
+        return wire.DomainInfo(
+            uuid=dom.UUIDString(),
+            name=dom.name(),
+            state=_STATE.get(state, "stopped"),
+            active_since=_active_since(live, dom),
+            vnc=_vnc(graphics) if active and graphics is not None else None,
+            console_log=console_log_path(self.host, dom.name()),
+            console_socket=f"{self.host.socket_dir}/{dom.UUIDString()}.console",
+        )
 
     def _lookup_optional(self, uuid: str) -> libvirt.virDomain | None:
         try:
@@ -203,9 +195,7 @@ class Domains:
                 return None
             raise
 
-    def _lookup(self, uuid: Any) -> libvirt.virDomain:
-        if not isinstance(uuid, str):
-            raise AgentError("invalid", "uuid: expected a string")
+    def _lookup(self, uuid: str) -> libvirt.virDomain:
         dom = self._lookup_optional(uuid)
         if dom is None or not dom.name().startswith(self.host.prefix):
             raise AgentError("notfound", f"no domain {uuid} on this host")
@@ -224,8 +214,7 @@ class Domains:
             state, reason = _EVENT.get(event, (None, f"event-{event}"))
             if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
                 reason = _STOPPED_DETAIL.get(detail, reason)
-            sink({"event": "domain.lifecycle",
-                  "params": {"uuid": dom.UUIDString(), "name": name, "state": state, "reason": reason}})
+            sink("domain.lifecycle", wire.DomainLifecycle(uuid=dom.UUIDString(), name=name, state=state, reason=reason))
 
         return self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_lifecycle, None)
 
@@ -236,23 +225,23 @@ def _active_since(live: Domain, dom: libvirt.virDomain) -> str | None:
     return live.metadata.active_since
 
 
-def _vnc(graphics: Graphics) -> dict[str, Any] | None:
+def _vnc(graphics: Graphics) -> wire.Vnc | None:
     if graphics.port is None or graphics.port < 0:
         return None
-    return {"host": graphics.listen or "127.0.0.1", "port": graphics.port}
+    return wire.Vnc(host=graphics.listen or "127.0.0.1", port=graphics.port)
 
 
-def _block_io(record: dict[str, Any], i: int | None) -> dict[str, int]:
+def _block_io(record: dict[str, Any], i: int) -> wire.BlockIo:
     keys = {
         "bytes_read": "rd.bytes", "bytes_written": "wr.bytes",
         "count_read": "rd.reqs", "count_written": "wr.reqs", "count_flush": "fl.reqs",
         "total_time_ns_read": "rd.times", "total_time_ns_write": "wr.times", "total_time_ns_flush": "fl.times",
     }
-    return {ours: 0 if i is None else int(record.get(f"block.{i}.{theirs}", 0)) for ours, theirs in keys.items()}
+    return wire.BlockIo(**{ours: int(record.get(f"block.{i}.{theirs}", 0)) for ours, theirs in keys.items()})
 
 
-def _net_io(record: dict[str, Any], i: int | None) -> dict[str, int]:
+def _net_io(record: dict[str, Any], i: int) -> wire.NetIo:
     # libvirt counts on the host side of the tap; the guest receives what the host sends.
     keys = {"bytes_recv": "tx.bytes", "bytes_sent": "rx.bytes", "packets_recv": "tx.pkts", "packets_sent": "rx.pkts"}
-    return {ours: 0 if i is None else int(record.get(f"net.{i}.{theirs}", 0)) for ours, theirs in keys.items()}
+    return wire.NetIo(**{ours: int(record.get(f"net.{i}.{theirs}", 0)) for ours, theirs in keys.items()})
 

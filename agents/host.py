@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import libvirt
 
@@ -72,13 +72,3 @@ class HostFacts:
         if wanted not in self.virt_types:
             raise ValueError(f"virt type {wanted!r} not offered by this host ({', '.join(self.virt_types)})")
         return "kvm" if wanted == "kvm" else "qemu"
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "hostname": self.hostname,
-            "cores": self.cores,
-            "mhz": self.mhz,
-            "memory": self.memory,
-            "numa_cells": [{"id": c.id, "cpus": list(c.cpus), "memory": c.memory} for c in self.numa_cells],
-            "virt_types": list(self.virt_types),
-        }

@@ -1,6 +1,6 @@
 """Virtual networks on this host: libvirt networks, DHCP reservations and VXLAN links.
 
-Policy lives here (`agents/network_xml.py` only mirrors XML). A Strato network named N is the
+Policy lives here (`agents/xml/network.py` only mirrors XML). A Strato network named N is the
 libvirt network PREFIX + "net-" + N; it is one of three kinds:
 
 * `nat`       libvirt NAT (`<forward mode='nat'>`) on its own bridge, whose address is the
@@ -19,71 +19,24 @@ Every method blocks (libvirt, `ip`, `bridge`); the protocol layer runs them in t
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import logging
 import subprocess
 import threading
-from dataclasses import dataclass
-from typing import Any
 
 import libvirt
 
+from agents import wire
 from agents.errors import AgentError
-from agents.network_xml import Dhcp, DhcpHost, IpDef, Network
+from agents.xml.network import Dhcp, DhcpHost, IpDef, Network
 
 log = logging.getLogger(__name__)
 
-KINDS = ("nat", "bridge", "isolated")
 VXLAN_OVERHEAD = 50
 ZERO_MAC = "00:00:00:00:00:00"
 
 
-@dataclass(frozen=True)
-class VxlanEndpoint:
-    address: str
-    port: int
-
-
-@dataclass(frozen=True)
-class NetworkSpec:
-    name: str
-    kind: str
-    address: str | None
-    prefix: int | None
-    bridge: str | None
-    vni: int | None
-    peers: tuple[VxlanEndpoint, ...]
-
-
-def parse_network(raw: Any) -> NetworkSpec:
-    if not isinstance(raw, dict):
-        raise AgentError("invalid", "network: expected an object")
-    name, kind = raw.get("name"), raw.get("kind")
-    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise AgentError("invalid", f"network.name: bad name {name!r}")
-    if kind not in KINDS:
-        raise AgentError("invalid", f"network.kind: {kind!r} is not one of {', '.join(KINDS)}")
-    address, prefix, bridge, vni = raw.get("address"), raw.get("prefix"), raw.get("bridge"), raw.get("vni")
-    if kind == "nat":
-        try:
-            ipaddress.ip_interface(f"{address}/{prefix}")
-        except ValueError:
-            raise AgentError("invalid", "network: nat needs address and prefix") from None
-    if kind == "bridge" and not (isinstance(bridge, str) and bridge):
-        raise AgentError("invalid", "network.bridge: the operator's bridge is required")
-    if vni is not None and (not isinstance(vni, int) or not 0 < vni < 1 << 24):
-        raise AgentError("invalid", "network.vni: an integer 1..16777215")
-    peers = []
-    for i, peer in enumerate(raw.get("peers") or []):
-        try:
-            peers.append(VxlanEndpoint(str(ipaddress.ip_address(peer["address"])), int(peer["port"])))
-        except (KeyError, TypeError, ValueError):
-            raise AgentError("invalid", f"network.peers.{i}: expected {{address, port}}") from None
-    return NetworkSpec(name, kind, address, prefix, bridge, vni, tuple(peers))
-
-
 class Networks:
-    def __init__(self, conn: libvirt.virConnect, prefix: str, vxlan: VxlanEndpoint | None) -> None:
+    def __init__(self, conn: libvirt.virConnect, prefix: str, vxlan: wire.VxlanEndpoint | None) -> None:
         self.conn = conn
         self.prefix = prefix
         self.vxlan = vxlan
@@ -92,12 +45,9 @@ class Networks:
     def libvirt_name(self, name: str) -> str:
         return f"{self.prefix}net-{name}"
 
-    def facts(self) -> dict[str, Any] | None:
-        return None if self.vxlan is None else {"address": self.vxlan.address, "port": self.vxlan.port}
-
     # -- networks ---------------------------------------------------------------------------
 
-    def build(self, spec: NetworkSpec) -> Network:
+    def build(self, spec: wire.Network) -> Network:
         name = self.libvirt_name(spec.name)
         if spec.kind == "nat":
             return Network(name=name, forward="nat", stp=False,
@@ -107,10 +57,9 @@ class Networks:
         vxlan = spec.vni is not None and self.vxlan is not None
         return Network(name=name, stp=False, mtu=1500 - VXLAN_OVERHEAD if vxlan else None)
 
-    def ensure(self, raw: Any) -> dict[str, Any]:
+    def ensure(self, spec: wire.Network) -> wire.NetworkEnsured:
         """Define and start the network unless it exists (an existing definition is kept: its
         guests stay attached); then bring its VXLAN link in line with the peers given."""
-        spec = parse_network(raw)
         name = self.libvirt_name(spec.name)
         with self.lock:
             net = self._lookup_optional(name)
@@ -124,10 +73,10 @@ class Networks:
             live = Network.from_xml(net.XMLDesc(0))
             if spec.kind == "isolated" and spec.vni is not None and self.vxlan is not None and live.bridge:
                 self._sync_vxlan(name, live.bridge, spec.vni, spec.peers)
-        return {"name": name, "bridge": live.bridge, "kind": spec.kind}
+        return wire.NetworkEnsured(name=name, bridge=live.bridge, kind=spec.kind)
 
-    def remove(self, name: Any) -> dict[str, Any]:
-        lv_name = self.libvirt_name(_name(name))
+    def remove(self, name: str) -> wire.Empty:
+        lv_name = self.libvirt_name(name)
         with self.lock:
             net = self._lookup_optional(lv_name)
             _run(["ip", "link", "del", _vxlan_dev(lv_name)], check=False)
@@ -135,50 +84,46 @@ class Networks:
                 if net.isActive():
                     net.destroy()
                 net.undefine()
-        return {}
+        return wire.Empty()
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> list[wire.NetworkInfo]:
         out = []
         for net in self.conn.listAllNetworks(0):
             if not net.name().startswith(self.prefix + "net-"):
                 continue
             desc = Network.from_xml(net.XMLDesc(0))
-            out.append({"name": net.name(), "bridge": desc.bridge, "active": net.isActive() == 1,
-                        "hosts": [{"mac": h.mac, "ip": h.ip} for h in desc.hosts()]})
-        return sorted(out, key=lambda n: n["name"])
+            out.append(wire.NetworkInfo(name=net.name(), bridge=desc.bridge, active=net.isActive() == 1,
+                                        hosts=[wire.DhcpReservation(mac=h.mac, ip=h.ip) for h in desc.hosts()]))
+        return sorted(out, key=lambda n: n.name)
 
     # -- reservations -----------------------------------------------------------------------
 
-    def reserve(self, name: Any, mac: Any, ip: Any) -> dict[str, Any]:
+    def reserve(self, name: str, mac: str, ip: str) -> wire.Reserved:
         """A MAC → IP reservation on a `nat` network (replacing another one of that MAC)."""
-        lv_name, mac = self.libvirt_name(_name(name)), _mac(mac)
-        try:
-            ip = str(ipaddress.ip_address(ip))
-        except ValueError:
-            raise AgentError("invalid", f"ip: not an address: {ip!r}") from None
+        lv_name = self.libvirt_name(name)
         with self.lock:
             net = self._lookup(lv_name)
             desc = Network.from_xml(net.XMLDesc(0))
             if desc.forward != "nat":
-                return {"pushed": False}  # an operator's bridge: DHCP is the operator's
+                return wire.Reserved(pushed=False)  # an operator's bridge: DHCP is the operator's
             for host in desc.hosts():
                 if host.mac == mac and host.ip == ip:
-                    return {"pushed": True}
+                    return wire.Reserved(pushed=True)
                 if host.mac == mac or host.ip == ip:
                     self._update(net, libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, host)
             self._update(net, libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, DhcpHost(mac=mac, ip=ip))
-        return {"pushed": True}
+        return wire.Reserved(pushed=True)
 
-    def release(self, name: Any, mac: Any) -> dict[str, Any]:
-        lv_name, mac = self.libvirt_name(_name(name)), _mac(mac)
+    def release(self, name: str, mac: str) -> wire.Empty:
+        lv_name = self.libvirt_name(name)
         with self.lock:
             net = self._lookup_optional(lv_name)
             if net is None:
-                return {}
+                return wire.Empty()
             for host in Network.from_xml(net.XMLDesc(0)).hosts():
                 if host.mac == mac:
                     self._update(net, libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, host)
-        return {}
+        return wire.Empty()
 
     def lease_of(self, network: str, mac: str) -> str | None:
         """The IPv4 address of the DHCP lease this MAC holds on a libvirt network, if any."""
@@ -200,7 +145,7 @@ class Networks:
 
     # -- VXLAN ------------------------------------------------------------------------------
 
-    def _sync_vxlan(self, name: str, bridge: str, vni: int, peers: tuple[VxlanEndpoint, ...]) -> None:
+    def _sync_vxlan(self, name: str, bridge: str, vni: int, peers: list[wire.VxlanEndpoint]) -> None:
         assert self.vxlan is not None
         dev = _vxlan_dev(name)
         if _run(["ip", "link", "show", dev], check=False) is None:
@@ -240,18 +185,6 @@ class Networks:
 def _vxlan_dev(libvirt_name: str) -> str:
     # Interface names are at most 15 bytes; the hash keeps agents sharing a host apart.
     return "svx" + hashlib.sha1(libvirt_name.encode()).hexdigest()[:10]
-
-
-def _name(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise AgentError("invalid", "network: expected a network name")
-    return value
-
-
-def _mac(value: Any) -> str:
-    if not isinstance(value, str) or len(value) != 17:
-        raise AgentError("invalid", f"mac: not a MAC address: {value!r}")
-    return value.lower()
 
 
 def _run(argv: list[str], check: bool = True) -> str | None:

@@ -1,6 +1,7 @@
 """Storage pools and qcow2 volumes through libvirt's storage API.
 
 Every method here blocks (libvirt and qemu-img calls); the protocol layer runs them in threads.
+Names and sizes arrive checked by their `agents/wire.py` types (`VolumeName`, `Size`).
 """
 
 from __future__ import annotations
@@ -8,20 +9,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import subprocess
 from dataclasses import dataclass
 from typing import Any
 
 import libvirt
 
+from agents import wire
 from agents.errors import AgentError
-from agents.storage_xml import DirPool, Volume
 from agents.translate import VolumeRef
+from agents.xml.storage import DirPool, Volume
 
 log = logging.getLogger(__name__)
 
-_VOLUME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _IMPORT_FORMATS = ("raw", "qcow2")
 
 
@@ -73,20 +73,19 @@ class Storage:
             raise AgentError("notfound", f"no pool {name!r} on this host")
         return name, self.conn.storagePoolLookupByName(self.prefix + name)
 
-    def pool_facts(self) -> list[dict[str, Any]]:
+    def pool_facts(self) -> list[wire.PoolFacts]:
         facts = []
         for pool in self.pools.values():
             _state, capacity, allocation, available = self.conn.storagePoolLookupByName(
                 self.prefix + pool.name).info()
             # The real path: a shared directory mounted through different links is still one pool.
-            facts.append({"name": pool.name, "path": os.path.realpath(pool.path), "capacity": capacity,
-                          "allocation": allocation, "available": available})
+            facts.append(wire.PoolFacts(name=pool.name, path=os.path.realpath(pool.path), capacity=capacity,
+                                        allocation=allocation, available=available))
         return facts
 
     # -- volumes ----------------------------------------------------------------------------
 
     def _volume(self, pool: str | None, name: str) -> tuple[str, libvirt.virStorageVol]:
-        _check_name(name)
         pool_name, lv = self._pool(pool)
         for attempt in (1, 2):
             try:
@@ -101,29 +100,27 @@ class Storage:
         raise AssertionError("unreachable")
 
     def _refuse_existing(self, lv: libvirt.virStoragePool, pool_name: str, name: str) -> None:
-        _check_name(name)
         lv.refresh(0)
         if name in lv.listVolumes():
             raise AgentError("invalid", f"volume {name!r} already exists in pool {pool_name!r}")
 
-    def describe(self, pool_name: str, vol: libvirt.virStorageVol) -> dict[str, Any]:
+    def describe(self, pool_name: str, vol: libvirt.virStorageVol) -> wire.Volume:
         desc = Volume.from_xml(vol.XMLDesc(0))
-        return {"pool": pool_name, "name": vol.name(), "path": vol.path(),
-                "capacity": vol.info()[1], "format": desc.format}
+        return wire.Volume(pool=pool_name, name=vol.name(), path=vol.path(), capacity=vol.info()[1],
+                           format=desc.format)
 
     def resolve(self, pool: str | None, name: str) -> VolumeRef:
         _pool_name, vol = self._volume(pool, name)
         fmt = Volume.from_xml(vol.XMLDesc(0)).format
         return VolumeRef(path=vol.path(), format="raw" if fmt == "raw" else "qcow2")
 
-    def create(self, pool: str | None, name: str, size: int) -> dict[str, Any]:
-        _check_size(size)
+    def create(self, pool: str | None, name: str, size: int) -> wire.Volume:
         pool_name, lv = self._pool(pool)
         self._refuse_existing(lv, pool_name, name)
         vol = lv.createXML(Volume(name=name, capacity=size, format="qcow2").to_xml(), 0)
         return self.describe(pool_name, vol)
 
-    def import_(self, pool: str | None, name: str, source_path: str) -> dict[str, Any]:
+    def import_(self, pool: str | None, name: str, source_path: str) -> wire.Volume:
         pool_name, lv = self._pool(pool)
         self._refuse_existing(lv, pool_name, name)
         info = _image_info(source_path)
@@ -142,22 +139,19 @@ class Storage:
         lv.refresh(0)
         return self.describe(pool_name, lv.storageVolLookupByName(name))
 
-    def clone(self, pool: str | None, source: str, name: str, size: int | None) -> dict[str, Any]:
+    def clone(self, pool: str | None, source: str, name: str, size: int | None) -> wire.Volume:
         pool_name, src = self._volume(pool, source)
         _pool_name, lv = self._pool(pool_name)
         self._refuse_existing(lv, pool_name, name)
         capacity = src.info()[1]
-        if size is not None:
-            _check_size(size)
-            if size < capacity:
-                raise AgentError("invalid", f"size {size} is smaller than the source's {capacity}")
+        if size is not None and size < capacity:
+            raise AgentError("invalid", f"size {size} is smaller than the source's {capacity}")
         vol = lv.createXMLFrom(Volume(name=name, capacity=capacity, format="qcow2").to_xml(), src, 0)
         if size is not None and size > capacity:
             vol.resize(size, 0)
         return self.describe(pool_name, vol)
 
-    def resize(self, pool: str | None, name: str, size: int) -> dict[str, Any]:
-        _check_size(size)
+    def resize(self, pool: str | None, name: str, size: int) -> wire.Volume:
         pool_name, vol = self._volume(pool, name)
         capacity = vol.info()[1]
         if size < capacity:
@@ -166,25 +160,15 @@ class Storage:
             vol.resize(size, 0)
         return self.describe(pool_name, vol)
 
-    def delete(self, pool: str | None, name: str) -> dict[str, Any]:
+    def delete(self, pool: str | None, name: str) -> wire.Empty:
         _pool_name, vol = self._volume(pool, name)
         vol.delete(0)
-        return {}
+        return wire.Empty()
 
-    def list(self, pool: str | None) -> list[dict[str, Any]]:
+    def list(self, pool: str | None) -> list[wire.Volume]:
         pool_name, lv = self._pool(pool)
         lv.refresh(0)
-        return sorted((self.describe(pool_name, v) for v in lv.listAllVolumes(0)), key=lambda v: v["name"])
-
-
-def _check_name(name: Any) -> None:
-    if not isinstance(name, str) or not _VOLUME_NAME.match(name):
-        raise AgentError("invalid", f"bad volume name {name!r} (letters, digits, '.', '_', '-')")
-
-
-def _check_size(size: Any) -> None:
-    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-        raise AgentError("invalid", f"size must be a positive integer of bytes, got {size!r}")
+        return sorted((self.describe(pool_name, v) for v in lv.listAllVolumes(0)), key=lambda v: v.name)
 
 
 def _image_info(path: str) -> dict[str, Any]:

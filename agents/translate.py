@@ -1,8 +1,9 @@
 """Policy: the CloudSigma server spec plus host facts become a libvirt `Domain`.
 
 This is the only module where CloudSigma terms meet libvirt terms (Nova's designer.py split);
-`agents/domain_xml.py` only mirrors XML. Everything here is pure: no libvirt connection, so a
-bad spec is refused (`AgentError("invalid")`) before anything is defined.
+`agents/xml/domain.py` only mirrors XML. Everything here is pure: no libvirt connection, so a
+bad spec is refused before anything is defined. The spec arrives as a `wire.Server`, already
+validated (shapes, ranges, dev_channel limits, duplicates) by `agents/wire.py`.
 
 Device placement, chosen so guest device names follow `dev_channel` order:
 
@@ -24,12 +25,11 @@ Device placement, chosen so guest device names follow `dev_channel` order:
 from __future__ import annotations
 
 import math
-import re
-import uuid as uuidlib
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from agents.domain_xml import (
+from agents.wire import CHANNEL_LIMITS, NOT_XML, Server, ServerDrive
+from agents.xml.domain import (
     Clock,
     Controller,
     Cpu,
@@ -54,57 +54,14 @@ from agents.domain_xml import (
     Timer,
     Topology,
 )
-from agents.errors import AgentError
 
 CPU_PERIOD_US = 100_000
 MIN_QUOTA_US = 1_000
 VNC_LISTEN = "127.0.0.1"
 DRIVE_ALIAS_PREFIX = "ua-drive-"
-CHANNEL_LIMITS = {"ide": (1, 1), "virtio": (170, 5), "scsi": (170, 5)}
 CONTROLLERS_PER_BRIDGE = 5
-UNITS_PER_CONTROLLER = 6
+UNITS_PER_CONTROLLER = CHANNEL_LIMITS["virtio"].units  # slots 1..30 of a bridge
 BRIDGE_SLOT = 0x1F
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
-# Characters XML 1.0 cannot carry at all; ElementTree would write them and libvirt would refuse.
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
-
-
-@dataclass(frozen=True)
-class DriveSpec:
-    uuid: str
-    pool: str | None
-    volume: str
-    media: Literal["disk", "cdrom"]
-    device: Literal["virtio", "ide", "scsi"]
-    controller: int
-    unit: int
-    boot_order: int | None
-
-
-@dataclass(frozen=True)
-class NicSpec:
-    mac: str
-    model: Literal["virtio", "e1000", "rtl8139"]
-    network: str | None
-    boot_order: int | None
-
-
-@dataclass(frozen=True)
-class ServerSpec:
-    uuid: str
-    name: str
-    cpu: int
-    mem: int
-    smp: int
-    cpus_instead_of_cores: bool
-    enable_numa: bool
-    hv_relaxed: bool
-    hv_tsc: bool
-    cpu_model: str | None
-    vnc_password: str
-    context: bool
-    drives: tuple[DriveSpec, ...]
-    nics: tuple[NicSpec, ...]
 
 
 @dataclass(frozen=True)
@@ -125,149 +82,6 @@ class VolumeRef:
     format: Literal["raw", "qcow2"]
 
 
-# -- validation -------------------------------------------------------------------------------
-
-
-def parse_server(raw: Any) -> ServerSpec:
-    """Check the wire `server` object; every problem is an `invalid` error naming the key."""
-    if not isinstance(raw, dict):
-        raise AgentError("invalid", "server: expected an object")
-    get = _Getter(raw, "server")
-    drives = tuple(_parse_drive(d, f"server.drives.{i}") for i, d in enumerate(get.list("drives")))
-    nics = tuple(_parse_nic(n, f"server.nics.{i}") for i, n in enumerate(get.list("nics")))
-    seen: dict[tuple[str, int, int], str] = {}
-    for drive in drives:
-        key = ("scsi" if drive.device == "scsi" else drive.device, drive.controller, drive.unit)
-        if key in seen:
-            raise AgentError("invalid", f"server.drives: {drive.device} {drive.controller}:{drive.unit} "
-                                        f"used by both {seen[key]} and {drive.uuid}")
-        seen[key] = drive.uuid
-    macs = [n.mac for n in nics]
-    if len(set(macs)) != len(macs):
-        raise AgentError("invalid", "server.nics: duplicate mac")
-    cpu_model = get.opt_str("cpu_model")
-    if cpu_model not in (None, "kvm64"):
-        raise AgentError("invalid", f"server.cpu_model: unsupported model {cpu_model!r}")
-    vnc_password = get.str("vnc_password")
-    if not vnc_password or _NOT_XML.search(vnc_password):
-        raise AgentError("invalid", "server.vnc_password: must be non-empty printable text")
-    return ServerSpec(
-        uuid=_uuid(get.str("uuid"), "server.uuid"),
-        name=get.str("name"),
-        cpu=get.int("cpu", low=1),
-        mem=get.int("mem", low=1 << 20),
-        smp=get.int("smp", low=1, high=255),
-        cpus_instead_of_cores=get.bool("cpus_instead_of_cores"),
-        enable_numa=get.bool("enable_numa"),
-        hv_relaxed=get.bool("hv_relaxed"),
-        hv_tsc=get.bool("hv_tsc"),
-        cpu_model=cpu_model,
-        vnc_password=vnc_password,
-        context=get.bool("context"),
-        drives=drives,
-        nics=nics,
-    )
-
-
-def _parse_drive(raw: Any, where: str) -> DriveSpec:
-    if not isinstance(raw, dict):
-        raise AgentError("invalid", f"{where}: expected an object")
-    get = _Getter(raw, where)
-    device = get.choice("device", ("virtio", "ide", "scsi"))
-    channel = get.str("dev_channel")
-    match = re.fullmatch(r"(\d{1,4}):(\d{1,4})", channel)
-    max_c, max_u = CHANNEL_LIMITS[device]
-    if match is None:
-        raise AgentError("invalid", f"{where}.dev_channel: expected 'C:U', got {channel!r}")
-    controller, unit = int(match[1]), int(match[2])
-    if controller > max_c or unit > max_u:
-        raise AgentError("invalid", f"{where}.dev_channel: {channel} is out of range for {device} "
-                                    f"(controller 0..{max_c}, unit 0..{max_u})")
-    return DriveSpec(
-        uuid=_uuid(get.str("uuid"), f"{where}.uuid"),
-        pool=get.opt_str("pool"),
-        volume=get.str("volume"),
-        media=get.choice("media", ("disk", "cdrom")),
-        device=device,
-        controller=controller,
-        unit=unit,
-        boot_order=get.opt_int("boot_order", low=1),
-    )
-
-
-def _parse_nic(raw: Any, where: str) -> NicSpec:
-    if not isinstance(raw, dict):
-        raise AgentError("invalid", f"{where}: expected an object")
-    get = _Getter(raw, where)
-    mac = get.str("mac").lower()
-    if not _MAC.match(mac):
-        raise AgentError("invalid", f"{where}.mac: not a MAC address: {mac!r}")
-    return NicSpec(
-        mac=mac,
-        model=get.choice("model", ("virtio", "e1000", "rtl8139")),
-        network=get.opt_str("network"),
-        boot_order=get.opt_int("boot_order", low=1),
-    )
-
-
-class _Getter:
-    """Typed reads from one JSON object, with errors naming the key's path."""
-
-    def __init__(self, raw: dict[str, Any], where: str) -> None:
-        self.raw = raw
-        self.where = where
-
-    def _get(self, key: str) -> Any:
-        if key not in self.raw:
-            raise AgentError("invalid", f"{self.where}.{key}: missing")
-        return self.raw[key]
-
-    def str(self, key: str) -> str:
-        value = self._get(key)
-        if not isinstance(value, str):
-            raise AgentError("invalid", f"{self.where}.{key}: expected a string")
-        return value
-
-    def opt_str(self, key: str) -> str | None:
-        return None if self.raw.get(key) is None else self.str(key)
-
-    def int(self, key: str, low: int | None = None, high: int | None = None) -> int:
-        value = self._get(key)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise AgentError("invalid", f"{self.where}.{key}: expected an integer")
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise AgentError("invalid", f"{self.where}.{key}: {value} out of range")
-        return value
-
-    def opt_int(self, key: str, low: int | None = None) -> int | None:
-        return None if self.raw.get(key) is None else self.int(key, low=low)
-
-    def bool(self, key: str) -> bool:
-        value = self._get(key)
-        if not isinstance(value, bool):
-            raise AgentError("invalid", f"{self.where}.{key}: expected true or false")
-        return value
-
-    def list(self, key: str) -> list[Any]:
-        value = self._get(key)
-        if not isinstance(value, list):
-            raise AgentError("invalid", f"{self.where}.{key}: expected a list")
-        return value
-
-    def choice(self, key: str, choices: tuple[str, ...]) -> Any:
-        value = self.str(key)
-        if value not in choices:
-            raise AgentError("invalid", f"{self.where}.{key}: {value!r} is not one of {', '.join(choices)}")
-        return value
-
-
-def _uuid(value: str, where: str) -> str:
-    try:
-        return str(uuidlib.UUID(value))
-    except ValueError:
-        raise AgentError("invalid", f"{where}: not a UUID: {value!r}") from None
-
-
 # -- translation ------------------------------------------------------------------------------
 
 
@@ -283,11 +97,11 @@ def console_log_path(host: HostPolicy, name: str) -> str:
     return f"{host.console_log_dir}/{name}.log"
 
 
-def build_domain(spec: ServerSpec, host: HostPolicy, volumes: dict[str, VolumeRef],
+def build_domain(spec: Server, host: HostPolicy, volumes: dict[str, VolumeRef],
                  active_since: str | None = None) -> Domain:
     """The whole domain for `spec`; `volumes` maps each drive uuid to its resolved volume."""
     name = domain_name(host.prefix, spec.uuid)
-    label = _NOT_XML.sub("", spec.name).replace("\r", " ").replace("\n", " ") or None
+    label = NOT_XML.sub("", spec.name).replace("\r", " ").replace("\n", " ") or None
     mem_mib = math.ceil(spec.mem / (1 << 20))
     devices: list[Device] = [
         *_bridges(spec),
@@ -342,7 +156,7 @@ def numa_cells(smp: int, mem_mib: int, cores_per_node: int) -> list[NumaCell]:
     return cells
 
 
-def _cpu(spec: ServerSpec, host: HostPolicy, mem_mib: int) -> Cpu:
+def _cpu(spec: Server, host: HostPolicy, mem_mib: int) -> Cpu:
     if spec.cpus_instead_of_cores:
         topology = Topology(sockets=spec.smp, cores=1, threads=1)
     else:
@@ -356,15 +170,15 @@ def _cpu(spec: ServerSpec, host: HostPolicy, mem_mib: int) -> Cpu:
     return Cpu(mode=mode, check="none", topology=topology, cells=cells)
 
 
-def _ordered(spec: ServerSpec, device: str) -> list[DriveSpec]:
-    return sorted((d for d in spec.drives if d.device == device), key=lambda d: (d.controller, d.unit))
+def _ordered(spec: Server, device: str) -> list[ServerDrive]:
+    return sorted((d for d in spec.drives if d.device == device), key=lambda d: d.channel)
 
 
-def _bridges(spec: ServerSpec) -> list[Controller]:
+def _bridges(spec: Server) -> list[Controller]:
     virtio = _ordered(spec, "virtio")
     if not virtio:
         return []
-    count = virtio[-1].controller // CONTROLLERS_PER_BRIDGE + 1
+    count = virtio[-1].channel[0] // CONTROLLERS_PER_BRIDGE + 1
     return [
         Controller(type="pci", index=k, model="pci-bridge",
                    address=PciAddress(bus=k - 1, slot=BRIDGE_SLOT))
@@ -372,28 +186,29 @@ def _bridges(spec: ServerSpec) -> list[Controller]:
     ]
 
 
-def _scsi_controllers(spec: ServerSpec) -> list[Controller]:
+def _scsi_controllers(spec: Server) -> list[Controller]:
     # Every index up to the highest used: libvirt would fill a gap with an lsilogic controller.
-    used = [d.controller for d in spec.drives if d.device == "scsi"]
+    used = [d.channel[0] for d in spec.drives if d.device == "scsi"]
     return [Controller(type="scsi", index=c, model="virtio-scsi") for c in range(max(used) + 1)] if used else []
 
 
-def _disks(spec: ServerSpec, volumes: dict[str, VolumeRef]) -> list[Disk]:
+def _disks(spec: Server, volumes: dict[str, VolumeRef]) -> list[Disk]:
     disks: list[Disk] = []
     for device, stem in (("virtio", "vd"), ("ide", "hd"), ("scsi", "sd")):
         for n, drive in enumerate(_ordered(spec, device)):
             volume = volumes[drive.uuid]
             cdrom = drive.media == "cdrom"
+            controller, unit = drive.channel
             address: PciAddress | DriveAddress
             if device == "virtio":
                 address = PciAddress(
-                    bus=drive.controller // CONTROLLERS_PER_BRIDGE + 1,
-                    slot=1 + (drive.controller % CONTROLLERS_PER_BRIDGE) * UNITS_PER_CONTROLLER + drive.unit,
+                    bus=controller // CONTROLLERS_PER_BRIDGE + 1,
+                    slot=1 + (controller % CONTROLLERS_PER_BRIDGE) * UNITS_PER_CONTROLLER + unit,
                 )
             elif device == "ide":
-                address = DriveAddress(controller=0, bus=drive.controller, unit=drive.unit)
+                address = DriveAddress(controller=0, bus=controller, unit=unit)
             else:
-                address = DriveAddress(controller=drive.controller, bus=0, target=0, unit=drive.unit)
+                address = DriveAddress(controller=controller, bus=0, target=0, unit=unit)
             disks.append(Disk(
                 device="cdrom" if cdrom and device != "virtio" else "disk",
                 driver_type=volume.format,
@@ -419,7 +234,7 @@ def _disk_letters(n: int) -> str:
     return letters
 
 
-def _interfaces(spec: ServerSpec) -> list[Interface]:
+def _interfaces(spec: Server) -> list[Interface]:
     # network null → user-mode (slirp) networking: needs no host bridge and works under
     # qemu:///system; named networks are libvirt networks managed outside the agent.
     return [
@@ -429,7 +244,7 @@ def _interfaces(spec: ServerSpec) -> list[Interface]:
     ]
 
 
-def _serials(spec: ServerSpec, host: HostPolicy, name: str) -> list[Serial]:
+def _serials(spec: Server, host: HostPolicy, name: str) -> list[Serial]:
     serials = [Serial(path=f"{host.socket_dir}/{spec.uuid}.console", port=0,
                       log_file=console_log_path(host, name), log_append=False)]
     if spec.context:

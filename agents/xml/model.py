@@ -13,6 +13,10 @@ The subclass becomes a keyword-only dataclass. `render()` walks the declarations
 so declaration order is document order; `parse()` reads the same declarations back, so the
 two directions cannot drift apart. ElementTree does all escaping; there is no string XML.
 
+A subclass without `tag=` is an abstract base: its declarations are shared by every subclass
+and written after the subclass's own (the domain's `Device` declares `<boot>`, `<alias>` and
+`<address>` once for every device).
+
 Path grammar (deliberately tiny): `a/b/@c` is attribute `c` of sub-element `a/b`, `@c` an
 attribute of the element itself, `a/b` the text of sub-element `a/b`, and `.` the element's
 own text. Sub-elements named by several declarations are shared (the first declaration
@@ -80,13 +84,17 @@ class Element:
 
     TAG: ClassVar[str]
     MATCH: ClassVar[dict[str, str]] = {}
-    NSMAP: ClassVar[dict[str, str]] = {}
-    _decls: ClassVar[tuple[_Decl, ...]] = ()
+    _own: ClassVar[tuple[_Decl, ...]] = ()  # declared by concrete classes, in order
+    _tail: ClassVar[tuple[_Decl, ...]] = ()  # declared by abstract bases, written last
+    _decls: ClassVar[tuple[_Decl, ...]] = ()  # render and parse order: _own, then _tail
     _hints: ClassVar[dict[str, Any] | None] = None
 
-    def __init_subclass__(cls, tag: str, match: dict[str, str] | None = None, **kw: Any) -> None:
+    def __init_subclass__(cls, tag: str | None = None, match: dict[str, str] | None = None, **kw: Any) -> None:
+        """`tag=None` declares an abstract base (e.g. the sub-elements every device shares):
+        its declarations follow each subclass's own, and it is never rendered itself."""
         super().__init_subclass__(**kw)
-        cls.TAG = tag
+        if tag is not None:
+            cls.TAG = tag
         cls.MATCH = dict(match or {})
         decls: list[_Decl] = []
         for name in inspect.get_annotations(cls):
@@ -96,10 +104,17 @@ class Element:
             marker.name = name
             decls.append(marker)
             setattr(cls, name, dataclasses.field(default=marker.default, default_factory=marker.factory))
+        for decl in decls:
+            if any(d.name == decl.name for d in cls._decls):
+                raise TypeError(f"{cls.__name__}.{decl.name}: already declared by a base")
         for key in cls.MATCH:
             if any(isinstance(d, Attr) and d.path == f"@{key}" for d in decls):
                 raise TypeError(f"{cls.__name__}: @{key} is fixed by match= and declared again")
-        cls._decls = (*cls._decls, *decls)
+        if tag is None:
+            cls._tail = (*cls._tail, *decls)
+        else:
+            cls._own = (*cls._own, *decls)
+        cls._decls = (*cls._own, *cls._tail)
         cls._hints = None
         dataclasses.dataclass(kw_only=True)(cls)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from agents.xmlmodel import Attr, Element
+from agents.xml.model import Attr, Element
 
 
 class DirPool(Element, tag="pool", match={"type": "dir"}):

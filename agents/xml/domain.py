@@ -1,4 +1,4 @@
-"""libvirt domain XML as small typed elements (see `agents/xmlmodel.py` for the machinery).
+"""libvirt domain XML as small typed elements (see `agents/xml/model.py` for the machinery).
 
 These classes only convert between objects and XML; they make no decisions. Which bus, which
 topology, which quota: that is policy and lives in `agents/translate.py`.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Literal
 
-from agents.xmlmodel import Attr, Child, Children, Element, Flag
+from agents.xml.model import Attr, Child, Children, Element, Flag
 
 STRATO_NS = "urn:strato:agent:1"
 ET.register_namespace("strato", STRATO_NS)
@@ -33,6 +33,15 @@ class DriveAddress(Element, tag="address", match={"type": "drive"}):
 
 
 Address = PciAddress | DriveAddress
+
+
+class Device(Element):
+    """What every device may carry (virt-manager's DeviceBoot, DeviceAlias, DeviceAddress),
+    declared once and written after each device's own facts."""
+
+    boot_order: int | None = Attr("boot/@order", default=None)
+    alias: str | None = Attr("alias/@name", default=None)
+    address: Address | None = Child(default=None)
 
 
 # -- top-level sections -----------------------------------------------------------------------
@@ -119,7 +128,7 @@ class Clock(Element, tag="clock"):
 # -- devices ----------------------------------------------------------------------------------
 
 
-class Disk(Element, tag="disk"):
+class Disk(Device, tag="disk"):
     type: Literal["file", "block", "volume"] = Attr("@type", default="file")
     device: Literal["disk", "cdrom"] = Attr("@device", default="disk")
     driver_name: str = Attr("driver/@name", default="qemu")
@@ -130,29 +139,21 @@ class Disk(Element, tag="disk"):
     bus: Literal["ide", "virtio", "scsi", "sata"] = Attr("target/@bus")
     readonly: bool = Flag("readonly")
     serial: str | None = Attr("serial", default=None)
-    boot_order: int | None = Attr("boot/@order", default=None)
-    alias: str | None = Attr("alias/@name", default=None)
-    address: DriveAddress | PciAddress | None = Child(default=None)
 
 
-class Controller(Element, tag="controller"):
+class Controller(Device, tag="controller"):
     type: Literal["pci", "scsi", "ide", "usb", "virtio-serial"] = Attr("@type")
     index: int = Attr("@index")
     model: str | None = Attr("@model", default=None)
-    alias: str | None = Attr("alias/@name", default=None)
-    address: PciAddress | None = Child(default=None)
 
 
-class Interface(Element, tag="interface"):
+class Interface(Device, tag="interface"):
     type: Literal["user", "network", "bridge"] = Attr("@type")
     mac: str = Attr("mac/@address")
     network: str | None = Attr("source/@network", default=None)
     bridge: str | None = Attr("source/@bridge", default=None)
     target_dev: str | None = Attr("target/@dev", default=None)
     model: Literal["virtio", "e1000", "rtl8139"] = Attr("model/@type")
-    boot_order: int | None = Attr("boot/@order", default=None)
-    alias: str | None = Attr("alias/@name", default=None)
-    address: PciAddress | None = Child(default=None)
 
 
 class Listen(Element, tag="listen"):
@@ -160,7 +161,7 @@ class Listen(Element, tag="listen"):
     address: str | None = Attr("@address", default=None)
 
 
-class Graphics(Element, tag="graphics", match={"type": "vnc"}):
+class Graphics(Device, tag="graphics", match={"type": "vnc"}):
     port: int | None = Attr("@port", default=None)
     autoport: bool | None = Attr("@autoport", default=None)
     listen: str | None = Attr("@listen", default=None)
@@ -168,20 +169,19 @@ class Graphics(Element, tag="graphics", match={"type": "vnc"}):
     listens: list[Listen] = Children()
 
 
-class Serial(Element, tag="serial", match={"type": "unix"}):
+class Serial(Device, tag="serial", match={"type": "unix"}):
     mode: Literal["bind", "connect"] = Attr("source/@mode", default="bind")
     path: str = Attr("source/@path")
     log_file: str | None = Attr("log/@file", default=None)
     log_append: bool | None = Attr("log/@append", default=None, true="on", false="off")
     port: int = Attr("target/@port")
-    alias: str | None = Attr("alias/@name", default=None)
 
 
-class MemBalloon(Element, tag="memballoon"):
+class MemBalloon(Device, tag="memballoon"):
     model: Literal["none", "virtio"] = Attr("@model", default="none")
 
 
-Device = Controller | Disk | Interface | Serial | Graphics | MemBalloon
+DomainDevice = Controller | Disk | Interface | Serial | Graphics | MemBalloon  # what <devices> holds
 
 
 class Domain(Element, tag="domain"):
@@ -203,7 +203,7 @@ class Domain(Element, tag="domain"):
     on_poweroff: str | None = Attr("on_poweroff", default="destroy")
     on_reboot: str | None = Attr("on_reboot", default="restart")
     on_crash: str | None = Attr("on_crash", default="destroy")
-    devices: list[Device] = Children("devices")
+    devices: list[DomainDevice] = Children("devices")
 
     def disks(self) -> list[Disk]:
         return [d for d in self.devices if isinstance(d, Disk)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from agents.xmlmodel import Attr, Child, Children, Element
+from agents.xml.model import Attr, Child, Children, Element
 
 
 class DhcpHost(Element, tag="host"):
