@@ -37,7 +37,7 @@ CHANNEL_LIMITS: dict[str, ChannelLimit] = {
     "virtio": ChannelLimit(controllers=171, units=6),
     "scsi": ChannelLimit(controllers=171, units=6),
 }
-CHANNEL = re.compile(r"(\d{1,4}):(\d{1,4})")
+CHANNEL = re.compile(r"([0-9]{1,4}):([0-9]{1,4})")  # ASCII digits only
 
 
 def parse_channel(device: str, channel: str) -> tuple[int, int]:

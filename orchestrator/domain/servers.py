@@ -9,13 +9,13 @@ error points relative to the server object.
 from __future__ import annotations
 
 import math
-import re
 import secrets
 from typing import Any
 
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from agents import wire
 from orchestrator.db.models import Drive, Server, ServerDrive
 from orchestrator.domain.capabilities import Capabilities
 from orchestrator.domain.drives import Volume, delete_drives, refresh_mount_status
@@ -29,21 +29,12 @@ COLUMNS = ("name", "cpu", "mem", "vnc_password", "cpu_type", "hypervisor", "cpu_
            "requirements")
 EDITABLE_WHILE_ACTIVE = frozenset({"name", "meta", "tags"})  # spec §14
 
-# (controllers, units per controller) per device type (spec §16.1)
-CHANNEL_LIMITS = {"ide": (2, 2), "virtio": (171, 6), "scsi": (171, 6)}
-CHANNEL = re.compile(r"(\d{1,4}):(\d{1,4})")
-
-
 def parse_channel(device: str, channel: str) -> tuple[int, int]:
-    match = CHANNEL.fullmatch(channel)
-    if match is None:
-        raise invalid(f"dev_channel {channel!r} must be \"controller:unit\"", "dev_channel")
-    controller, unit = int(match[1]), int(match[2])
-    controllers, units = CHANNEL_LIMITS[device]
-    if controller >= controllers or unit >= units:
-        raise invalid(f"dev_channel {channel} is out of range for {device}: controllers 0-{controllers - 1}, "
-                      f"units 0-{units - 1}", "dev_channel")
-    return controller, unit
+    """``"C:U"`` within the device type's limits (spec §16.1; one table, ``agents.wire.CHANNEL_LIMITS``)."""
+    try:
+        return wire.parse_channel(device, channel)
+    except ValueError as e:
+        raise invalid(str(e), "dev_channel") from None
 
 
 def new_mac() -> str:

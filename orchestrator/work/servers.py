@@ -77,7 +77,7 @@ class ServerWork:
         try:
             networks = await self._connect_nics(host, [n["mac"] for n in server.nics], plan)
             domain = await self.hosts.call(host, "domain.start", server=server_spec(server, drives, networks))
-        except (AgentCallError, AgentGone) as err:
+        except (AgentCallError, AgentGone, ValueError) as err:  # ValueError: a definition the wire refuses
             log.error("server %s did not start on %s: %s", uuid, host, err)
             await self.finish_stop(uuid, host)  # boot failure: back to stopped, claim released
             return
