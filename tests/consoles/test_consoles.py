@@ -109,6 +109,21 @@ async def test_websocket_speaks_rfb_with_vnc_auth_and_real_frames(guest: Guest) 
         await client.close()
 
 
+@pytest.mark.parametrize(("offer", "chosen"), [((), None), (("binary",), "binary"),
+                                               (("binary", "base64"), "binary")])
+async def test_websocket_negotiates_subprotocols_as_websockify_does(guest: Guest, offer: tuple[str, ...],
+                                                                    chosen: str | None) -> None:
+    """websockify ≥ 0.9 (CHANGES: "Base64 support removed and binary mode is now required") takes up
+    ``binary`` when offered and otherwise no subprotocol (noVNC ≥ 1.0 offers none); frames are binary."""
+    url = websocket_url(guest, guest.open("open_vnc")["console_page_url"])
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+            url, headers={"Origin": guest.origin}, protocols=offer, max_msg_size=0) as ws:
+        assert ws.protocol == chosen
+        message = await asyncio.wait_for(ws.receive(), 30)
+        assert message.type == aiohttp.WSMsgType.BINARY, message
+        assert message.data[:10] == b"RFB 003.00", message.data[:12]
+
+
 def test_browser_console_page_shows_the_guest_screen(guest: Guest, tmp_path) -> None:  # type: ignore[no-untyped-def]
     page = guest.open("open_vnc")["console_page_url"] + "&password=" + quote(VNC_PASSWORD)
     browser = Chromium(tmp_path / "chromium.log")
