@@ -265,7 +265,7 @@ class Field:
 
     def __post_init__(self) -> None:
         # Contradictions fail at import, as DRF's build-time asserts do.
-        assert not (self.readonly and self.required and self.default is not MISSING), self.name
+        assert not (self.readonly and self.required), f"{self.name}: read-only fields are never asked for"
         assert not (self.required and self.default is not MISSING), f"{self.name}: required with default"
         assert not (self.lookups or self.orderable) or self.column is not None, f"{self.name}: no column"
 

@@ -303,13 +303,6 @@ def test_a_resource_refuses_duplicate_fields_and_unknown_lookups():
         Resource("things", fields=(Field("name", Str(), lookups=("startswith",), column=Server.name),))
 
 
-@pytest.mark.xfail(strict=True, reason="fields.py's first assert also needs a default, so it is implied by the "
-                                       "second and readonly+required passes; validate then never asks for the field")
 def test_read_only_and_required():
     with pytest.raises(AssertionError):
         Field("x", Str(), readonly=True, required=True)
-
-
-def test_no_table_field_is_both_read_only_and_required():
-    # What the assert above would catch today: none of the shipped tables has such a field.
-    assert [f.name for r in (SERVER, DRIVE) for f in r.fields if f.readonly and f.required] == []
