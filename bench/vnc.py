@@ -74,7 +74,9 @@ run; each adds < 1 ms p50 latency and < 1 ms per full frame.)
 Decision (issue 15: keep the in-process WebSocket only if it is shown faster and as compatible):
 switch — run the console on websockify's WebSocket classes with a token plugin backed by Strato's
 store.  The figures do not show the in-process one faster, so they give no reason to keep it;
-they show no reason against websockify either.
+they show no reason against websockify either.  The switch waits for console tokens to live in
+the database (a websockify process, like nova-novncproxy, cannot redeem tokens held in the API
+node's memory; issue 13 moves them there); until then the in-process WebSocket serves.
 """
 
 from __future__ import annotations

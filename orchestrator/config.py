@@ -1,22 +1,29 @@
-"""API node configuration: flags, environment variables and an optional JSON config file."""
+"""API node configuration: flags, environment variables and an optional JSON config file.
+
+One pydantic-settings model: a flag given on the command line beats ``STRATO_<FIELD>`` in the
+environment (JSON for lists and maps), which beats the ``--config`` file; unknown keys in the
+file or the flags are refused.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
-def default_data_dir() -> Path:
-    return Path("./data")
 
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STRATO_", extra="forbid", validate_assignment=True)
 
-@dataclass
-class Config:
     listen: str = "127.0.0.1:8080"
-    data_dir: Path = field(default_factory=default_data_dir)
+    data_dir: Path = Path("./data")
     db: str | None = None          # SQLAlchemy URL; default: SQLite file in data_dir
     max_body: int = 1024 * 1024    # bytes; uploads have their own path
     max_upload: int = 64 * 1024**3  # bytes: the largest image an upload may create (spec §24)
@@ -25,12 +32,12 @@ class Config:
     tls_listen: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
-    capabilities: dict[str, Any] = field(default_factory=dict)  # overrides of capabilities defaults
+    capabilities: dict[str, Any] = Field(default_factory=dict)  # overrides of capabilities defaults
     # Hosts and placement
     local_host: bool = True              # register this machine when no host is registered
     local_virt_type: str | None = None   # kvm | qemu for that host (default: the agent's choice)
     agent_prefix: str = "strato-"        # libvirt domain / pool name prefix of the local agent
-    storage_pools: dict[str, str] = field(default_factory=dict)  # storage_type → pool name (spec §21)
+    storage_pools: dict[str, str] = Field(default_factory=dict)  # storage_type → pool name (spec §21)
     cpu_overcommit: float = 4.0
     mem_overcommit: float = 1.0
     shutdown_window: float = 60.0        # seconds of ACPI presses before a shutdown gives up
@@ -42,7 +49,7 @@ class Config:
     tunnel_idle: float = 600.0           # seconds without a connection before a tunnel closes
     console_token_ttl: float = 120.0     # seconds a browser console link stays valid
     novnc_dir: Path = Path("/usr/share/novnc")  # Debian's novnc package
-    allowed_origins: list[str] = field(default_factory=list)  # extra Origins for the console WebSocket
+    allowed_origins: list[str] = Field(default_factory=list)  # extra Origins for the console WebSocket
 
     @property
     def host(self) -> str:
@@ -63,19 +70,16 @@ class Config:
 
     @classmethod
     def load(cls, path: Path | None = None, **overrides: Any) -> Config:
-        """File < environment (``STRATO_<FIELD>``) < explicit overrides (flags)."""
-        values: dict[str, Any] = {}
-        if path is not None:
-            values.update(json.loads(path.read_text()))
-        for f in fields(cls):
-            env = os.environ.get(f"STRATO_{f.name.upper()}")
-            if env is not None:
-                values[f.name] = env if f.type in ("str", "str | None", "Path") else json.loads(env)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
-        for key in ("data_dir", "novnc_dir"):
-            if key in values:
-                values[key] = Path(values[key])
-        return cls(**values)
+        """File < environment (``STRATO_<FIELD>``) < explicit overrides (flags; None: not given)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if path is None:
+            return cls(**given)
+        from_file = type("FileConfig", (cls,), {"model_config": {**cls.model_config, "json_file": path}})
+        return from_file(**given)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, **_: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # No .env or secrets directory: flags, then the environment, then the --config file.
+        return init_settings, env_settings, JsonConfigSettingsSource(settings_cls)

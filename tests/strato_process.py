@@ -131,18 +131,28 @@ class StratoServer:
         remove_libvirt_objects(self.prefix)
 
 
-def remove_libvirt_objects(prefix: str) -> None:
-    """Destroy and undefine the domains and storage pools a test API node left behind."""
-    def names(*args: str) -> list[str]:
-        out = subprocess.run(["virsh", "-q", *args, "--name"], capture_output=True, text=True).stdout
-        return [n for n in out.split() if n.startswith(prefix)]
+def remove_libvirt_objects(prefix: str, uri: str = "qemu:///system") -> None:
+    """Destroy and undefine the domains and storage pools (with their volumes) whose names start
+    with ``prefix``: what one test API node or agent made, and nothing else."""
+    import libvirt
 
-    for domain in names("list", "--all"):
-        subprocess.run(["virsh", "-q", "destroy", domain], capture_output=True)
-        subprocess.run(["virsh", "-q", "undefine", domain, "--nvram"], capture_output=True)
-    for pool in names("pool-list", "--all"):
-        subprocess.run(["virsh", "-q", "pool-destroy", pool], capture_output=True)
-        subprocess.run(["virsh", "-q", "pool-undefine", pool], capture_output=True)
+    conn = libvirt.open(uri)
+    try:
+        for dom in conn.listAllDomains(0):
+            if dom.name().startswith(prefix):
+                if dom.isActive():
+                    dom.destroy()
+                if dom.isPersistent():
+                    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        for pool in conn.listAllStoragePools(0):
+            if pool.name().startswith(prefix):
+                if pool.isActive():
+                    for vol in pool.listAllVolumes(0):
+                        vol.delete(0)
+                    pool.destroy()
+                pool.undefine()
+    finally:
+        conn.close()
 
 
 def load_dump(name: str) -> tuple[str, Any]:

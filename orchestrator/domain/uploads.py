@@ -10,10 +10,11 @@ unfinished upload is deleted and started again.
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cachetools import TTLCache
 
 from orchestrator.domain.errors import DomainError, Kind, forbidden, invalid
 from orchestrator.domain.uris import API_ROOT
@@ -55,14 +56,13 @@ class Link:
     drive: str
     offset: int
     length: int
-    expires: float
 
 
 class Uploads:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.active: dict[str, Upload] = {}
-        self.links: dict[str, Link] = {}
+        self.links: TTLCache[str, Link] = TTLCache(maxsize=100_000, ttl=LINK_TTL)  # one-time, token → chunk
 
     def start(self, drive: str, owner: str, size: int) -> Upload:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -83,13 +83,11 @@ class Uploads:
         offset, length = chunk_span(number, chunk_size, upload.size)
         if offset in upload.received:
             raise DomainError(Kind.ALREADY_DONE, f"Chunk {number} is already uploaded", "chunk_number")
-        self._expire()
         token = secrets.token_urlsafe(24)
-        self.links[token] = Link(drive, offset, length, time.monotonic() + LINK_TTL)
+        self.links[token] = Link(drive, offset, length)
         return f"{API_ROOT}/chunks/{token}/"
 
     def redeem(self, token: str) -> Link:
-        self._expire()
         link = self.links.pop(token, None)
         if link is None:
             raise DomainError(Kind.NOT_FOUND, "This upload link is unknown, used or expired")
@@ -118,8 +116,3 @@ class Uploads:
             return None
         upload.finished = True
         return upload.path
-
-    def _expire(self) -> None:
-        now = time.monotonic()
-        for token in [t for t, link in self.links.items() if link.expires < now]:
-            del self.links[token]

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncssh
+from tenacity import AsyncRetrying, RetryCallState, retry_if_not_exception_type, wait_exponential
 
 from agents.client import AgentClient, AgentGone
 
@@ -79,25 +80,38 @@ class AgentConnection:
         await self._disconnect()
 
     async def _run(self) -> None:
-        delay = self.backoff[0]
         while True:
+            await self._reconnect()
             try:
-                await self._connect()
-                delay = self.backoff[0]
                 facts = await self.client.call("host.facts", timeout=60)  # type: ignore[union-attr]
                 self.up.set()
                 await self.listener.host_up(self.address.name, facts)
                 await self._beat()
             except asyncio.CancelledError:
                 raise
-            except Exception as err:  # the agent or the channel failed: reconnect below
+            except Exception as err:  # the agent or the channel failed: reconnect
                 log.warning("host %s: %s", self.address.name, err)
             if self.up.is_set():
                 self.up.clear()
                 await self.listener.host_down(self.address.name)
             await self._disconnect()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.backoff[1])
+            await asyncio.sleep(self.backoff[0])
+
+    async def _reconnect(self) -> None:
+        """Connect, retrying with exponential backoff (first to last delay of ``backoff``)."""
+        first, last = self.backoff
+        async for attempt in AsyncRetrying(wait=wait_exponential(multiplier=first, min=first, max=last),
+                                           retry=retry_if_not_exception_type(asyncio.CancelledError),
+                                           before_sleep=self._failed_attempt):
+            with attempt:
+                try:
+                    await self._connect()
+                except BaseException:
+                    await self._disconnect()
+                    raise
+
+    def _failed_attempt(self, state: RetryCallState) -> None:
+        log.warning("host %s: %s", self.address.name, state.outcome.exception() if state.outcome else "?")
 
     async def _beat(self) -> None:
         while True:

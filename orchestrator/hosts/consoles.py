@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachetools import TTLCache
+
 from orchestrator.hosts.pool import CHUNK, Hosts, Streams
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,6 @@ class ConsoleToken:
     server_uuid: str
     owner: str
     port: int                  # the VNC tunnel it is bound to
-    expires: float
 
 
 class Consoles:
@@ -59,9 +60,9 @@ class Consoles:
         self.bind = bind
         self.ports = ports
         self.idle_timeout = idle_timeout
-        self.token_ttl = token_ttl
         self.tunnels: dict[tuple[str, str], Tunnel] = {}
-        self.tokens: dict[str, ConsoleToken] = {}
+        # Browser console tokens (their SHA-256) until redeemed or expired.
+        self.tokens: TTLCache[str, ConsoleToken] = TTLCache(maxsize=100_000, ttl=token_ttl)
         self._next_port = ports.start
         self._reaper: asyncio.Task[None] | None = None
 
@@ -172,22 +173,18 @@ class Consoles:
             for (uuid, kind), tunnel in list(self.tunnels.items()):
                 if tunnel.active == 0 and now - tunnel.last_used > self.idle_timeout:
                     await self.close(uuid, kind)
-            for token, grant in list(self.tokens.items()):
-                if grant.expires < now:
-                    del self.tokens[token]
 
     # --- browser console tokens ---------------------------------------------------------------
 
     def grant(self, tunnel: Tunnel) -> str:
         token = secrets.token_urlsafe(24)
-        self.tokens[_digest(token)] = ConsoleToken(tunnel.server_uuid, tunnel.owner, tunnel.port,
-                                                   time.monotonic() + self.token_ttl)
+        self.tokens[_digest(token)] = ConsoleToken(tunnel.server_uuid, tunnel.owner, tunnel.port)
         return token
 
     def redeem(self, token: str) -> Tunnel | None:
         """The VNC tunnel a valid, unexpired token opens (tokens are single-use)."""
         grant = self.tokens.pop(_digest(token), None)
-        if grant is None or grant.expires < time.monotonic():
+        if grant is None:
             return None
         tunnel = self.tunnels.get((grant.server_uuid, "vnc"))
         if tunnel is None or tunnel.port != grant.port or tunnel.owner != grant.owner:

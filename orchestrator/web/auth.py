@@ -15,12 +15,11 @@ import binascii
 import hashlib
 import hmac
 import secrets
-import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
 
 from aiohttp import web
+from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -81,9 +80,8 @@ class Authenticator:
 
     def __init__(self, sessions: async_sessionmaker, ttl: float = 60.0, size: int = 10_000) -> None:
         self._sessions = sessions
-        self._ttl, self._size = ttl, size
         self._key = secrets.token_bytes(32)
-        self._cache: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._cache: TTLCache[str, str] = TTLCache(maxsize=size, ttl=ttl)  # HMAC of the pair → user uuid
 
     async def user_for(self, authorization: str | None) -> str:
         if not authorization:
@@ -108,16 +106,14 @@ class Authenticator:
         """The user uuid for an e-mail and password (Basic auth, session login)."""
         cache_key = hmac.new(self._key, f"{email}\x00{password}".encode(), "sha256").hexdigest()
         cached = self._cache.get(cache_key)
-        if cached and cached[1] > time.monotonic():
-            return cached[0]
+        if cached is not None:
+            return cached
         async with self._sessions() as session:
             row = (await session.execute(select(User.uuid, User.password_hash).where(User.email == email))).first()
         # scrypt takes tens of milliseconds: keep it off the event loop.
         if row is None or not await asyncio.to_thread(check_password, password, row.password_hash):
             raise unauthorized("Wrong e-mail or password")
-        self._cache[cache_key] = (row.uuid, time.monotonic() + self._ttl)
-        if len(self._cache) > self._size:
-            self._cache.popitem(last=False)
+        self._cache[cache_key] = row.uuid
         return row.uuid
 
     async def _bearer(self, token: str) -> str:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hmac
 import secrets
-import time
 from dataclasses import dataclass
+
+from cachetools import TTLCache
 
 from orchestrator.domain.uris import API_ROOT
 
@@ -21,30 +22,30 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 WEBSOCKET_PATHS = ("/websocket", f"{API_ROOT}/websocket", "/2.0/websocket")  # spec §9.3 names all three
 
 
+MAX_ENTRIES = 100_000           # per map; the least recently used goes first beyond it
+
+
 @dataclass
 class Login:
     user: str
     csrf: str
-    expires: float
 
 
 class CookieStore:
     def __init__(self) -> None:
-        self.sessions: dict[str, Login] = {}
-        self.async_tokens: dict[str, tuple[str, float]] = {}
+        self.sessions: TTLCache[str, Login] = TTLCache(maxsize=MAX_ENTRIES, ttl=SESSION_AGE)
+        self.async_tokens: TTLCache[str, str] = TTLCache(maxsize=MAX_ENTRIES, ttl=ASYNC_AGE)  # token → user
 
     def login(self, user: str) -> tuple[str, Login]:
-        self._expire()
         sid = secrets.token_urlsafe(32)
-        self.sessions[sid] = login = Login(user, secrets.token_urlsafe(32), time.time() + SESSION_AGE)
+        self.sessions[sid] = login = Login(user, secrets.token_urlsafe(32))
         return sid, login
 
     def logout(self, sid: str | None) -> None:
         self.sessions.pop(sid or "", None)
 
     def session(self, sid: str | None) -> Login | None:
-        login = self.sessions.get(sid or "")
-        return login if login is not None and login.expires > time.time() else None
+        return self.sessions.get(sid or "")
 
     @staticmethod
     def csrf_ok(login: Login, method: str, header: str | None) -> bool:
@@ -52,18 +53,9 @@ class CookieStore:
         return method in SAFE_METHODS or (header is not None and hmac.compare_digest(header, login.csrf))
 
     def issue_async(self, user: str) -> str:
-        self._expire()
         token = secrets.token_urlsafe(32)
-        self.async_tokens[token] = (user, time.time() + ASYNC_AGE)
+        self.async_tokens[token] = user
         return token
 
     def async_user(self, token: str | None) -> str | None:
-        user, expires = self.async_tokens.get(token or "", (None, 0.0))
-        return user if expires > time.time() else None
-
-    def _expire(self) -> None:
-        now = time.time()
-        for sid in [sid for sid, login in self.sessions.items() if login.expires <= now]:
-            del self.sessions[sid]
-        for token in [t for t, (_, expires) in self.async_tokens.items() if expires <= now]:
-            del self.async_tokens[token]
+        return self.async_tokens.get(token or "")

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import libvirt
 import pytest
 
 from agents.client import AgentClient
+from tests.strato_process import remove_libvirt_objects
 
 ROOT = Path(__file__).resolve().parents[2]
 GUEST_IMAGE = ROOT / "build" / "guest" / "strato-guest.img"
@@ -178,26 +178,6 @@ def _open_to_qemu(path: Path) -> None:
         os.chmod(p, os.stat(p).st_mode | 0o755)
 
 
-def cleanup_libvirt(prefix: str) -> None:
-    conn = libvirt.open(URI)
-    try:
-        for dom in conn.listAllDomains(0):
-            if dom.name().startswith(prefix):
-                if dom.isActive():
-                    dom.destroy()
-                if dom.isPersistent():
-                    dom.undefine()
-        for pool in conn.listAllStoragePools(0):
-            if pool.name().startswith(prefix):
-                if pool.isActive():
-                    for vol in pool.listAllVolumes(0):
-                        vol.delete(0)
-                    pool.destroy()
-                pool.undefine()
-    finally:
-        conn.close()
-
-
 async def make_agent_env(*extra: str) -> AgentEnv:
     if not GUEST_IMAGE.exists():
         pytest.fail(f"{GUEST_IMAGE} is missing: run tests/guest/build-image.sh")
@@ -224,7 +204,7 @@ async def agent_env() -> AsyncIterator[AgentEnv]:
         yield env
     finally:
         await env.agent.stop()
-        await asyncio.to_thread(cleanup_libvirt, env.prefix)
+        await asyncio.to_thread(remove_libvirt_objects, env.prefix, URI)
         shutil.rmtree(env.base, ignore_errors=True)
 
 
