@@ -212,11 +212,41 @@ async def download(request: web.Request) -> web.StreamResponse:
     target = Path(request.app[CONFIG].data_dir, "transit", f"download-{drive.uuid}-{new_uuid()}.raw")
     try:
         await export_raw(request.app[HOSTS], request.app[WORK].volumes, drive, target)
-        # Range → 206, a range outside the image → 416 (aiohttp's FileResponse); sent before the
-        # scratch file goes.
-        response = web.FileResponse(target, headers={"Content-Type": "application/octet-stream",
-                                                     "Content-Disposition": f"attachment; filename={drive.uuid}"})
-        await response.prepare(request)
-        return response
+        # Not aiohttp's FileResponse: it prepares again after the handler returns, and by then this
+        # scratch file is gone.
+        return await _send_range(request, target, drive.uuid)
     finally:
         target.unlink(missing_ok=True)
+
+
+async def _send_range(request: web.Request, file: Path, name: str) -> web.StreamResponse:
+    """The file, or the one ``Range`` asked for (206); 416 for a range outside it."""
+    size = file.stat().st_size
+    try:
+        wanted = request.http_range
+    except ValueError:
+        wanted = slice(None, None)
+    start, stop = wanted.start, wanted.stop
+    if start is not None and start < 0:  # "bytes=-N": the last N bytes
+        start, stop = max(size + start, 0), size
+    partial = start is not None or stop is not None
+    start, stop = start or 0, min(size, stop if stop is not None else size)
+    if partial and start >= size:
+        raise web.HTTPRequestRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+    response = web.StreamResponse(status=206 if partial else 200, headers={
+        "Content-Type": "application/octet-stream", "Content-Disposition": f"attachment; filename={name}",
+        "Accept-Ranges": "bytes", "Content-Length": str(stop - start)})
+    if partial:
+        response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    await response.prepare(request)
+    with file.open("rb") as f:
+        f.seek(start)
+        left = stop - start
+        while left > 0:
+            piece = f.read(min(left, 1 << 20))
+            if not piece:
+                break
+            left -= len(piece)
+            await response.write(piece)
+    await response.write_eof()
+    return response
