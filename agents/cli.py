@@ -99,10 +99,12 @@ async def run_stdio(config: AgentConfig) -> None:
     # Opened on the loop thread: libvirtaio registers the connection's socket with this loop.
     agent, conn = _open(config, loop)
     agent.domains.watch(lambda name, params: writer.write(encode({"event": name, "params": params})))
+    agent.serve_running_contexts()
     log.info("ready: uri=%s virt_type=%s prefix=%s", config.uri, agent.domains.host.virt_type, config.prefix)
     try:
         await serve(agent, reader, writer)
     finally:
+        await agent.contexts.close()
         conn.close()
 
 

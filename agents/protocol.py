@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -51,11 +52,13 @@ import libvirt
 import msgspec
 
 from agents import wire
+from agents.context import ContextServer
 from agents.domains import Domains
 from agents.errors import AgentError
 from agents.host import AgentConfig, HostFacts
 from agents.networks import Networks
 from agents.storage import Storage
+from agents.translate import context_socket_path
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +83,9 @@ class Agent:
     """The method table: each wire method maps to one blocking call run in a thread."""
 
     def __init__(self, config: AgentConfig, facts: HostFacts, storage: Storage, domains: Domains,
-                 networks: Networks | None = None) -> None:
+                 networks: Networks | None = None, contexts: ContextServer | None = None) -> None:
         self.config = config
+        self.contexts = contexts or ContextServer()
         self.facts = facts
         self.storage = storage
         self.domains = domains
@@ -97,11 +101,11 @@ class Agent:
             "volume.delete": _blocking(lambda p: storage.delete(p.pool, p.name)),
             "volume.list": _blocking(lambda p: storage.list(p.pool)),
             "domain.render": _blocking(lambda p: domains.render(p.server)),
-            "domain.start": _blocking(lambda p: domains.start(p.server)),
+            "domain.start": self._domain_start,
             "domain.stop": _blocking(lambda p: domains.stop(p.uuid)),
             "domain.shutdown": _blocking(lambda p: domains.shutdown(p.uuid)),
             "domain.reset": _blocking(lambda p: domains.reset(p.uuid)),
-            "domain.undefine": _blocking(lambda p: domains.undefine(p.uuid)),
+            "domain.undefine": self._domain_undefine,
             "domain.list": _blocking(lambda p: domains.list()),
             "domain.stats": _blocking(lambda p: domains.stats(p.uuids)),
             "domain.xml": _blocking(lambda p: domains.xml(p.uuid)),
@@ -110,11 +114,33 @@ class Agent:
             "network.release": _blocking(lambda p: nets.release(p.network, p.mac)),
             "network.remove": _blocking(lambda p: nets.remove(p.network)),
             "network.list": _blocking(lambda p: nets.list()),
+            "context.set": self._context_set,
         }
         assert self.methods.keys() == wire.METHODS.keys(), "every wire method has one handler"
 
     async def _ping(self, _params: wire.NoParams) -> wire.Pong:
         return wire.Pong()
+
+    async def _domain_start(self, params: wire.DomainSpec) -> wire.DomainInfo:
+        info = await asyncio.to_thread(self.domains.start, params.server)
+        if params.server.context:  # QEMU listens on the port's socket now
+            self.contexts.attach(params.server.uuid, context_socket_path(self.domains.host, params.server.uuid))
+        return info
+
+    async def _domain_undefine(self, params: wire.DomainRef) -> wire.Empty:
+        self.contexts.forget(params.uuid)
+        return await asyncio.to_thread(self.domains.undefine, params.uuid)
+
+    async def _context_set(self, params: wire.ContextSet) -> wire.Empty:
+        self.contexts.set(params.uuid, params.document)
+        return wire.Empty()
+
+    def serve_running_contexts(self) -> None:
+        """After a (re)start of the agent: serve the context ports of the domains that run."""
+        for info in self.domains.list():
+            path = context_socket_path(self.domains.host, info.uuid)
+            if info.state == "running" and os.path.exists(path):
+                self.contexts.attach(info.uuid, path)
 
     async def _host_facts(self, _params: wire.NoParams) -> wire.HostFacts:
         pools = await asyncio.to_thread(self.storage.pool_facts)

@@ -97,6 +97,11 @@ def console_log_path(host: HostPolicy, name: str) -> str:
     return f"{host.console_log_dir}/{name}.log"
 
 
+def context_socket_path(host: HostPolicy, uuid: str) -> str:
+    """QEMU's end of the guest's context port (ttyS1); the agent connects to it."""
+    return f"{host.socket_dir}/{uuid}.context"
+
+
 def build_domain(spec: Server, host: HostPolicy, volumes: dict[str, VolumeRef],
                  active_since: str | None = None) -> Domain:
     """The whole domain for `spec`; `volumes` maps each drive uuid to its resolved volume."""
@@ -248,5 +253,5 @@ def _serials(spec: Server, host: HostPolicy, name: str) -> list[Serial]:
     serials = [Serial(path=f"{host.socket_dir}/{spec.uuid}.console", port=0,
                       log_file=console_log_path(host, name), log_append=False)]
     if spec.context:
-        serials.append(Serial(path=f"{host.socket_dir}/{spec.uuid}.context", port=1))
+        serials.append(Serial(path=context_socket_path(host, spec.uuid), port=1))
     return serials

@@ -285,6 +285,17 @@ class Empty(Message, kw_only=True):
     pass
 
 
+class ContextSet(Message, kw_only=True):
+    """context.set: the server's context document (spec §33.1) as the API node renders it now;
+    the agent answers the guest's ttyS1 requests from the newest one (`agents/context.py`)."""
+
+    uuid: Uuid
+    document: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        self.uuid = self.uuid.lower()
+
+
 class Pong(Message, kw_only=True):
     pong: bool = True
 
@@ -432,6 +443,7 @@ METHODS: dict[str, Method] = {
     "network.release": Method(NetworkRelease, Empty),
     "network.remove": Method(NetworkRemove, Empty),
     "network.list": Method(NoParams, list[NetworkInfo]),
+    "context.set": Method(ContextSet, Empty),
 }
 
 

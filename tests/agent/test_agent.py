@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,23 @@ async def test_io_counters_grow(agent_env: AgentEnv, guest_a: GuestA) -> None:
     assert stats["active_since"] == guest_a.started["active_since"]
 
 
+async def push_probe(agent_env: AgentEnv, guest_a: GuestA, value: str) -> None:
+    """A context document whose probe the guest's init polls on ttyS1 and prints when it changes."""
+    document = {"uuid": guest_a.uuid, "name": "ctx-guest", "meta": {"context_probe": value},
+                "global_context": {"context_probe": f"g-{value}"}}
+    await agent_env.client.call("context.set", uuid=guest_a.uuid, document=document)
+    line = f"STRATO-CONTEXT-PROBE meta={value} global=g-{value}"
+    deadline = time.monotonic() + 30
+    while line not in Path(guest_a.started["console_log"]).read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"{line!r} not in the guest's console"
+        await asyncio.sleep(0.3)
+
+
+async def test_context_reaches_the_guest_and_follows_changes(agent_env: AgentEnv, guest_a: GuestA) -> None:
+    await push_probe(agent_env, guest_a, "first")
+    await push_probe(agent_env, guest_a, "second")  # same open port, next answer
+
+
 async def test_agent_killed_and_restarted_finds_domain(agent_env: AgentEnv, guest_a: GuestA) -> None:
     await agent_env.agent.kill()
     await agent_env.agent.start()
@@ -177,6 +195,9 @@ async def test_agent_killed_and_restarted_finds_domain(agent_env: AgentEnv, gues
     assert listed[guest_a.uuid]["state"] == "running"
     assert listed[guest_a.uuid]["active_since"] == guest_a.started["active_since"]
     assert listed[guest_a.uuid]["vnc"] == guest_a.started["vnc"]
+    # The new agent serves the running guest's context port again (it knows no document until
+    # the API node pushes one, as its reconciliation does).
+    await push_probe(agent_env, guest_a, "after-restart")
 
 
 async def test_reset_reboots(agent_env: AgentEnv, guest_a: GuestA) -> None:
