@@ -37,9 +37,12 @@ class Decimal(Kind):
         return text
 
 
-def kept(name: str, kind: Kind, default: Any, *, nullable: bool = False, help: str = "") -> Field:
+def kept(name: str, kind: Kind, default: Any, *, nullable: bool = False, help: str = "",
+         schema: dict[str, Any] | None = None) -> Field:
     """An upstream key without behaviour: stored in ``User.profile`` as sent."""
-    return Field(name, kind, default=default, nullable=nullable, help=help,
+    if isinstance(kind, Decimal):
+        schema = {"default": 0}  # upstream's schema shows the number, its objects the text
+    return Field(name, kind, default=default, nullable=nullable, help=help, schema=schema or {},
                  get=lambda user: user.profile.get(name, default))
 
 
@@ -67,7 +70,7 @@ PROFILE = Resource("profile", dialect="tastypie", list_methods=("get", "put"), d
     kept("company", TEXT, ""),
     kept("address", TEXT, ""),
     kept("town", TEXT, ""),
-    kept("postcode", TEXT, None, nullable=True),
+    kept("postcode", TEXT, None, nullable=True, schema={"default": NOT_PROVIDED}),
     kept("country", TEXT, ""),
     kept("phone", TEXT, ""),
     kept("vat", TEXT, ""),
