@@ -12,8 +12,11 @@ from orchestrator.api import (
     availability,
     capabilities,
     drives,
+    global_context,
     jobs,
+    keypairs,
     libdrives,
+    locations,
     networks,
     profile,
     server_actions,
@@ -108,7 +111,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(hosts)
     for module in (accounts, availability, servers, server_actions, uploads, drives, libdrives, networks, tags, jobs,
-                   profile, capabilities, console):
+                   keypairs, profile, global_context, locations, capabilities, console):
         app.add_routes(module.routes)
     console.check_novnc(config)
     return app

@@ -50,6 +50,12 @@ class Config(BaseSettings):
     console_token_ttl: float = 120.0     # seconds a browser console link stays valid
     novnc_dir: Path = Path("/usr/share/novnc")  # Debian's novnc package
     allowed_origins: list[str] = Field(default_factory=list)  # extra Origins for the console WebSocket
+    # This installation as /locations/ describes it (spec §34); its URLs follow how a client reached it.
+    location_id: str = "STRATO"
+    location_name: str = "Strato"
+    country_code: str = "ZZ"             # ISO 3166 "unknown" until the operator names the country
+    frontend_url: str | None = None      # UI links; default: this node's root
+    documentation_url: str = "https://docs.cloudsigma.com/en/latest/"
 
     @property
     def host(self) -> str:

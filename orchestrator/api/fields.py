@@ -153,16 +153,17 @@ class StrList(Kind):
         return []
 
 
-def ref_id(value: Any, collection: str) -> str:
-    """A reference in any of the three input forms (spec §5.1) → the bare id."""
+def ref_id(value: Any, collection: str, aliases: tuple[str, ...] = ()) -> str:
+    """A reference in any of the three input forms (spec §5.1) → the bare id.  ``aliases``: other
+    collections whose URIs name the same objects (a server's keypairs are linked as ``/pubkeys/``)."""
     if isinstance(value, dict):
         value = value.get("uuid") or value.get("resource_uri")
     if not isinstance(value, str) or not value:
         raise Invalid(f"A reference to {collection} (uuid, URI or object) is required")
     _no_nul(value)
-    prefix = f"{API_ROOT}/{collection}/"
     if value.startswith("/"):
-        if not value.startswith(prefix):
+        prefix = next((p for p in (f"{API_ROOT}/{c}/" for c in (collection, *aliases)) if value.startswith(p)), None)
+        if prefix is None:
             raise Invalid(f"{value!r} is not a {collection} URI")
         value = value[len(prefix):].strip("/")
     if collection == "ips":
@@ -185,12 +186,13 @@ class Ref(Kind):
 @dataclass(frozen=True)
 class RefList(Kind):
     collection: str
+    aliases: tuple[str, ...] = ()
     schema_type: ClassVar[str] = "related"
 
     def parse(self, value: Any) -> list[str]:
         if not isinstance(value, list):
             raise Invalid("A list of references is required")
-        return [ref_id(item, self.collection) for item in value]
+        return [ref_id(item, self.collection, self.aliases) for item in value]
 
     def empty(self) -> list[str]:
         return []

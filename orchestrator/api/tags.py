@@ -25,11 +25,11 @@ from orchestrator.api.resource import (
     session,
 )
 from orchestrator.api.standard import owner_field, resource_uri_field, uuid_field
-from orchestrator.db.models import Drive, Ip, Server, Tag, TagLink, Vlan
+from orchestrator.db.models import Drive, Ip, KeyPair, Server, Tag, TagLink, Vlan
 from orchestrator.domain.errors import DomainError, invalid
 from orchestrator.domain.uris import link, uri
 
-TAGGABLE = {"servers": Server, "drives": Drive, "ips": Ip, "vlans": Vlan}
+TAGGABLE = {"servers": Server, "drives": Drive, "ips": Ip, "vlans": Vlan, "keypairs": KeyPair}
 
 
 def _resources(tag: Tag) -> list[dict[str, Any]]:

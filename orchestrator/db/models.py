@@ -11,7 +11,7 @@ import uuid as uuidlib
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, TypeDecorator
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -46,6 +46,10 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(256))
     clone_naming: Mapped[str] = mapped_column(String(16), default="NONE")
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The account's global context (spec §33.4): str → str, part of every server's context.
+    global_context: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Upstream profile keys without behaviour here (first_name, language, …): accepted and echoed (spec §36).
+    profile: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -287,3 +291,19 @@ class Vlan(Base):
     members: Mapped[list[VlanMember]] = relationship(order_by=VlanMember.server_uuid, lazy="raise",
                                                      cascade="all, delete-orphan")
     tag_links: Mapped[list[TagLink]] = _tag_links("Vlan")
+
+
+class KeyPair(Base):
+    """An SSH key pair (spec §35); servers list their uuids in ``pubkeys``.  ``private_key`` is
+    null when only the public half was given."""
+
+    __tablename__ = "keypairs"
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
+    owner_uuid: Mapped[str] = mapped_column(ForeignKey("users.uuid"), index=True)
+    name: Mapped[str] = mapped_column(String(1024))
+    public_key: Mapped[str] = mapped_column(Text)        # the OpenSSH line
+    private_key: Mapped[str | None] = mapped_column(Text)  # PEM or OpenSSH private format
+    fingerprint: Mapped[str] = mapped_column(String(64))  # MD5 of the key blob, colon-separated hex
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    tag_links: Mapped[list[TagLink]] = _tag_links("KeyPair")

@@ -20,6 +20,7 @@ from orchestrator.db.models import Drive, Server, ServerDrive
 from orchestrator.domain.capabilities import Capabilities
 from orchestrator.domain.drives import Volume, delete_drives, refresh_mount_status
 from orchestrator.domain.errors import DomainError, forbidden, invalid
+from orchestrator.domain.keypairs import check_server_pubkeys
 from orchestrator.domain.lifecycle import allows, check
 from orchestrator.domain.networks import check_nic_references, forget_servers
 from orchestrator.domain.tagging import forget_resources, set_resource_tags
@@ -54,12 +55,17 @@ async def write_server(s: AsyncSession, server: Server, values: dict[str, Any], 
         if values["smp"] is not None:
             server.smp = values["smp"]
     errors = check_limits(server, caps)
-    for key in ("gpus", "epcs", "pubkeys"):
+    for key in ("gpus", "epcs"):
         if values.get(key):
-            # Not offered by this cloud's capabilities (spec §11 rule 12); keypairs come later.
+            # Not offered by this cloud's capabilities (spec §11 rule 12).
             errors.append(invalid(f"{key} are not available on this cloud", key))
         elif key in values:
             setattr(server, key, [])
+    if "pubkeys" in values:
+        try:
+            server.pubkeys = await check_server_pubkeys(s, values["pubkeys"], owner)
+        except DomainError as e:
+            errors.append(e.prefixed("pubkeys"))
     if "nics" in values:
         try:
             server.nics = merge_nics([] if creating else server.nics, values["nics"])

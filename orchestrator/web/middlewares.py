@@ -53,9 +53,10 @@ def options(request: web.Request) -> web.Response:
 async def read_cache_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answers a repeated API GET from :class:`ReadCache` while nothing has been written."""
     cache = request.app[READ_CACHE]
-    if request.method != "GET" or not cache.enabled or not request.path.startswith(API_ROOT):
-        return await handler(request)
-    key = cache_key(request[USER], request.path_qs)
+    if request.method != "GET" or not cache.enabled or not request.path.startswith(API_ROOT) or USER not in request:
+        return await handler(request)  # anonymous answers (/locations/) are not cached
+    # How the node was reached is part of the key: some answers name it (/locations/ URLs).
+    key = cache_key(request[USER], f"{request.scheme}://{request.host}{request.path_qs}")
     # Cache-Control: no-cache asks for a fresh rendering (the answer still refreshes the cache).
     body = None if "no-cache" in request.headers.get("Cache-Control", "") else cache.get(key)
     if body is not None:

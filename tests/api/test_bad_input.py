@@ -31,7 +31,7 @@ SERVER_BAD = [
     ("meta", "text", "meta", 400), ("meta", NESTED, "meta", 400), ("meta", {"k": "a\x00"}, "meta", 400),
     ("meta", {"k" * 33: "v"}, "meta", 400), ("meta", {"k": [1]}, "meta", 400),
     ("tags", "nope", "tags", 400), ("tags", [UNKNOWN], "tags.0", 400), ("tags", ["not-a-uuid"], "tags", 400),
-    ("pubkeys", [UNKNOWN], "pubkeys", 400), ("pubkeys", "x", "pubkeys", 400),
+    ("pubkeys", [UNKNOWN], "pubkeys.0", 400), ("pubkeys", "x", "pubkeys", 400),
     ("requirements", "x", "requirements", 400), ("requirements", [1], "requirements", 400),
     ("gpus", [{"model": "nvidia"}], "gpus", 400), ("gpus", [{}], "gpus.0.model", 400),
     ("epcs", [{"size": 0}], "epcs.0.size", 400), ("epcs", [{"size": 4096}], "epcs", 400),

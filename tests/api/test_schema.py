@@ -42,6 +42,19 @@ def test_schema_matches_dump(alice: Api, collection: str, dump: str) -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_profile_schema(alice: Api) -> None:
+    """Tastypie's dialect: type, default, readonly and nullable per field as upstream's, except ``resource_uri``
+    (ours) and ``signup_time``'s default (upstream shows the time its schema was rendered)."""
+    ours = alice.ok("GET", "profile/schema/")
+    _, theirs = load_dump("response_profile_schema")
+    assert {k: v for k, v in ours.items() if k != "fields"} == {k: v for k, v in theirs.items() if k != "fields"}
+    assert set(ours["fields"]) - {"resource_uri"} == set(theirs["fields"])
+    problems = [f"{name}.{flag}: {ours['fields'][name][flag]!r}, dump has {field[flag]!r}"
+                for name, field in theirs["fields"].items() for flag in ("type", "default", "readonly", "nullable")
+                if ours["fields"][name][flag] != field[flag] and (name, flag) != ("signup_time", "default")]
+    assert not problems, "\n".join(problems)
+
+
 def test_capabilities_schema(alice: Api) -> None:
     _, theirs = load_dump("response_capabilities_schema")
     assert alice.ok("GET", "capabilities/schema/") == theirs
