@@ -24,6 +24,7 @@ from orchestrator.api import (
     tags,
     uploads,
 )
+from orchestrator.api.context import context_document
 from orchestrator.config import Config
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
 from orchestrator.domain.capabilities import Capabilities
@@ -48,6 +49,7 @@ from orchestrator.web.keys import (
     HOSTS,
     READ_CACHE,
     SCHEDULER,
+    SESSION_CLASS,
     SESSIONS,
     UPLOADS,
     WORK,
@@ -67,7 +69,7 @@ async def database(app: web.Application) -> AsyncIterator[None]:
     app[READ_CACHE].watch(session_class)
     app[FEED] = Feed()
     app[FEED].watch(session_class)  # after the read cache: a frame's reader GETs fresh answers
-    app[SESSIONS] = make_sessionmaker(engine, session_class)
+    app[SESSION_CLASS], app[SESSIONS] = session_class, make_sessionmaker(engine, session_class)
     app[AUTH] = Authenticator(app[SESSIONS])
     yield
     await engine.dispose()
@@ -81,8 +83,10 @@ async def hosts(app: web.Application) -> AsyncIterator[None]:
         async with app[SESSIONS].begin() as s:
             await ensure_local_host(s, config)
     hosts = Hosts(app[SESSIONS], heartbeat=config.heartbeat)
-    work = Work.build(app[SESSIONS], hosts, app[SCHEDULER], scratch=config.data_dir / "transit",
-                      shutdown_window=config.shutdown_window, heartbeat=config.heartbeat)
+    work = Work.build(app[SESSIONS], hosts, app[SCHEDULER], context_document=context_document,
+                      scratch=config.data_dir / "transit", shutdown_window=config.shutdown_window,
+                      heartbeat=config.heartbeat)
+    work.contexts.watch(app[SESSION_CLASS])  # commits that change a document push it again
     work.watch.stats_listeners.append(app[READ_CACHE].bump)  # runtime counters are part of GET answers
     consoles = Consoles(hosts, bind=config.tunnel_bind, ports=config.tunnel_port_range,
                         idle_timeout=config.tunnel_idle, token_ttl=config.console_token_ttl)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
     from orchestrator.config import Config
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONS = web.AppKey("sessions", async_sessionmaker)
+SESSION_CLASS: web.AppKey[type[Session]] = web.AppKey("session_class")  # its commits are watched
 AUTH: web.AppKey[Authenticator] = web.AppKey("authenticator")
 CAPABILITIES: web.AppKey[Capabilities] = web.AppKey("capabilities")
 HOSTS: web.AppKey[Hosts] = web.AppKey("hosts")

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from orchestrator.domain.placement import Scheduler
 from orchestrator.hosts.pool import Hosts
 from orchestrator.work.clones import CloneWork
+from orchestrator.work.contexts import BuildDocument, ContextWork
 from orchestrator.work.servers import ServerWork
 from orchestrator.work.tasks import Tasks
 from orchestrator.work.volumes import VolumeWork
@@ -24,17 +25,19 @@ class Work:
     volumes: VolumeWork
     servers: ServerWork
     clones: CloneWork
+    contexts: ContextWork
     watch: HostWatch
 
     @classmethod
-    def build(cls, sessions: async_sessionmaker, hosts: Hosts, scheduler: Scheduler, *, scratch: Path,
-              shutdown_window: float, heartbeat: float) -> Work:
+    def build(cls, sessions: async_sessionmaker, hosts: Hosts, scheduler: Scheduler, *, context_document: BuildDocument,
+              scratch: Path, shutdown_window: float, heartbeat: float) -> Work:
         tasks = Tasks()
         volumes = VolumeWork(sessions, hosts)
-        servers = ServerWork(sessions, hosts, tasks, scheduler, shutdown_window=shutdown_window)
+        contexts = ContextWork(sessions, hosts, tasks, context_document)
+        servers = ServerWork(sessions, hosts, tasks, scheduler, contexts, shutdown_window=shutdown_window)
         clones = CloneWork(sessions, hosts, tasks, volumes, servers, scratch)
-        watch = HostWatch(sessions, hosts, tasks, servers, volumes, clones, heartbeat=heartbeat)
-        return cls(tasks, volumes, servers, clones, watch)
+        watch = HostWatch(sessions, hosts, tasks, servers, volumes, clones, contexts, heartbeat=heartbeat)
+        return cls(tasks, volumes, servers, clones, contexts, watch)
 
     async def later(self, step: Coroutine[Any, Any, Any], name: str | None = None) -> None:
         """Run ``step`` in the background (after the request's commit), supervised."""

@@ -27,18 +27,20 @@ from orchestrator.domain.placement import Scheduler
 from orchestrator.domain.transitions import begin_start, record_stopped
 from orchestrator.hosts.pool import Hosts
 from orchestrator.hosts.spec import server_spec
+from orchestrator.work.contexts import ContextWork
 from orchestrator.work.tasks import Tasks
 
 log = logging.getLogger(__name__)
 
 
 class ServerWork:
-    def __init__(self, sessions: async_sessionmaker, hosts: Hosts, tasks: Tasks, scheduler: Scheduler, *,
-                 shutdown_window: float = 60.0) -> None:
+    def __init__(self, sessions: async_sessionmaker, hosts: Hosts, tasks: Tasks, scheduler: Scheduler,
+                 contexts: ContextWork, *, shutdown_window: float = 60.0) -> None:
         self.sessions = sessions
         self.hosts = hosts
         self.tasks = tasks
         self.scheduler = scheduler
+        self.contexts = contexts
         self.shutdown_window = shutdown_window
         # Called with a server's uuid once it has stopped (the consoles close its tunnels).
         self.stop_listeners: list[Callable[[str], Awaitable[None]]] = []
@@ -76,6 +78,7 @@ class ServerWork:
             plan, host = await network_plan(s, server), server.host
         try:
             networks = await self._connect_nics(host, [n["mac"] for n in server.nics], plan)
+            await self.contexts.push_one(uuid)  # there before the guest asks
             domain = await self.hosts.call(host, "domain.start", server=server_spec(server, drives, networks))
         except (AgentCallError, AgentGone, ValueError) as err:  # ValueError: a definition the wire refuses
             log.error("server %s did not start on %s: %s", uuid, host, err)

@@ -21,6 +21,7 @@ from orchestrator.domain.lifecycle import ACTIVE, REVIVED_BY_RUNNING, Status
 from orchestrator.hosts.connection import Event, Listener
 from orchestrator.hosts.pool import Hosts
 from orchestrator.work.clones import CloneWork
+from orchestrator.work.contexts import ContextWork
 from orchestrator.work.servers import ServerWork
 from orchestrator.work.tasks import Tasks
 from orchestrator.work.volumes import VolumeWork
@@ -30,13 +31,14 @@ log = logging.getLogger(__name__)
 
 class HostWatch(Listener):
     def __init__(self, sessions: async_sessionmaker, hosts: Hosts, tasks: Tasks, servers: ServerWork,
-                 volumes: VolumeWork, clones: CloneWork, *, heartbeat: float = 5.0) -> None:
+                 volumes: VolumeWork, clones: CloneWork, contexts: ContextWork, *, heartbeat: float = 5.0) -> None:
         self.sessions = sessions
         self.hosts = hosts
         self.tasks = tasks
         self.servers = servers
         self.volumes = volumes
         self.clones = clones
+        self.contexts = contexts
         self.heartbeat = heartbeat
         # Latest domain.stats per running server, polled per host.
         self.stats: dict[str, dict[str, Any]] = {}
@@ -153,3 +155,4 @@ class HostWatch(Listener):
             else:
                 await self.volumes.settle(drive.uuid)
         await self.clones.resume(host)
+        await self.contexts.push(host=host)  # a restarted agent knows no documents
