@@ -39,6 +39,10 @@ async def context_document(s: AsyncSession, server_uuid: str) -> dict[str, Any] 
         KeyPair.uuid.in_(server.pubkeys), KeyPair.owner_uuid == server.owner_uuid))).all()}
     document["pubkeys"] = [{"uuid": k.uuid, "name": k.name, "public_key": k.public_key, "fingerprint": k.fingerprint}
                            for k in (keys[u] for u in server.pubkeys if u in keys)]
+    # cloud-init's CloudSigma datasource indexes meta["ssh_public_key"] and ignores the whole
+    # context without it: the server's keys go there unless the user set it [decision].
+    document["meta"] = {"ssh_public_key": "\n".join(k["public_key"] for k in document["pubkeys"]),
+                        **document["meta"]}
     owner = await s.get(User, server.owner_uuid)
     document["global_context"] = dict(owner.global_context) if owner is not None else {}
     document["cpu_perf_threshold"] = document["mem_perf_threshold"] = 0.0  # as upstream sends them

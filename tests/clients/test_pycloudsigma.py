@@ -119,3 +119,25 @@ def test_websocket_notifications(cloudsigma: ModuleType) -> None:
 
     with pytest.raises(ClientError):
         drives.get(made["uuid"])
+
+
+def test_account_context_locations_and_keys(cloudsigma: ModuleType, node: Node) -> None:
+    assert cloudsigma.Profile().get()["state"] == "REGULAR"  # pycloudsigma's own account test reads it
+    context = cloudsigma.GlobalContext()
+    assert context.update({"env": "lab"}) == {"env": "lab"}
+    assert context.get() == {"env": "lab"}
+    [location] = cloudsigma.Locations().list()
+    assert location["api_endpoint"].startswith(node.server.base)
+
+    class KeyPairs(cloudsigma.ResourceBase):  # pycloudsigma has no class of its own for them
+        resource_name = "keypairs"
+
+    keys = KeyPairs()
+    made = keys.create({"name": "pycs-key", "algorithm_type": "ed25519"})
+    assert made["public_key"].startswith("ssh-ed25519 ") and made["private_key"]
+    server = cloudsigma.Server().create({"name": "pycs-keyed", "cpu": 1000, "mem": 128 * 2**20,
+                                         "vnc_password": "secret", "pubkeys": [made["uuid"]]})
+    assert [k["uuid"] for k in server["pubkeys"]] == [made["uuid"]]
+    keys.delete(made["uuid"])
+    assert cloudsigma.Server().get(server["uuid"])["pubkeys"] == []
+    cloudsigma.Server().delete(server["uuid"])

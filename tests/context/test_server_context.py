@@ -44,6 +44,7 @@ def test_the_guest_reads_its_whole_context_at_boot(guest: Guest) -> None:
     assert document["drives"][0]["drive"]["size"] == drive["size"]
     assert "owner" not in document["drives"][0]["drive"]
     assert document["global_context"] == {} and document["pubkeys"] == []
+    assert document["meta"]["ssh_public_key"] == ""  # always there: cloud-init indexes it
 
 
 def test_changes_of_a_running_server_reach_the_guest(guest: Guest) -> None:
