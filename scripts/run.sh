@@ -3,7 +3,7 @@
 #   STRATO_LISTEN (127.0.0.1:8080), STRATO_DATA_DIR (./data),
 #   STRATO_ADMIN_EMAIL / STRATO_ADMIN_PASSWORD: the first user, created when missing.
 #   STRATO_TLS_LISTEN (127.0.0.1:8443): HTTPS (self-signed certificate in $STRATO_DATA_DIR/tls/ unless
-#   STRATO_TLS_CERT / STRATO_TLS_KEY name one); the test guest image is in the drive library.
+#   STRATO_TLS_CERT / STRATO_TLS_KEY name one); the test guest and Debian 12 images are in the drive library.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -15,9 +15,14 @@ if [ ! -f "$DATA_DIR/.admin-created" ]; then
     mkdir -p "$DATA_DIR" && touch "$DATA_DIR/.admin-created"
     echo "strato: user $EMAIL, password $PASSWORD"
 fi
-# The test guest as a library drive (a no-op when it is there already); prints its uuid.
+# The test guest and the Debian cloud image as library drives (no-ops when they are there already);
+# prints their uuids.
 echo "strato: library drive $(.venv/bin/strato libdrives import build/guest/strato-guest.img --name 'Strato test guest' \
     --os linux --arch 64 --media disk --distribution Strato --description 'Busybox test guest' --data-dir "$DATA_DIR" \
     2>/dev/null)"
+echo "strato: library drive $(.venv/bin/strato libdrives import build/guest/debian-12-cloud.qcow2 \
+    --name 'Debian 12 (cloud)' --os linux --arch 64 --media disk --distribution Debian --version 12 \
+    --description 'Debian 12 (bookworm) with cloud-init: SSH key, hostname and user data from the server context; user debian' \
+    --url https://www.debian.org/ --data-dir "$DATA_DIR" 2>/dev/null)"
 exec .venv/bin/strato serve --data-dir "$DATA_DIR" --listen "${STRATO_LISTEN:-127.0.0.1:8080}" \
     --tls-listen "${STRATO_TLS_LISTEN:-127.0.0.1:8443}"

@@ -11,6 +11,8 @@ APT_PACKAGES=(
     libvirt-dev pkg-config gcc python3-dev python3-venv
     # the test guest image (tests/guest/build-image.sh)
     linux-image-cloud-amd64 busybox-static syslinux syslinux-common mtools dosfstools cpio gzip
+    # the Debian 12 cloud guest (tests/guest/build-debian-image.sh; also syslinux-common, qemu-utils)
+    mmdebstrap extlinux e2fsprogs fdisk
     # remote hosts over SSH, PostgreSQL store tests, networking
     openssh-server openssh-client postgresql dnsmasq-base iproute2
     # the browser console (noVNC) and the headless browser that tests it
@@ -46,3 +48,6 @@ STRATO_NO_KVM=${STRATO_NO_KVM:-1} deploy/prepare-host.sh
 
 # The test guest: a tiny bootable disk built from Debian packages.
 tests/guest/build-image.sh
+# A real guest: a Debian 12 cloud disk with cloud-init, from Debian's packages (~1.5 min the first
+# time, needs the Debian mirror; cached afterwards).
+tests/guest/build-debian-image.sh
