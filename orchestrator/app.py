@@ -78,7 +78,7 @@ async def hosts(app: web.Application) -> AsyncIterator[None]:
         async with app[SESSIONS].begin() as s:
             await ensure_local_host(s, config)
     hosts = Hosts(app[SESSIONS], heartbeat=config.heartbeat)
-    work = Work.build(app[SESSIONS], hosts, app[SCHEDULER], scratch=config.data_dir / "transit",
+    work = Work.build(app[SESSIONS], hosts, app[SCHEDULER], data_dir=config.data_dir,
                       shutdown_window=config.shutdown_window, heartbeat=config.heartbeat)
     work.watch.stats_listeners.append(app[READ_CACHE].bump)  # runtime counters are part of GET answers
     consoles = Consoles(hosts, bind=config.tunnel_bind, ports=config.tunnel_port_range,

@@ -19,7 +19,14 @@ from orchestrator.cli.library import Entry, import_image
 from orchestrator.cli.networks import add_commands as add_network_commands
 from orchestrator.config import Config
 from orchestrator.db.models import User
-from orchestrator.hosts.registry import add_host, drain_host, list_hosts, remove_host
+from orchestrator.hosts.registry import (
+    add_host,
+    drain_host,
+    list_hosts,
+    local_pool_dirs,
+    qemu_cannot_reach,
+    remove_host,
+)
 from orchestrator.web.auth import create_token, create_user
 from orchestrator.web.tls import Certificate, certificate
 
@@ -29,6 +36,12 @@ def serve(args: argparse.Namespace) -> int:
     if args.tls_listen:
         config.tls_listen = args.tls_listen
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for directory in asyncio.run(with_session(config, lambda s: local_pool_dirs(s, config))):
+        if (why := qemu_cannot_reach(directory)) is not None:
+            logging.getLogger("strato").error(
+                "refusing to serve: %s. Give QEMU's user search permission on that directory (chmod o+x) or "
+                "choose a data directory it can traverse (e.g. under /var/lib/strato)", why)
+            return 1
     if not config.tls_listen:
         # run_app handles SIGINT and SIGTERM: it stops accepting, finishes requests, runs cleanup_ctx.
         web.run_app(create_app(config), host=config.host, port=config.port, print=None, shutdown_timeout=10)

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from orchestrator.domain.jobs import Reasons
 from orchestrator.domain.placement import Scheduler
 from orchestrator.hosts.pool import Hosts
 from orchestrator.work.clones import CloneWork
@@ -27,11 +28,13 @@ class Work:
     watch: HostWatch
 
     @classmethod
-    def build(cls, sessions: async_sessionmaker, hosts: Hosts, scheduler: Scheduler, *, scratch: Path,
+    def build(cls, sessions: async_sessionmaker, hosts: Hosts, scheduler: Scheduler, *, data_dir: Path,
               shutdown_window: float, heartbeat: float) -> Work:
         tasks = Tasks()
-        volumes = VolumeWork(sessions, hosts)
-        servers = ServerWork(sessions, hosts, tasks, scheduler, shutdown_window=shutdown_window)
+        reasons = Reasons.under([data_dir])  # failed jobs may show paths in the data directory, no others
+        scratch = data_dir / "transit"  # where images in transit between hosts wait
+        volumes = VolumeWork(sessions, hosts, reasons)
+        servers = ServerWork(sessions, hosts, tasks, scheduler, reasons, shutdown_window=shutdown_window)
         clones = CloneWork(sessions, hosts, tasks, volumes, servers, scratch)
         watch = HostWatch(sessions, hosts, tasks, servers, volumes, clones, heartbeat=heartbeat)
         return cls(tasks, volumes, servers, clones, watch)
