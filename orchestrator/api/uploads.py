@@ -3,8 +3,9 @@ protocols pycloudsigma speaks (``/initupload/``, one-time ``upload_chunk`` links
 ``/drives/{uuid}/upload/``) and ``GET /drives/{uuid}/download/`` with ``Range``.
 
 The body streams to a file in the data directory; the drive shows ``uploading`` until the
-storage host's agent has imported it (format detected from the content, never the name); the
-import ends the drive's ``drive_upload`` job.
+storage host's agent has imported it (format detected from the content, never the name).  The
+request that completes an upload (the raw one, the last chunk) answers once that import ended, so
+a client that reads the drive next sees it ``unmounted``, or gone with a ``failed`` job saying why.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ async def upload(request: web.Request) -> web.Response:
             if row is not None:
                 await s.delete(row)
         raise
-    await work.later(work.volumes.import_upload(uuid, target), f"import {uuid}")
+    await work.now(work.volumes.import_upload(uuid, target), f"import {uuid}")
     return web.Response(status=201, text=f"{uuid}\n", content_type="text/plain")
 
 
@@ -182,8 +183,8 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
 
 
 async def _store(request: web.Request, drive: str, offset: int, length: int, body: AsyncIterator[bytes]) -> None:
-    """Write a chunk, show the progress on the drive's upload job; the last chunk starts the import
-    (which ends the job ``success`` or ``failed``)."""
+    """Write a chunk, show the progress on the drive's upload job; the last chunk imports the image
+    and answers once the import ended (the job then ``success`` or ``failed``)."""
     uploads = request.app[UPLOADS]
     upload = await uploads.write(drive, offset, length, body)
     async with session(request) as s:
@@ -191,7 +192,7 @@ async def _store(request: web.Request, drive: str, offset: int, length: int, bod
             job.progress = min(99, 100 * upload.done // upload.size)
     if upload.complete and (complete := uploads.finish(drive)) is not None:
         work = request.app[WORK]
-        await work.later(work.volumes.import_upload(drive, complete), f"import {drive}")
+        await work.now(work.volumes.import_upload(drive, complete), f"import {drive}")
 
 
 # --- download (spec §24.4) ----------------------------------------------------------------------------

@@ -43,6 +43,11 @@ class Work:
         """Run ``step`` in the background (after the request's commit), supervised."""
         await self.tasks.spawn(step, name)
 
+    async def now(self, step: Coroutine[Any, Any, Any], name: str | None = None) -> None:
+        """Run ``step`` supervised and wait until it ended: a caller that goes away (a client that
+        hangs up) leaves it running."""
+        await self.tasks.run(step, name)
+
     async def start(self) -> None:
         await self.watch.start()
 
