@@ -87,6 +87,7 @@ async def finish_started(s: AsyncSession, operation: str, source_uuid: str, erro
 
 _PATH = re.compile(r"(?<![\w.~])/[^\s'\"`,;:()\[\]{}<>]+")
 MAX_REASON = 500
+SYSTEM = ("/usr", "/bin", "/sbin")  # programs a message names (qemu-img): nobody's data
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class Reasons:
     @classmethod
     def under(cls, directories: Iterable[os.PathLike[str] | str]) -> Reasons:
         roots = {os.path.abspath(d) for d in directories} | {os.path.realpath(d) for d in directories}
-        return cls(tuple(sorted(roots)))
+        return cls(tuple(sorted(roots | set(SYSTEM))))
 
     def of(self, err: BaseException | str) -> str:
         text = err if isinstance(err, str) else getattr(err, "message", None) or str(err) or type(err).__name__

@@ -134,6 +134,27 @@ def test_failed_resize_keeps_the_volume_size_and_says_why(node: tuple[StratoServ
     api.ok("DELETE", f"drives/{drive}/", status=204)
 
 
+def test_failed_clone_says_why_and_leaves_the_source_usable(node: tuple[StratoServer, Api]) -> None:
+    strato, api = node
+    source = make_drive(api)["uuid"]
+    wait_idle(api, source)
+    pool = strato.data_dir / "pools" / "local"
+    subprocess.run(["chattr", "+i", str(pool)], check=True)  # no new file in the pool, not even as root
+    try:
+        r = api.post(f"drives/{source}/action/?do=clone", {"name": "copy"})
+        assert r.status_code == 202, r.text
+        copy = r.json()["objects"][0]["uuid"]
+        job = wait_for(lambda: [j for j in api.ok("GET", "jobs/?limit=0")["objects"] if j["operation"] ==
+                                "drive_clone" and f"/drives/{copy}/" in "".join(j["resources"])
+                                and j["state"] != "started"], 60, "the clone job")[0]
+    finally:
+        subprocess.run(["chattr", "-i", str(pool)], check=True)
+    assert job["state"] == "failed" and job["data"]["error"], job
+    assert api.get(f"drives/{copy}/").status_code == 404  # nothing half-done is left
+    assert wait_idle(api, source)[0]["status"] == "unmounted"
+    api.ok("DELETE", f"drives/{source}/", status=204)
+
+
 def test_create_and_upload_jobs_succeed(node: tuple[StratoServer, Api]) -> None:
     _strato, api = node
     drive = make_drive(api)["uuid"]

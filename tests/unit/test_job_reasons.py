@@ -18,6 +18,8 @@ def test_the_message_only_with_own_paths_kept_and_others_hidden(tmp_path: Path) 
     other = AgentCallError("internal", "qemu-img failed: /home/bob/private.img: No such file\n  at line 2", None)
     assert reasons.of(other) == "qemu-img failed: [host path]: No such file at line 2"
     assert reasons.of(f"{tmp_path}/database is near {tmp_path}/data/x") == f"[host path] is near {tmp_path}/data/x"
+    assert reasons.of("Child process (/usr/bin/qemu-img convert /srv/x) failed") == (
+        "Child process (/usr/bin/qemu-img convert [host path]) failed")
 
 
 def test_long_and_empty_messages() -> None:
