@@ -84,12 +84,19 @@ async def local_pool_dirs(s: AsyncSession, config: Config) -> list[Path]:
     """The pool directories of the hosts on this machine (the embedded local host included)."""
     if config.local_host:
         await ensure_local_host(s, config)
+    hosts = (await s.scalars(select(Host).where(Host.address == "local").order_by(Host.name))).all()
+    return [path for host in hosts for flag, path in agent_dirs(host) if flag == "--pool"]
+
+
+def agent_dirs(host: Host) -> list[tuple[str, Path]]:
+    """The directories a host's agent command names, with their flag: the pools (``--pool
+    NAME=PATH``), the console sockets (``--socket-dir``), the console logs (``--console-log-dir``)."""
     dirs = []
-    for host in (await s.scalars(select(Host).where(Host.address == "local").order_by(Host.name))).all():
-        argv = list(host.agent_command)
-        for flag, value in itertools.pairwise(argv):
-            if flag == "--pool" and "=" in value:
-                dirs.append(Path(value.split("=", 1)[1]))
+    for flag, value in itertools.pairwise(host.agent_command):
+        if flag == "--pool" and "=" in value:
+            dirs.append((flag, Path(value.split("=", 1)[1])))
+        elif flag in ("--socket-dir", "--console-log-dir"):
+            dirs.append((flag, Path(value)))
     return dirs
 
 
@@ -115,5 +122,5 @@ def qemu_cannot_reach(path: Path) -> str | None:
         bit = 0o100 if st.st_uid == user.pw_uid else 0o010 if st.st_gid in groups else 0o001
         if not st.st_mode & bit:
             return (f"{directory} (mode {stat.S_IMODE(st.st_mode):04o}, uid {st.st_uid}) does not let QEMU's user "
-                    f"{name} through, so guests could not open their disks under {path}")
+                    f"{name} through, so QEMU could not reach {path}")
     return None

@@ -204,3 +204,29 @@ def test_serve_refuses_a_data_directory_qemu_cannot_reach() -> None:
         assert "Traceback" not in out, out
     finally:
         shutil.rmtree(closed, ignore_errors=True)
+
+
+def test_doctor_says_what_to_fix_while_serve_runs(node: tuple[StratoServer, Api]) -> None:
+    """``strato doctor`` starts its own agent for the host ``strato serve`` runs (two agents at once),
+    reports each check, and exits 1 naming the directory QEMU cannot traverse."""
+    strato, api = node
+
+    def doctor() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "orchestrator.cli", "doctor", "--data-dir", str(strato.data_dir)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, **strato.env})
+
+    fine = doctor()
+    assert fine.returncode == 0, fine.stdout + fine.stderr
+    assert "local: ok  agent up" in fine.stdout and "pool default at" in fine.stdout, fine.stdout
+    strato.data_dir.chmod(0o700)
+    try:
+        closed = doctor()
+    finally:
+        strato.data_dir.chmod(0o755)
+    assert closed.returncode == 1, closed.stdout + closed.stderr
+    assert f"local: FIX {strato.data_dir} (mode 0700" in closed.stdout and "chmod o+x" in closed.stdout, closed.stdout
+    assert "Traceback" not in closed.stderr, closed.stderr
+    assert api.ok("GET", "capabilities/")  # the API node's own agent kept going
+    drive = make_drive(api)["uuid"]
+    wait_idle(api, drive)
+    api.ok("DELETE", f"drives/{drive}/", status=204)
