@@ -20,6 +20,7 @@ import libvirtaio
 
 from agents import wire
 from agents.domains import Domains
+from agents.errors import AgentError
 from agents.host import AgentConfig, HostFacts
 from agents.networks import Networks
 from agents.protocol import MAX_LINE, Agent, LineReader, LineWriter, encode, serve
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_stdio(config))
     except KeyboardInterrupt:
         return 130
+    except AgentError as err:  # a host this agent must not run on as configured (ensure_pools)
+        log.error("refusing to start: %s", err.message)
+        return 1
     return 0
 
 
@@ -97,7 +101,11 @@ async def run_stdio(config: AgentConfig) -> None:
     loop = asyncio.get_running_loop()
     reader, writer = await _stdio_streams(loop)
     # Opened on the loop thread: libvirtaio registers the connection's socket with this loop.
-    agent, conn = _open(config, loop)
+    try:
+        agent, conn = _open(config, loop)
+    except AgentError:
+        await asyncio.sleep(0.1)  # libvirtaio removes the closed connection's handles on this loop
+        raise
     agent.domains.watch(lambda name, params: writer.write(encode({"event": name, "params": params})))
     agent.serve_running_contexts()
     log.info("ready: uri=%s virt_type=%s prefix=%s", config.uri, agent.domains.host.virt_type, config.prefix)
@@ -161,7 +169,11 @@ def _open(config: AgentConfig, loop: asyncio.AbstractEventLoop) -> tuple[Agent, 
         socket_dir=os.path.abspath(config.socket_dir),
     )
     storage = Storage(conn, config.prefix, list(config.pools))
-    storage.ensure_pools()
+    try:
+        storage.ensure_pools()
+    except AgentError:
+        conn.close()  # before the loop ends: libvirtaio's handles go with the connection
+        raise
     for directory in (policy.console_log_dir, policy.socket_dir):
         os.makedirs(directory, exist_ok=True)
     vxlan = wire.VxlanEndpoint(address=config.vxlan_local, port=config.vxlan_port) if config.vxlan_local else None

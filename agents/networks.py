@@ -65,9 +65,19 @@ class Networks:
             net = self._lookup_optional(name)
             if net is None:
                 log.info("defining network %s (%s)", name, spec.kind)
-                net = self.conn.networkDefineXML(self.build(spec).to_xml())
+                try:
+                    net = self.conn.networkDefineXML(self.build(spec).to_xml())
+                except libvirt.libvirtError:
+                    # Another agent of this installation (CLI and serve) defined it meanwhile.
+                    net = self._lookup_optional(name)
+                    if net is None:
+                        raise
             if not net.isActive():
-                net.create()
+                try:
+                    net.create()
+                except libvirt.libvirtError:
+                    if not net.isActive():  # not started by the other agent meanwhile
+                        raise
             if not net.autostart():
                 net.setAutostart(1)
             live = Network.from_xml(net.XMLDesc(0))

@@ -43,29 +43,55 @@ class Storage:
     # -- pools ------------------------------------------------------------------------------
 
     def ensure_pools(self) -> None:
-        """Each configured pool exists in libvirt as a `dir` pool, active and autostarted."""
+        """Each configured pool exists in libvirt as a `dir` pool, active and autostarted.
+
+        Another agent of this installation may be doing the same at this moment (``strato libdrives
+        import`` while ``strato serve`` starts its agent): what it defined or started first counts as
+        done.  A pool of this name pointing at another directory belongs to another configuration
+        (another data directory on this libvirtd): it is never re-pointed, and this agent refuses to run.
+        """
         for pool in self.pools.values():
-            os.makedirs(pool.path, exist_ok=True)
-            name = self.prefix + pool.name
+            # The conflict is raised here, after _ensure_pool returned: no libvirt object of the
+            # connection stays referenced by the traceback, so the connection can close at once.
+            conflict = self._ensure_pool(pool)
+            if conflict is not None:
+                raise AgentError("invalid", conflict)
+
+    def _ensure_pool(self, pool: PoolConfig) -> str | None:
+        """One pool defined, active and autostarted; or why another configuration's pool is in the way."""
+        os.makedirs(pool.path, exist_ok=True)
+        name = self.prefix + pool.name
+        lv = self._lookup_pool(name)
+        if lv is None:
+            log.info("defining storage pool %s at %s", name, pool.path)
             try:
-                lv = self.conn.storagePoolLookupByName(name)
-            except libvirt.libvirtError:
-                lv = None
-            if lv is not None and DirPool.from_xml(lv.XMLDesc(0)).path != pool.path:
-                # A definition left by another configuration (e.g. an older data directory):
-                # the configuration wins; the volumes in the old directory stay on disk.
-                log.warning("storage pool %s pointed elsewhere; redefining it at %s", name, pool.path)
-                if lv.isActive():
-                    lv.destroy()
-                lv.undefine()
-                lv = None
-            if lv is None:
-                log.info("defining storage pool %s at %s", name, pool.path)
                 lv = self.conn.storagePoolDefineXML(DirPool(name=name, path=pool.path).to_xml(), 0)
-            if not lv.isActive():
+            except libvirt.libvirtError:
+                lv = self._lookup_pool(name)  # defined by the other agent meanwhile
+                if lv is None:
+                    raise
+        defined = DirPool.from_xml(lv.XMLDesc(0)).path
+        if os.path.realpath(defined) != os.path.realpath(pool.path):
+            return (f"storage pool {name} is defined at {defined}, not at the configured {pool.path}: another "
+                    f"installation on this libvirtd uses the prefix {self.prefix!r}; give this one another agent "
+                    "prefix (an agent never re-points another installation's pool)")
+        if not lv.isActive():
+            try:
                 lv.create(0)
-            if not lv.autostart():
-                lv.setAutostart(1)
+            except libvirt.libvirtError:
+                if not lv.isActive():  # not started by the other agent meanwhile
+                    raise
+        if not lv.autostart():
+            lv.setAutostart(1)
+        return None
+
+    def _lookup_pool(self, name: str) -> libvirt.virStoragePool | None:
+        try:
+            return self.conn.storagePoolLookupByName(name)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                raise
+            return None
 
     def _pool(self, name: str | None) -> tuple[str, libvirt.virStoragePool]:
         name = name or self.default

@@ -84,8 +84,7 @@ async def hosts(app: web.Application) -> AsyncIterator[None]:
             await ensure_local_host(s, config)
     hosts = Hosts(app[SESSIONS], heartbeat=config.heartbeat)
     work = Work.build(app[SESSIONS], hosts, app[SCHEDULER], context_document=context_document,
-                      scratch=config.data_dir / "transit", shutdown_window=config.shutdown_window,
-                      heartbeat=config.heartbeat)
+                      data_dir=config.data_dir, shutdown_window=config.shutdown_window, heartbeat=config.heartbeat)
     work.contexts.watch(app[SESSION_CLASS])  # commits that change a document push it again
     work.watch.stats_listeners.append(app[READ_CACHE].bump)  # runtime counters are part of GET answers
     consoles = Consoles(hosts, bind=config.tunnel_bind, ports=config.tunnel_port_range,

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.strato_process import Api, StratoServer
+from tests.strato_process import Api, StratoServer, qemu_reachable_dir
 
 
 @pytest.fixture(scope="session")
-def strato_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StratoServer]:
-    server = StratoServer(tmp_path_factory.mktemp("strato") / "data")
-    server.cli("users", "create", "alice@example.com", "--password", "alice-pw")
-    server.cli("users", "create", "bob@example.com", "--password", "bob-pw")
-    server.start()
-    yield server
-    server.stop()
+def strato_server() -> Iterator[StratoServer]:
+    root = qemu_reachable_dir("tests")
+    server = StratoServer(root / "data")
+    try:
+        server.cli("users", "create", "alice@example.com", "--password", "alice-pw")
+        server.cli("users", "create", "bob@example.com", "--password", "bob-pw")
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,14 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT.parent / "shared" / "spec"
+
+
+def qemu_reachable_dir(name: str) -> Path:
+    """A fresh directory QEMU's user can traverse (``strato serve`` refuses a data directory it cannot,
+    like pytest's 0700 tmp tree): under /var/tmp, which other test runs do not prune.  Remove it after."""
+    root = Path(tempfile.mkdtemp(prefix=f"strato-{name}-", dir="/var/tmp"))
+    root.chmod(0o755)
+    return root
 
 
 def free_port() -> int:

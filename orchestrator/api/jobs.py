@@ -18,6 +18,10 @@ def _children(job: Job) -> list[dict[str, Any]]:
     return [JOB.dump(child) for child in job.children]
 
 
+def _data(job: Job) -> dict[str, Any]:
+    return {"progress": job.progress} if job.error is None else {"progress": job.progress, "error": job.error}
+
+
 JOB = Resource("jobs", dialect="tastypie", list_methods=("get",), detail_methods=("get",),
                default_order=(Job.last_modified.desc(), Job.uuid), fields=(
     uuid_field(Job, "", schema={"unique": True, "readonly": False}),
@@ -25,7 +29,8 @@ JOB = Resource("jobs", dialect="tastypie", list_methods=("get",), detail_methods
     Field("operation", Str(), readonly=True, nullable=True),
     Field("state", Str(), readonly=True, lookups=("exact",), column=Job.state, schema={"default": "started",
                                                                                          "readonly": False}),
-    Field("data", Output("object"), readonly=True, nullable=True, get=lambda job: {"progress": job.progress},
+    # ``error``: why a failed job failed (issue 11); an extra key of ``data`` that clients ignore.
+    Field("data", Output("object"), readonly=True, nullable=True, get=_data,
           help="Meta information related to this background job"),
     Field("resources", Output("list"), readonly=True, nullable=True, get=lambda job: job.resources,
           help="Resources linked to this background job."),

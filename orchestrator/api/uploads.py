@@ -3,7 +3,9 @@ protocols pycloudsigma speaks (``/initupload/``, one-time ``upload_chunk`` links
 ``/drives/{uuid}/upload/``) and ``GET /drives/{uuid}/download/`` with ``Range``.
 
 The body streams to a file in the data directory; the drive shows ``uploading`` until the
-storage host's agent has imported it (format detected from the content, never the name).
+storage host's agent has imported it (format detected from the content, never the name).  The
+request that completes an upload (the raw one, the last chunk) answers once that import ended, so
+a client that reads the drive next sees it ``unmounted``, or gone with a ``failed`` job saying why.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 from aiohttp import BodyPartReader, web
-from sqlalchemy import select
 
 from orchestrator.api.drives import DRIVE, RELATED
 from orchestrator.api.resource import (
@@ -28,10 +29,10 @@ from orchestrator.api.resource import (
     respond,
     session,
 )
-from orchestrator.db.models import Drive, Job, JobLink, new_uuid, utcnow
+from orchestrator.db.models import Drive, new_uuid, utcnow
 from orchestrator.domain.drives import IDLE, active_server, check_size, new_drive, round_size
 from orchestrator.domain.errors import forbidden, invalid, notexist
-from orchestrator.domain.jobs import new_job
+from orchestrator.domain.jobs import finish_started, started
 from orchestrator.domain.tagging import set_resource_tags
 from orchestrator.domain.uploads import chunk_span
 from orchestrator.web.auth import public
@@ -69,11 +70,12 @@ async def upload(request: web.Request) -> web.Response:
         with contextlib.suppress(FileNotFoundError):
             target.unlink()
         async with session(request) as s:
+            await finish_started(s, "drive_upload", uuid, "The upload ended before the whole image arrived")
             row = await s.get(Drive, uuid)
             if row is not None:
                 await s.delete(row)
         raise
-    await work.later(work.volumes.import_upload(uuid, target), f"import {uuid}")
+    await work.now(work.volumes.import_upload(uuid, target), f"import {uuid}")
     return web.Response(status=201, text=f"{uuid}\n", content_type="text/plain")
 
 
@@ -105,7 +107,6 @@ async def init_upload(request: web.Request) -> web.Response:
         drive = await new_drive(s, scheduler, owner, status="uploading", avoid=query_uuids(request, "avoid"),
                                 **{**values, "storage_type": storage_type})
         uuid = drive.uuid
-        new_job(s, owner, "drive_upload", "drives", uuid)
         await s.flush()
         await set_resource_tags(s, "drives", uuid, tags, owner)
     request.app[UPLOADS].start(uuid, owner, size)
@@ -182,19 +183,16 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
 
 
 async def _store(request: web.Request, drive: str, offset: int, length: int, body: AsyncIterator[bytes]) -> None:
-    """Write a chunk, show the progress on the drive's upload job; the last chunk starts the import."""
+    """Write a chunk, show the progress on the drive's upload job; the last chunk imports the image
+    and answers once the import ended (the job then ``success`` or ``failed``)."""
     uploads = request.app[UPLOADS]
     upload = await uploads.write(drive, offset, length, body)
     async with session(request) as s:
-        job = await s.scalar(select(Job).join(JobLink, JobLink.job_uuid == Job.uuid).where(
-            JobLink.res_uuid == drive, Job.operation == "drive_upload", Job.state == "started"))
-        if job is not None:
+        for job in await started(s, "drive_upload", drive):
             job.progress = min(99, 100 * upload.done // upload.size)
-            if upload.complete:
-                job.state, job.progress = "success", 100
     if upload.complete and (complete := uploads.finish(drive)) is not None:
         work = request.app[WORK]
-        await work.later(work.volumes.import_upload(drive, complete), f"import {drive}")
+        await work.now(work.volumes.import_upload(drive, complete), f"import {drive}")
 
 
 # --- download (spec §24.4) ----------------------------------------------------------------------------

@@ -15,11 +15,19 @@ from aiohttp import web
 
 from orchestrator.app import create_app
 from orchestrator.cli.admin import load_config, run_admin, with_session
+from orchestrator.cli.doctor import diagnose
 from orchestrator.cli.library import Entry, import_image
 from orchestrator.cli.networks import add_commands as add_network_commands
 from orchestrator.config import Config
 from orchestrator.db.models import User
-from orchestrator.hosts.registry import add_host, drain_host, list_hosts, remove_host
+from orchestrator.hosts.registry import (
+    add_host,
+    drain_host,
+    list_hosts,
+    local_pool_dirs,
+    qemu_cannot_reach,
+    remove_host,
+)
 from orchestrator.web.auth import create_token, create_user
 from orchestrator.web.tls import Certificate, certificate
 
@@ -29,6 +37,12 @@ def serve(args: argparse.Namespace) -> int:
     if args.tls_listen:
         config.tls_listen = args.tls_listen
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for directory in asyncio.run(with_session(config, lambda s: local_pool_dirs(s, config))):
+        if (why := qemu_cannot_reach(directory)) is not None:
+            logging.getLogger("strato").error(
+                "refusing to serve: %s. Give QEMU's user search permission on that directory (chmod o+x) or "
+                "choose a data directory it can traverse (e.g. under /var/lib/strato)", why)
+            return 1
     if not config.tls_listen:
         # run_app handles SIGINT and SIGTERM: it stops accepting, finishes requests, runs cleanup_ctx.
         web.run_app(create_app(config), host=config.host, port=config.port, print=None, shutdown_timeout=10)
@@ -134,6 +148,13 @@ def libdrives_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def doctor(args: argparse.Namespace) -> int:
+    findings = asyncio.run(diagnose(load_config(args), args.host))
+    for finding in findings:
+        print(finding)
+    return 0 if all(f.ok for f in findings) else 1
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="strato", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
@@ -145,6 +166,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", help="HOST:PORT of plain HTTP (default 127.0.0.1:8080; keep it on loopback)")
     s.add_argument("--tls-listen", help="HOST:PORT of HTTPS (certificate: tls_cert/tls_key, else self-signed)")
     s.set_defaults(func=serve)
+    d = sub.add_parser("doctor", parents=[common], help="check each host (libvirtd, virt type, pool directories "
+                       "QEMU can reach, free space) and say what to fix; exit status 1 when something needs fixing")
+    d.add_argument("--host", help="only this host")
+    d.set_defaults(func=doctor)
     users = sub.add_parser("users").add_subparsers(dest="action", required=True)
     u = users.add_parser("create", parents=[common], help="create a user")
     u.add_argument("email")

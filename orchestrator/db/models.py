@@ -221,7 +221,9 @@ class JobLink(Base):
 
 
 class Job(Base):
-    """A long operation (drive_clone, server_clone) with progress (spec §32)."""
+    """A long operation with progress (spec §32): drive_clone and server_clone as upstream, and every
+    other operation that runs after its request answered (server_start, drive_create, drive_resize,
+    drive_upload), so that a failure has a place to say why (issue 11)."""
 
     __tablename__ = "jobs"
     uuid: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
@@ -233,6 +235,7 @@ class Job(Base):
     resources: Mapped[list[Any]]  # URIs of the objects involved, as the API shows them
     source_uuid: Mapped[str | None] = mapped_column(String(36))  # what a clone or upload reads / fills
     target_uuid: Mapped[str | None] = mapped_column(String(36))  # the copy a clone makes
+    error: Mapped[str | None] = mapped_column(Text)  # why a failed job failed, for its owner to read
     created: Mapped[datetime] = mapped_column(default=utcnow)
     last_modified: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
     children: Mapped[list[Job]] = relationship(order_by="Job.created", lazy="raise", cascade="all, delete-orphan")

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from orchestrator.db.models import Drive, Server, ServerDrive, new_uuid
 from orchestrator.domain.capabilities import Capabilities
 from orchestrator.domain.errors import forbidden, invalid
+from orchestrator.domain.jobs import new_job
 from orchestrator.domain.lifecycle import Status
 from orchestrator.domain.placement import Scheduler
 from orchestrator.domain.tagging import forget_resources, set_resource_tags
@@ -78,6 +79,7 @@ async def write_drive(s: AsyncSession, drive: Drive, values: dict[str, Any], cap
             if drive.status not in IDLE:
                 raise forbidden(f'Cannot resize drive in status "{drive.status}"')
             drive.status, resized = "resizing", True
+            new_job(s, drive.owner_uuid, "drive_resize", "drives", drive.uuid)
     if "tags" in values:
         await set_resource_tags(s, "drives", drive.uuid, values.pop("tags"), owner)
     for key, value in values.items():
@@ -86,6 +88,7 @@ async def write_drive(s: AsyncSession, drive: Drive, values: dict[str, Any], cap
 
 
 Volume = tuple[str | None, str | None, str | None]  # (host, pool, volume name)
+NEW_VOLUME_JOBS = {"creating": "drive_create", "uploading": "drive_upload"}  # a clone's job is its plan's
 
 
 async def delete_drives(s: AsyncSession, drives: list[Drive]) -> list[Volume]:
@@ -100,6 +103,14 @@ async def delete_drives(s: AsyncSession, drives: list[Drive]) -> list[Volume]:
     return [(d.host, d.pool, d.volume) for d in drives]
 
 
+async def discard_failed(s: AsyncSession, drive: Drive) -> None:
+    """A drive whose volume never came to be (its create or import failed on the host): nothing
+    half-done is left; its job says why."""
+    await s.execute(delete(ServerDrive).where(ServerDrive.drive_uuid == drive.uuid))
+    await forget_resources(s, [drive.uuid])
+    await s.delete(drive)
+
+
 async def new_drive(s: AsyncSession, scheduler: Scheduler, owner: str, *, status: str, avoid: Sequence[str],
                     near: Drive | None = None, **columns: Any) -> Drive:
     """A new drive row with its volume's name, placed on a storage host: by the scheduler (pool
@@ -108,6 +119,8 @@ async def new_drive(s: AsyncSession, scheduler: Scheduler, owner: str, *, status
     uuid = new_uuid()
     drive = Drive(uuid=uuid, owner_uuid=owner, status=status, avoid=list(avoid), volume=f"{uuid}.qcow2", **columns)
     s.add(drive)
+    if status in NEW_VOLUME_JOBS:  # the work that makes its volume says on this job how it went
+        new_job(s, owner, NEW_VOLUME_JOBS[status], "drives", uuid)
     if near is None:
         await scheduler.place_drive(s, drive, avoid)
     else:

@@ -1,6 +1,16 @@
-"""Jobs (spec §32): long operations with progress, linked to the objects they touch."""
+"""Jobs (spec §32): long operations with progress, linked to the objects they touch.
+
+Every operation the API node runs after answering its request leaves a job (issue 11): it ends
+``success``, or ``failed`` with a reason its owner can read (``Reasons``: the host's message, one
+line, with no host path outside this installation's data directory).
+"""
 
 from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -9,16 +19,22 @@ from sqlalchemy.orm import selectinload
 from orchestrator.db.models import Job, JobLink, new_uuid
 from orchestrator.domain.uris import uri
 
+# Operations whose jobs the objects list in ``jobs`` from the start, as upstream shows them.  The
+# others (server_start, drive_create, drive_resize) are listed there once they failed: an object
+# upstream shows with ``jobs: []`` keeps showing so while all goes well.
+LISTED = frozenset({"drive_clone", "server_clone", "drive_upload"})
+
 
 def new_job(s: AsyncSession, owner: str, operation: str, collection: str, source: str, target: str | None = None,
             parent: Job | None = None) -> Job:
-    """A ``started`` job on ``source`` (and the ``target`` it fills), linked from both."""
+    """A ``started`` job on ``source`` (and the ``target`` it fills), linked from both when ``LISTED``."""
     touched = [source] if target is None else [source, target]
     job = Job(uuid=new_uuid(), owner_uuid=owner, operation=operation, state="started", progress=0,
               resources=[uri(collection, u) for u in touched], source_uuid=source, target_uuid=target,
               parent_uuid=parent.uuid if parent else None)
     s.add(job)
-    s.add_all([JobLink(job_uuid=job.uuid, res_uuid=u) for u in touched])
+    if operation in LISTED:
+        s.add_all([JobLink(job_uuid=job.uuid, res_uuid=u) for u in touched])
     return job
 
 
@@ -45,3 +61,52 @@ async def still_cloning(s: AsyncSession, drive_uuid: str) -> bool:
     """Whether a running clone job reads this drive."""
     return await s.scalar(select(Job.uuid).where(Job.source_uuid == drive_uuid, Job.state == "started",
                                                  Job.operation == "drive_clone").limit(1)) is not None
+
+
+async def started(s: AsyncSession, operation: str, source_uuid: str) -> list[Job]:
+    """The ``started`` jobs of this operation on an object."""
+    return list((await s.scalars(select(Job).where(
+        Job.source_uuid == source_uuid, Job.operation == operation, Job.state == "started"))).all())
+
+
+def finish(job: Job, error: str | None = None) -> None:
+    """``success``, or ``failed`` with the reason."""
+    if error is None:
+        job.state, job.progress = "success", 100
+    else:
+        job.state, job.error = "failed", error
+
+
+async def finish_started(s: AsyncSession, operation: str, source_uuid: str, error: str | None = None) -> None:
+    """End the object's started jobs of this operation; a failure is listed on the object from now on."""
+    for job in await started(s, operation, source_uuid):
+        finish(job, error)
+        if error is not None and operation not in LISTED:
+            s.add(JobLink(job_uuid=job.uuid, res_uuid=source_uuid))
+
+
+_PATH = re.compile(r"(?<![\w.~])/[^\s'\"`,;:()\[\]{}<>]+")
+MAX_REASON = 500
+SYSTEM = ("/usr", "/bin", "/sbin")  # programs a message names (qemu-img): nobody's data
+
+
+@dataclass(frozen=True)
+class Reasons:
+    """How a host's error reads to the job's owner: the message only (no traceback, no error kind),
+    on one line, and every host path outside the installation's own directories replaced."""
+
+    own: tuple[str, ...]  # absolute directories whose paths may show (the data directory)
+
+    @classmethod
+    def under(cls, directories: Iterable[os.PathLike[str] | str]) -> Reasons:
+        roots = {os.path.abspath(d) for d in directories} | {os.path.realpath(d) for d in directories}
+        return cls(tuple(sorted(roots | set(SYSTEM))))
+
+    def of(self, err: BaseException | str) -> str:
+        text = err if isinstance(err, str) else getattr(err, "message", None) or str(err) or type(err).__name__
+        text = " ".join(str(text).split())  # one line, whatever the host printed
+        text = _PATH.sub(lambda m: m[0] if self._own(m[0]) else "[host path]", text)
+        return text if len(text) <= MAX_REASON else text[:MAX_REASON - 1] + "…"
+
+    def _own(self, path: str) -> bool:
+        return any(path == root or path.startswith(root.rstrip("/") + "/") for root in self.own)

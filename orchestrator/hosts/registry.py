@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import grp
+import itertools
+import pwd
 import shlex
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +18,7 @@ from orchestrator.config import Config
 from orchestrator.db.models import Drive, Host, Server
 
 HOST_CONFIG = "/etc/strato/agent.json"  # written by deploy/prepare-host.sh
+QEMU_USERS = ("libvirt-qemu", "qemu")  # the user libvirt runs QEMU as: Debian's, Fedora's
 
 
 def local_agent_command(config: Config, name: str = "local", virt_type: str | None = None) -> list[str]:
@@ -73,3 +78,49 @@ async def remove_host(s: AsyncSession, name: str) -> None:
     if await s.scalar(select(func.count()).select_from(Drive).where(Drive.host == name)):
         raise ValueError(f"host {name} still holds drives; delete or move them first")
     await s.delete(host)
+
+
+async def local_pool_dirs(s: AsyncSession, config: Config) -> list[Path]:
+    """The pool directories of the hosts on this machine (the embedded local host included)."""
+    if config.local_host:
+        await ensure_local_host(s, config)
+    hosts = (await s.scalars(select(Host).where(Host.address == "local").order_by(Host.name))).all()
+    return [path for host in hosts for flag, path in agent_dirs(host) if flag == "--pool"]
+
+
+def agent_dirs(host: Host) -> list[tuple[str, Path]]:
+    """The directories a host's agent command names, with their flag: the pools (``--pool
+    NAME=PATH``), the console sockets (``--socket-dir``), the console logs (``--console-log-dir``)."""
+    dirs = []
+    for flag, value in itertools.pairwise(host.agent_command):
+        if flag == "--pool" and "=" in value:
+            dirs.append((flag, Path(value.split("=", 1)[1])))
+        elif flag in ("--socket-dir", "--console-log-dir"):
+            dirs.append((flag, Path(value)))
+    return dirs
+
+
+def qemu_cannot_reach(path: Path) -> str | None:
+    """Why QEMU's user could not reach files under ``path`` (the first directory on the way it may
+    not traverse, by the mode bits that apply to it: owner, group or other), or None.  Directories
+    not made yet are the agent's to make (mode from its umask)."""
+    for name in QEMU_USERS:
+        try:
+            user = pwd.getpwnam(name)
+            break
+        except KeyError:
+            continue
+    else:
+        return None  # no QEMU user here: nothing to tell
+    groups = {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if name in g.gr_mem}
+    absolute = path.absolute()
+    for directory in [absolute, *absolute.parents]:
+        try:
+            st = directory.stat()
+        except FileNotFoundError:
+            continue
+        bit = 0o100 if st.st_uid == user.pw_uid else 0o010 if st.st_gid in groups else 0o001
+        if not st.st_mode & bit:
+            return (f"{directory} (mode {stat.S_IMODE(st.st_mode):04o}, uid {st.st_uid}) does not let QEMU's user "
+                    f"{name} through, so QEMU could not reach {path}")
+    return None

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from orchestrator.domain.jobs import Reasons
 from orchestrator.domain.placement import Scheduler
 from orchestrator.hosts.pool import Hosts
 from orchestrator.work.clones import CloneWork
@@ -30,11 +31,13 @@ class Work:
 
     @classmethod
     def build(cls, sessions: async_sessionmaker, hosts: Hosts, scheduler: Scheduler, *, context_document: BuildDocument,
-              scratch: Path, shutdown_window: float, heartbeat: float) -> Work:
+              data_dir: Path, shutdown_window: float, heartbeat: float) -> Work:
         tasks = Tasks()
-        volumes = VolumeWork(sessions, hosts)
+        reasons = Reasons.under([data_dir])  # failed jobs may show paths in the data directory, no others
+        scratch = data_dir / "transit"  # where images in transit between hosts wait
+        volumes = VolumeWork(sessions, hosts, reasons)
         contexts = ContextWork(sessions, hosts, tasks, context_document)
-        servers = ServerWork(sessions, hosts, tasks, scheduler, contexts, shutdown_window=shutdown_window)
+        servers = ServerWork(sessions, hosts, tasks, scheduler, reasons, contexts, shutdown_window=shutdown_window)
         clones = CloneWork(sessions, hosts, tasks, volumes, servers, scratch)
         watch = HostWatch(sessions, hosts, tasks, servers, volumes, clones, contexts, heartbeat=heartbeat)
         return cls(tasks, volumes, servers, clones, contexts, watch)
@@ -42,6 +45,11 @@ class Work:
     async def later(self, step: Coroutine[Any, Any, Any], name: str | None = None) -> None:
         """Run ``step`` in the background (after the request's commit), supervised."""
         await self.tasks.spawn(step, name)
+
+    async def now(self, step: Coroutine[Any, Any, Any], name: str | None = None) -> None:
+        """Run ``step`` supervised and wait until it ended: a caller that goes away (a client that
+        hangs up) leaves it running."""
+        await self.tasks.run(step, name)
 
     async def start(self) -> None:
         await self.watch.start()

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from agents.client import AgentCallError, AgentGone
 from orchestrator.db.models import Drive, Job, ServerDrive
 from orchestrator.db.models import Server as ServerRow
-from orchestrator.domain.jobs import finish_parent, running_clones, still_cloning
+from orchestrator.domain.jobs import finish, finish_parent, running_clones, still_cloning
 from orchestrator.hosts.pool import Hosts
 from orchestrator.work.servers import ServerWork
 from orchestrator.work.tasks import Tasks
@@ -65,10 +65,10 @@ class CloneWork:
                                                    source=source.volume, name=target.volume, size=target.size)
             else:  # another storage host or pool (avoid, storage type): the image travels as a file
                 volume = await self._transfer(source, target)
-            ok = True
+            ok, error = True, None
         except HOST_FAILURES as err:
             log.error("job %s: clone failed: %s", job_uuid, err)
-            ok = False
+            ok, error = False, self.volumes.reasons.of(err)
         auto_start = None
         async with self.sessions.begin() as s:
             job = await s.get(Job, job_uuid)
@@ -80,7 +80,7 @@ class CloneWork:
                 await s.delete(target)
                 await self.tasks.spawn(self.volumes.delete([(target.host, target.pool, target.volume)]))
             if job is not None:
-                job.state, job.progress = ("success", 100) if ok else ("failed", job.progress)
+                finish(job, error)
                 await s.flush()
                 parent = await finish_parent(s, job)
                 if parent is not None and parent.state == "success" and parent.target_uuid is not None:

@@ -1,8 +1,9 @@
 """Server lifecycles on their hosts, after the request that asked has committed.
 
 The handler has checked the §13 table and recorded the first transitional status (and, for a
-start, the claim on a host); what follows here talks to the host's agent and records the
-outcome: ``running`` once booted, ``stopped`` (claim and addresses released) once off.
+start, the claim on a host and a ``server_start`` job); what follows here talks to the host's
+agent and records the outcome: ``running`` once booted, ``stopped`` (claim and addresses
+released) once off; a boot that fails ends its job ``failed`` with the host's reason.
 """
 
 from __future__ import annotations
@@ -21,22 +22,25 @@ from sqlalchemy.orm import selectinload
 from agents.client import AgentCallError, AgentGone
 from orchestrator.db.models import Drive, Server, utcnow
 from orchestrator.domain.errors import notexist
+from orchestrator.domain.jobs import Reasons, finish_started
 from orchestrator.domain.lifecycle import BOOTED, Status
 from orchestrator.domain.networks import network_plan, reservations_of
 from orchestrator.domain.placement import Scheduler
-from orchestrator.domain.transitions import begin_start, record_stopped
+from orchestrator.domain.transitions import begin_start, record_running, record_stopped
 from orchestrator.hosts.pool import Hosts
 from orchestrator.hosts.spec import server_spec
 from orchestrator.work.contexts import ContextWork
 from orchestrator.work.tasks import Tasks
+from orchestrator.work.volumes import HOST_FAILURES
 
 log = logging.getLogger(__name__)
 
 
 class ServerWork:
     def __init__(self, sessions: async_sessionmaker, hosts: Hosts, tasks: Tasks, scheduler: Scheduler,
-                 contexts: ContextWork, *, shutdown_window: float = 60.0) -> None:
+                 reasons: Reasons, contexts: ContextWork, *, shutdown_window: float = 60.0) -> None:
         self.sessions = sessions
+        self.reasons = reasons
         self.hosts = hosts
         self.tasks = tasks
         self.scheduler = scheduler
@@ -64,8 +68,21 @@ class ServerWork:
     async def _boot(self, uuid: str) -> None:
         try:
             await self._start_domain(uuid)
+        except Exception:  # a bug, not the host: the job still ends, the traceback goes to the log
+            async with self.sessions() as s:
+                server = await s.get(Server, uuid)
+                host = server.host if server is not None else None
+            await self._failed(uuid, host, "Internal error while starting the server (see the operator's log)")
+            raise
         finally:
             self.booting.discard(uuid)
+
+    async def _failed(self, uuid: str, host: str | None, reason: str) -> None:
+        """A boot that failed: its job says why; the server is ``stopped``, its claim released."""
+        async with self.sessions.begin() as s:
+            await finish_started(s, "server_start", uuid, reason)
+        if host is not None:
+            await self.finish_stop(uuid, host)
 
     async def _start_domain(self, uuid: str) -> None:
         async with self.sessions() as s:
@@ -80,16 +97,16 @@ class ServerWork:
             networks = await self._connect_nics(host, [n["mac"] for n in server.nics], plan)
             await self.contexts.push_one(uuid)  # there before the guest asks
             domain = await self.hosts.call(host, "domain.start", server=server_spec(server, drives, networks))
-        except (AgentCallError, AgentGone, ValueError) as err:  # ValueError: a definition the wire refuses
+        except (*HOST_FAILURES, ValueError) as err:  # ValueError: a definition the wire refuses
             log.error("server %s did not start on %s: %s", uuid, host, err)
-            await self.finish_stop(uuid, host)  # boot failure: back to stopped, claim released
+            await self._failed(uuid, host, self.reasons.of(err))
             return
         async with self.sessions.begin() as s:
             server = await s.get(Server, uuid)
             # The lifecycle event may have marked it running already.
             booted = server is not None and server.host == host and server.status in BOOTED
             if booted:
-                server.status = Status.RUNNING
+                await record_running(s, server)
                 server.active_since = datetime.fromisoformat(domain["active_since"]) if domain.get(
                     "active_since") else utcnow()
         if not booted:  # stopped (or deleted) while booting: the guest must not outlive its claim

@@ -3,6 +3,7 @@ request's commit is spawned here, logged when it fails, and cancelled when the a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -19,6 +20,20 @@ class Tasks:
 
     async def spawn(self, work: Coroutine[Any, Any, Any], name: str | None = None) -> None:
         await self._scheduler.spawn(work, name)
+
+    async def run(self, work: Coroutine[Any, Any, Any], name: str | None = None) -> None:
+        """Spawn ``work`` and wait for its end; cancelling the waiter leaves the work running (its
+        failure is logged like any other)."""
+        ended = asyncio.Event()
+
+        async def tracked() -> None:
+            try:
+                await work
+            finally:
+                ended.set()
+
+        await self._scheduler.spawn(tracked(), name)
+        await ended.wait()
 
     async def close(self) -> None:
         await self._scheduler.close()

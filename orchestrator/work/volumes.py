@@ -1,9 +1,14 @@
 """Drive volumes on their storage hosts: create, import an upload, resize, delete, and the
-status a drive settles in when its storage work ends (``mounted`` / ``unmounted``)."""
+status a drive settles in when its storage work ends (``mounted`` / ``unmounted``).
+
+Create, import and resize end their job (``drive_create``, ``drive_upload``, ``drive_resize``,
+made by the request that asked): ``success``, or ``failed`` with the host's reason; a drive whose
+volume was never made is removed, a drive whose resize failed keeps the size its volume has."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,7 +18,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from agents.client import AgentCallError, AgentGone
 from orchestrator.db.models import Drive
-from orchestrator.domain.drives import Volume, refresh_mount_status, round_size
+from orchestrator.domain.drives import Volume, discard_failed, refresh_mount_status, round_size
+from orchestrator.domain.jobs import Reasons, finish_started
 from orchestrator.hosts.pool import Hosts
 
 log = logging.getLogger(__name__)
@@ -21,9 +27,10 @@ HOST_FAILURES = (AgentCallError, AgentGone, OSError, asyncssh.Error)
 
 
 class VolumeWork:
-    def __init__(self, sessions: async_sessionmaker, hosts: Hosts) -> None:
+    def __init__(self, sessions: async_sessionmaker, hosts: Hosts, reasons: Reasons) -> None:
         self.sessions = sessions
         self.hosts = hosts
+        self.reasons = reasons
         # libvirt refuses a volume build while another runs in the same pool ("pool has
         # asynchronous jobs running"): one volume build at a time per host.
         self._locks: dict[str, asyncio.Lock] = {}
@@ -40,13 +47,18 @@ class VolumeWork:
             async with self.lock(drive.host):
                 volume = await self.hosts.call(drive.host, "volume.create", pool=drive.pool, name=drive.volume,
                                                size=drive.size)
-        except (AgentCallError, AgentGone) as err:
+        except AgentGone as err:
             log.error("drive %s: volume not created: %s", drive_uuid, err)
-            return  # stays "creating"; the host's next reconciliation retries
+            return  # stays "creating" (its job "started"); the host's next reconciliation retries
+        except AgentCallError as err:  # the host refused: retrying would not help
+            log.error("drive %s: volume not created: %s", drive_uuid, err)
+            await self._failed(drive_uuid, "drive_create", self.reasons.of(err))
+            return
         async with self.sessions.begin() as s:
             row = await s.get(Drive, drive_uuid)
             if row is not None:
                 row.pool = volume["pool"]
+            await finish_started(s, "drive_create", drive_uuid)
         await self.settle(drive_uuid)
 
     async def import_upload(self, drive_uuid: str, source: Path) -> None:
@@ -59,14 +71,24 @@ class VolumeWork:
             volume = await self.import_file(drive, source)
         except HOST_FAILURES as err:
             log.error("drive %s: upload not imported: %s", drive_uuid, err)
-            return  # stays "uploading": the client may delete it and try again
+            await self._failed(drive_uuid, "drive_upload", self.reasons.of(err))
+            return
         finally:
             source.unlink(missing_ok=True)
         async with self.sessions.begin() as s:
             row = await s.get(Drive, drive_uuid)
             if row is not None:
                 row.pool, row.size = volume["pool"], max(row.size, round_size(volume["capacity"]))
+            await finish_started(s, "drive_upload", drive_uuid)
         await self.settle(drive_uuid)
+
+    async def _failed(self, drive_uuid: str, operation: str, reason: str) -> None:
+        """The volume was never made: the job says why, the drive goes."""
+        async with self.sessions.begin() as s:
+            await finish_started(s, operation, drive_uuid, reason)
+            row = await s.get(Drive, drive_uuid)
+            if row is not None:
+                await discard_failed(s, row)
 
     async def import_file(self, drive: Drive, source: Path) -> dict[str, Any]:
         """``volume.import`` of a file on the API node into the drive's pool on its host."""
@@ -78,12 +100,25 @@ class VolumeWork:
     async def resize(self, drive_uuid: str) -> None:
         async with self.sessions() as s:
             drive = await s.get(Drive, drive_uuid)
-        if drive is not None and drive.host is not None:
-            try:
-                await self.hosts.call(drive.host, "volume.resize", pool=drive.pool, name=drive.volume,
-                                      size=drive.size)
-            except (AgentCallError, AgentGone) as err:
-                log.error("drive %s: resize failed: %s", drive_uuid, err)
+        if drive is None or drive.host is None:
+            return
+        error, capacity = None, None
+        try:
+            capacity = (await self.hosts.call(drive.host, "volume.resize", pool=drive.pool, name=drive.volume,
+                                              size=drive.size))["capacity"]
+        except AgentGone as err:
+            log.error("drive %s: resize not done: %s", drive_uuid, err)
+            return  # stays "resizing"; the host's next reconciliation retries
+        except AgentCallError as err:
+            log.error("drive %s: resize failed: %s", drive_uuid, err)
+            error = self.reasons.of(err)
+            with contextlib.suppress(*HOST_FAILURES, StopIteration):
+                capacity = (await self.path_of(drive))["capacity"]
+        async with self.sessions.begin() as s:
+            row = await s.get(Drive, drive_uuid)
+            if row is not None and capacity is not None and error is not None:
+                row.size = round_size(capacity)  # what the volume has, not what was asked
+            await finish_started(s, "drive_resize", drive_uuid, error)
         await self.settle(drive_uuid)
 
     async def settle(self, drive_uuid: str) -> None:

@@ -18,6 +18,7 @@ from agents.client import AgentCallError, AgentGone
 from orchestrator.db.models import Drive, Host, Server, utcnow
 from orchestrator.domain.drives import IDLE
 from orchestrator.domain.lifecycle import ACTIVE, REVIVED_BY_RUNNING, Status
+from orchestrator.domain.transitions import record_running
 from orchestrator.hosts.connection import Event, Listener
 from orchestrator.hosts.pool import Hosts
 from orchestrator.work.clones import CloneWork
@@ -111,7 +112,7 @@ class HostWatch(Listener):
                 log.warning("host %s: event for a domain Strato does not know: %s", host, params)
                 return
             if state == "running" and server.status in REVIVED_BY_RUNNING:
-                server.status = Status.RUNNING
+                await record_running(s, server)
             elif state == "paused":
                 server.status = Status.PAUSED
 
@@ -127,7 +128,7 @@ class HostWatch(Listener):
                 domain = domains.get(server.uuid)
                 if domain is not None and domain["state"] == "running":
                     if server.status != Status.RUNNING:
-                        server.status = Status.RUNNING
+                        await record_running(s, server)
                     if domain.get("active_since"):
                         server.active_since = datetime.fromisoformat(domain["active_since"])
                 elif server.status != Status.STARTING or domain is None or server.uuid not in self.servers.booting:

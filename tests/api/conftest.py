@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.strato_process import Api, StratoServer
+from tests.strato_process import Api, StratoServer, qemu_reachable_dir
 
 _counter = itertools.count()
 
@@ -68,22 +69,24 @@ IDLE = ("mounted", "unmounted")
 
 
 @pytest.fixture(scope="session")
-def strato_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StratoServer]:
+def strato_server() -> Iterator[StratoServer]:
     """The API tests' own server: its local host agent gets a libvirt prefix of its own (the storage
     pool is named prefix + "default"; a shared prefix would find another session's pool), and the
     tests wait for that host to be up so drives can be placed.  Its pool is removed afterwards."""
     prefix = f"stapi{os.getpid()}-"
-    server = StratoServer(tmp_path_factory.mktemp("strato") / "data", extra_env={"STRATO_AGENT_PREFIX": prefix})
-    server.cli("users", "create", "alice@example.com", "--password", "alice-pw")
-    server.cli("users", "create", "bob@example.com", "--password", "bob-pw")
-    server.start()
+    root = qemu_reachable_dir("api")
+    server = StratoServer(root / "data", extra_env={"STRATO_AGENT_PREFIX": prefix})
     try:
+        server.cli("users", "create", "alice@example.com", "--password", "alice-pw")
+        server.cli("users", "create", "bob@example.com", "--password", "bob-pw")
+        server.start()
         server.wait_host_up()
         yield server
     finally:
         server.stop()
         for command in ("pool-destroy", "pool-undefine"):
             subprocess.run(["virsh", "-q", command, f"{prefix}default"], capture_output=True, check=False)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def wait_idle(api: Api, *drive_uuids: str, timeout: float = 30) -> list[dict[str, Any]]:
