@@ -21,7 +21,7 @@ from orchestrator.domain.capabilities import Capabilities
 from orchestrator.domain.drives import Volume, delete_drives, refresh_mount_status
 from orchestrator.domain.errors import DomainError, forbidden, invalid
 from orchestrator.domain.keypairs import check_server_pubkeys
-from orchestrator.domain.lifecycle import allows, check
+from orchestrator.domain.lifecycle import Status, allows, check
 from orchestrator.domain.networks import check_nic_references, forget_servers
 from orchestrator.domain.tagging import forget_resources, set_resource_tags
 
@@ -212,10 +212,15 @@ async def delete_servers(s: AsyncSession, servers: list[Server], media: tuple[st
         check(server, "delete")
     server_ids = [server.uuid for server in servers]
     attached = {link.drive_uuid for server in servers for link in server.drive_links}
-    shared = set((await s.scalars(select(ServerDrive.drive_uuid).where(
-        ServerDrive.drive_uuid.in_(attached), ServerDrive.server_uuid.not_in(server_ids)))).all())
+    # A drive another server also lists goes too, detached from it, while that server is stopped
+    # (a clone shares its source's cdroms, §15): pycloudsigma and libcloud expect every drive of the
+    # deleted server gone.  One in use by a server that is not stopped stays [decision].
+    in_use = set((await s.scalars(
+        select(ServerDrive.drive_uuid).join(Server, Server.uuid == ServerDrive.server_uuid).where(
+            ServerDrive.drive_uuid.in_(attached), ServerDrive.server_uuid.not_in(server_ids),
+            Server.status != Status.STOPPED))).all())
     doomed = [] if not media else (await s.scalars(select(Drive).where(
-        Drive.uuid.in_(attached - shared), Drive.media.in_(media), Drive.owner_uuid.is_not(None)))).all()
+        Drive.uuid.in_(attached - in_use), Drive.media.in_(media), Drive.owner_uuid.is_not(None)))).all()
     for server in servers:
         await s.delete(server)
     await s.flush()

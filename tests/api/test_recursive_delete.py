@@ -1,0 +1,39 @@
+"""``DELETE /servers/{uuid}/?recurse=…`` when another server shares a drive (issue 11, defect 4).
+
+A server clone shares its source's cdroms (§15).  pycloudsigma's own suite deletes the source
+with ``recurse=all_drives`` and waits for the cdrom's 404; so a shared drive goes too, detached
+from the other server, while that server is stopped [decision]."""
+
+from __future__ import annotations
+
+from tests.api.conftest import make_drive, make_server, wait_idle
+from tests.strato_process import Api
+
+
+def test_a_shared_cdrom_goes_with_the_server_and_leaves_its_clone(alice: Api) -> None:
+    disk, cdrom = make_drive(alice), make_drive(alice, media="cdrom")
+    wait_idle(alice, disk["uuid"], cdrom["uuid"])
+    source = make_server(alice, drives=[
+        {"drive": disk["uuid"], "device": "virtio", "dev_channel": "0:0", "boot_order": 1},
+        {"drive": cdrom["uuid"], "device": "ide", "dev_channel": "0:0"}])
+    clone = alice.ok("POST", f"servers/{source['uuid']}/action/?do=clone", {"name": "twin"}, 202)
+    assert cdrom["uuid"] in {d["drive"]["uuid"] for d in clone["drives"]}  # shared, not copied
+    copy = next(d["drive"]["uuid"] for d in clone["drives"] if d["drive"]["uuid"] != cdrom["uuid"])
+    wait_idle(alice, copy)
+
+    r = alice.request("DELETE", f"servers/{source['uuid']}/?recurse=all_drives")
+    assert r.status_code == 204, r.text
+    assert alice.get(f"drives/{disk['uuid']}/").status_code == 404
+    assert alice.get(f"drives/{cdrom['uuid']}/").status_code == 404
+    left = alice.ok("GET", f"servers/{clone['uuid']}/")
+    assert [d["drive"]["uuid"] for d in left["drives"]] == [copy]  # its own disk copy stays attached
+    alice.request("DELETE", f"servers/{clone['uuid']}/?recurse=all_drives")
+    assert alice.get(f"drives/{copy}/").status_code == 404
+
+
+def test_without_recurse_every_drive_stays(alice: Api) -> None:
+    cdrom = make_drive(alice, media="cdrom")
+    wait_idle(alice, cdrom["uuid"])
+    server = make_server(alice, drives=[{"drive": cdrom["uuid"], "device": "ide", "dev_channel": "0:0"}])
+    assert alice.request("DELETE", f"servers/{server['uuid']}/").status_code == 204
+    assert alice.ok("GET", f"drives/{cdrom['uuid']}/")["status"] == "unmounted"
