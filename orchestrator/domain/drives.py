@@ -49,8 +49,9 @@ async def active_server(s: AsyncSession, drive_uuid: str) -> str | None:
 
 
 async def check_deletable(s: AsyncSession, drive: Drive) -> None:
-    """Deletable when idle (or uploading) and attached only to stopped servers (spec §20.8)."""
-    if drive.status not in IDLE | {"uploading"}:
+    """Deletable when idle (or uploading, or the target of a copy, which the delete cancels) and
+    attached only to stopped servers (spec §20.8)."""
+    if drive.status not in IDLE | {"uploading", "cloning_dst"}:
         raise forbidden(f'Cannot delete drive in status "{drive.status}"')
     busy = await active_server(s, drive.uuid)
     if busy is not None:

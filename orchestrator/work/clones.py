@@ -55,6 +55,7 @@ class CloneWork:
                 return
             source_uuid, target_uuid = job.source_uuid, job.target_uuid
             source, target = await s.get(Drive, source_uuid), await s.get(Drive, target_uuid)
+        planned = target  # as planned, for a copy whose drive is deleted meanwhile
         volume: dict[str, Any] = {}
         try:
             if source is None or target is None or source.host is None or target.host is None:
@@ -79,6 +80,10 @@ class CloneWork:
                 await s.execute(delete(ServerDrive).where(ServerDrive.drive_uuid == target_uuid))
                 await s.delete(target)
                 await self.tasks.spawn(self.volumes.delete([(target.host, target.pool, target.volume)]))
+            elif planned is not None:  # deleted while copying (libcloud destroys a fresh clone): so is the copy
+                made = (planned.host, volume.get("pool", planned.pool), planned.volume)
+                await self.tasks.spawn(self.volumes.delete([made]))
+                ok, error = False, error or "The clone was deleted before its copy finished"
             if job is not None:
                 finish(job, error)
                 await s.flush()

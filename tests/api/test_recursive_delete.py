@@ -6,8 +6,10 @@ from the other server, while that server is stopped [decision]."""
 
 from __future__ import annotations
 
+import os
+
 from tests.api.conftest import make_drive, make_server, wait_idle
-from tests.strato_process import Api
+from tests.strato_process import Api, StratoServer, upload, wait_for
 
 
 def test_a_shared_cdrom_goes_with_the_server_and_leaves_its_clone(alice: Api) -> None:
@@ -37,3 +39,20 @@ def test_without_recurse_every_drive_stays(alice: Api) -> None:
     server = make_server(alice, drives=[{"drive": cdrom["uuid"], "device": "ide", "dev_channel": "0:0"}])
     assert alice.request("DELETE", f"servers/{server['uuid']}/").status_code == 204
     assert alice.ok("GET", f"drives/{cdrom['uuid']}/")["status"] == "unmounted"
+
+
+def test_a_clone_deleted_while_copying_leaves_no_volume(alice: Api, strato_server: StratoServer) -> None:
+    """libcloud destroys a fresh clone with recurse=all_drives at once (issue 11, defect 5)."""
+    pool = strato_server.data_dir / "pools" / "local"
+    source = upload(alice, "to-copy.img", os.urandom(4 * 2**20) + bytes(60 * 2**20))
+    before = sorted(p.name for p in pool.iterdir())
+    copies = []
+    for n in range(3):
+        copy = alice.ok("POST", f"drives/{source}/action/?do=clone", {"name": f"copy-{n}"}, 202)["objects"][0]
+        r = alice.request("DELETE", f"drives/{copy['uuid']}/")  # cloning_dst, or done already: both go
+        assert r.status_code == 204, r.text
+        copies.append(copy["uuid"])
+    for uuid in copies:
+        assert alice.get(f"drives/{uuid}/").status_code == 404
+    wait_for(lambda: alice.ok("GET", f"drives/{source}/")["status"] == "unmounted", 30, "the source settled")
+    wait_for(lambda: sorted(p.name for p in pool.iterdir()) == before, 30, f"no copy left in {pool}")
