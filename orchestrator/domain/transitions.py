@@ -17,6 +17,8 @@ from orchestrator.domain.lifecycle import Status, check
 from orchestrator.domain.networks import lease_addresses, release_addresses
 from orchestrator.domain.placement import Scheduler
 
+COPY_SOURCE = "cloning_src"  # a drive status: being copied into a clone
+
 
 async def begin_start(s: AsyncSession, server: Server, scheduler: Scheduler, avoid: Sequence[str]) -> None:
     """Check, place (claim a host) and lease addresses, then mark ``starting``; in the caller's
@@ -26,7 +28,10 @@ async def begin_start(s: AsyncSession, server: Server, scheduler: Scheduler, avo
                               .where(ServerDrive.server_uuid == server.uuid))).all()
     for drive in drives:
         library = drive.owner_uuid is None and drive.status in IDLE  # a library cdrom (§23)
-        if (drive.status != "mounted" and not library) or drive.host is None:
+        # A clone's source: the boot waits until the copy is done (libcloud starts the source of a
+        # fresh clone at once), so the copy never sees the guest write.
+        ready = drive.status in ("mounted", COPY_SOURCE) or library
+        if not ready or drive.host is None:
             raise forbidden(f'Drive {drive.uuid} is not ready to boot (status "{drive.status}")')
     await scheduler.place_server(s, server, [(d.host, d.pool) for d in drives], avoid)
     await lease_addresses(s, server)  # 503 when a DHCP pool is exhausted

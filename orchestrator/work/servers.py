@@ -20,13 +20,13 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import selectinload
 
 from agents.client import AgentCallError, AgentGone
-from orchestrator.db.models import Drive, Server, utcnow
+from orchestrator.db.models import Drive, Server, ServerDrive, utcnow
 from orchestrator.domain.errors import notexist
 from orchestrator.domain.jobs import Reasons, finish_started
 from orchestrator.domain.lifecycle import BOOTED, Status
 from orchestrator.domain.networks import network_plan, reservations_of
 from orchestrator.domain.placement import Scheduler
-from orchestrator.domain.transitions import begin_start, record_running, record_stopped
+from orchestrator.domain.transitions import COPY_SOURCE, begin_start, record_running, record_stopped
 from orchestrator.hosts.pool import Hosts
 from orchestrator.hosts.spec import server_spec
 from orchestrator.work.contexts import ContextWork
@@ -84,7 +84,23 @@ class ServerWork:
         if host is not None:
             await self.finish_stop(uuid, host)
 
+    async def _copies_done(self, uuid: str, every: float = 0.5) -> bool:
+        """Wait while a drive of the booting server is still being copied into a clone; False when
+        the server stopped (or went) meanwhile."""
+        while True:
+            async with self.sessions() as s:
+                server = await s.get(Server, uuid)
+                if server is None or server.status != Status.STARTING:
+                    return False
+                copying = await s.scalar(select(Drive.uuid).join(ServerDrive, ServerDrive.drive_uuid == Drive.uuid)
+                                         .where(ServerDrive.server_uuid == uuid, Drive.status == COPY_SOURCE).limit(1))
+            if copying is None:
+                return True
+            await asyncio.sleep(every)
+
     async def _start_domain(self, uuid: str) -> None:
+        if not await self._copies_done(uuid):
+            return
         async with self.sessions() as s:
             server = await s.scalar(select(Server).where(Server.uuid == uuid)
                                     .options(selectinload(Server.drive_links)))

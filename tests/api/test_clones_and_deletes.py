@@ -1,15 +1,20 @@
-"""``DELETE /servers/{uuid}/?recurse=…`` when another server shares a drive (issue 11, defect 4).
+"""Clones and deletes as the clients use them (issue 11, defects 4 and 5).
 
-A server clone shares its source's cdroms (§15).  pycloudsigma's own suite deletes the source
-with ``recurse=all_drives`` and waits for the cdrom's 404; so a shared drive goes too, detached
-from the other server, while that server is stopped [decision]."""
+* ``DELETE /servers/{uuid}/?recurse=…`` when another server shares a drive: a server clone shares
+  its source's cdroms (§15); pycloudsigma's own suite deletes the source with
+  ``recurse=all_drives`` and waits for the cdrom's 404, so a shared drive goes too, detached from
+  the other server, while that server is stopped [decision].
+* libcloud starts a fresh clone's source and destroys the fresh clone at once: neither fails.
+"""
 
 from __future__ import annotations
 
 import os
 
 from tests.api.conftest import make_drive, make_server, wait_idle
-from tests.strato_process import Api, StratoServer, upload, wait_for
+from tests.strato_process import ROOT, Api, StratoServer, upload, wait_for
+
+GUEST = ROOT / "build" / "guest" / "strato-guest.img"
 
 
 def test_a_shared_cdrom_goes_with_the_server_and_leaves_its_clone(alice: Api) -> None:
@@ -56,3 +61,18 @@ def test_a_clone_deleted_while_copying_leaves_no_volume(alice: Api, strato_serve
         assert alice.get(f"drives/{uuid}/").status_code == 404
     wait_for(lambda: alice.ok("GET", f"drives/{source}/")["status"] == "unmounted", 30, "the source settled")
     wait_for(lambda: sorted(p.name for p in pool.iterdir()) == before, 30, f"no copy left in {pool}")
+
+
+def test_the_source_of_a_fresh_clone_starts(alice: Api) -> None:
+    """Accepted at once; the boot waits for the copy, so the copy never sees the guest write."""
+    source = upload(alice, "boots.img", GUEST.read_bytes())
+    server = make_server(alice, drives=[{"drive": source, "device": "virtio", "dev_channel": "0:0",
+                                         "boot_order": 1}])
+    copy = alice.ok("POST", f"drives/{source}/action/?do=clone", {"name": "fresh"}, 202)["objects"][0]
+    r = alice.post(f"servers/{server['uuid']}/action/?do=start")
+    assert r.status_code == 202, r.text
+    wait_for(lambda: alice.ok("GET", f"servers/{server['uuid']}/")["status"] == "running", 120, "running")
+    assert alice.ok("GET", f"drives/{copy['uuid']}/")["status"] == "unmounted"
+    assert alice.ok("GET", f"drives/{source}/")["status"] == "mounted"
+    alice.post(f"servers/{server['uuid']}/action/?do=stop")
+    wait_for(lambda: alice.ok("GET", f"servers/{server['uuid']}/")["status"] == "stopped", 60, "stopped")
