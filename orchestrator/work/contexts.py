@@ -40,6 +40,7 @@ class ContextWork:
         self._owners: set[str] = set()     # whose documents may have changed since the last push
         self._servers: set[str] = set()    # servers whose documents may have changed (links without owner)
         self._pushing = False
+        self._handing: asyncio.Task[None] | None = None
 
     async def push(self, *, servers: set[str] | None = None, owners: set[str] | None = None,
                    host: str | None = None) -> None:
@@ -110,7 +111,9 @@ class ContextWork:
         if self._pushing:
             return
         self._pushing = True
-        asyncio.get_running_loop().create_task(self.tasks.spawn(self._push_noted(), "push contexts"))
+        # Called inside a commit (not awaitable): hand the push to the supervisor from a task,
+        # kept referenced until it has.
+        self._handing = asyncio.get_running_loop().create_task(self.tasks.spawn(self._push_noted(), "push contexts"))
 
     async def _push_noted(self) -> None:
         try:
