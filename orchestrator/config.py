@@ -36,7 +36,9 @@ class Config(BaseSettings):
     # Hosts and placement
     local_host: bool = True              # register this machine when no host is registered
     local_virt_type: str | None = None   # kvm | qemu for that host (default: the agent's choice)
-    agent_prefix: str = "strato-"        # libvirt domain / pool name prefix of the local agent
+    # libvirt name prefix (domains, pools, networks) of the local agents; unset: this installation's
+    # own, "strato-<8 hex>-", made once and kept in the host rows (orchestrator/hosts/registry.py)
+    agent_prefix: str | None = None
     storage_pools: dict[str, str] = Field(default_factory=dict)  # storage_type → pool name (spec §21)
     cpu_overcommit: float = 4.0
     mem_overcommit: float = 1.0

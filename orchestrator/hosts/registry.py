@@ -5,6 +5,7 @@ from __future__ import annotations
 import grp
 import itertools
 import pwd
+import secrets
 import shlex
 import stat
 import sys
@@ -21,9 +22,21 @@ HOST_CONFIG = "/etc/strato/agent.json"  # written by deploy/prepare-host.sh
 QEMU_USERS = ("libvirt-qemu", "qemu")  # the user libvirt runs QEMU as: Debian's, Fedora's
 
 
-def local_agent_command(config: Config, name: str = "local", virt_type: str | None = None) -> list[str]:
+async def installation_prefix(s: AsyncSession, config: Config) -> str:
+    """The libvirt name prefix of this installation's local agents: the configured one, else the
+    one its local hosts were registered with, else a new one.  Two installations on one libvirtd
+    thus never share a name, and nothing either agent defines or deletes is the other's."""
+    if config.agent_prefix:
+        return config.agent_prefix
+    for argv in (await s.scalars(select(Host.agent_command).where(Host.address == "local"))).all():
+        if "--prefix" in argv[:-1]:
+            return argv[argv.index("--prefix") + 1]
+    return f"strato-{secrets.token_hex(4)}-"
+
+
+def local_agent_command(config: Config, prefix: str, name: str = "local", virt_type: str | None = None) -> list[str]:
     data = config.data_dir.resolve()
-    command = [sys.executable, "-m", "agents.cli", "--stdio", "--prefix", config.agent_prefix,
+    command = [sys.executable, "-m", "agents.cli", "--stdio", "--prefix", prefix,
                "--pool", f"default={data / 'pools' / name}", "--console-log-dir", str(data / "console"),
                "--socket-dir", str(data / "sockets")]
     virt_type = virt_type or config.local_virt_type
@@ -36,8 +49,8 @@ def local_agent_command(config: Config, name: str = "local", virt_type: str | No
 async def ensure_local_host(s: AsyncSession, config: Config) -> None:
     """With no host registered, this machine is the one host (a working one-machine cloud)."""
     if await s.scalar(select(func.count()).select_from(Host)) == 0:
-        s.add(Host(name="local", address="local", agent_command=local_agent_command(config), state="down",
-                   facts={}))
+        command = local_agent_command(config, await installation_prefix(s, config))
+        s.add(Host(name="local", address="local", agent_command=command, state="down", facts={}))
 
 
 async def add_host(s: AsyncSession, name: str, address: str, *, agent_command: str | None, key_file: str | None,
@@ -45,7 +58,8 @@ async def add_host(s: AsyncSession, name: str, address: str, *, agent_command: s
     if await s.get(Host, name) is not None:
         raise ValueError(f"host {name} exists already")
     if address == "local":
-        argv = shlex.split(agent_command) if agent_command else local_agent_command(config, name)
+        argv = shlex.split(agent_command) if agent_command else local_agent_command(
+            config, await installation_prefix(s, config), name)
     else:
         argv = shlex.split(agent_command or f"strato-agent --stdio --config {HOST_CONFIG}")
     host = Host(name=name, address=address, agent_command=argv, key_file=key_file, known_hosts=known_hosts,
