@@ -36,7 +36,7 @@ from orchestrator.hosts.registry import ensure_local_host
 from orchestrator.web import console
 from orchestrator.web.auth import Authenticator, auth_middleware
 from orchestrator.web.cookies import CookieStore
-from orchestrator.web.errors import error_middleware
+from orchestrator.web.errors import error_middleware, install_protocol_errors
 from orchestrator.web.feed import Feed
 from orchestrator.web.keys import (
     AUTH,
@@ -103,6 +103,7 @@ async def hosts(app: web.Application) -> AsyncIterator[None]:
 def create_app(config: Config) -> web.Application:
     # Order matters: request ids wrap everything, errors are rendered before them, and content
     # negotiation and OPTIONS come before authentication.
+    install_protocol_errors()
     app = web.Application(
         middlewares=[request_id_middleware, error_middleware, negotiation_middleware, auth_middleware,
                      read_cache_middleware],

@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
 from sqlalchemy import select
 
 from orchestrator.api.drives import DRIVE, RELATED
@@ -53,7 +53,9 @@ async def upload(request: web.Request) -> web.Response:
     storage_type = caps.default_storage_type
     size = max(round_size(length), caps.drive_size(storage_type)["min"])
     check_size(caps, storage_type, size, "Content-Length")
-    name = request.match_info.get("filename") or f"Upload_{utcnow():%Y-%m-%d %H:%M:%S}"
+    filename = request.match_info.get("filename")
+    # The file name follows the rules of any drive name (no NUL, no line breaks, at most 1,024 characters).
+    name = DRIVE.by_name["name"].parse(filename, "filename") if filename else f"Upload_{utcnow():%Y-%m-%d %H:%M:%S}"
     async with scheduler.placing(request.app[SESSIONS]) as s:
         drive = await new_drive(s, scheduler, caller(request), status="uploading", avoid=query_uuids(request, "avoid"),
                                 name=name, size=size, media="disk", storage_type=storage_type, affinities=[],
@@ -62,7 +64,7 @@ async def upload(request: web.Request) -> web.Response:
     target = Path(request.app[CONFIG].data_dir, "uploads", f"{uuid}.img")
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        received = await _receive(request, target)
+        received = await _receive(request, target, length)
         if received != length:
             raise invalid(f"Received {received} of {length} bytes", "Content-Length")
     except BaseException:
@@ -77,12 +79,16 @@ async def upload(request: web.Request) -> web.Response:
     return web.Response(status=201, text=f"{uuid}\n", content_type="text/plain")
 
 
-async def _receive(request: web.Request, target: Path) -> int:
+async def _receive(request: web.Request, target: Path, limit: int) -> int:
+    """Stream the body to ``target``; the bytes counted are the decoded ones (``Content-Encoding: gzip``
+    inflates here), and nothing is written beyond ``limit``, the size the drive was made for."""
     received = 0
     with target.open("wb") as out:
         async for chunk in request.content.iter_chunked(1 << 20):
-            out.write(chunk)
             received += len(chunk)
+            if received > limit:
+                raise invalid(f"The body decodes to more than the {limit} bytes announced", "Content-Length")
+            out.write(chunk)
     return received
 
 
@@ -140,12 +146,21 @@ async def resumable_post(request: web.Request) -> web.Response:
     upload = request.app[UPLOADS].get(request.match_info["uuid"])
     if upload.owner != caller(request):
         raise notexist("Drive")
-    reader = await request.multipart()
+    try:
+        reader = await request.multipart()
+    except (AssertionError, ValueError, KeyError):  # not multipart/form-data, or no boundary
+        raise invalid("A multipart/form-data body is required", "Content-Type") from None
     fields: dict[str, str] = {}
-    while (part := await reader.next()) is not None:
-        assert isinstance(part, BodyPartReader)
+    while (part := await _next_part(reader)) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise invalid("Nested multipart bodies are not accepted", "file")
         if part.name != "file":
-            fields[part.name or ""] = (await part.read(decode=True)).decode()
+            try:
+                fields[part.name or ""] = (await part.read(decode=True)).decode()
+            except (UnicodeDecodeError, ValueError, RuntimeError) as e:
+                raise invalid(f"The multipart field {part.name!r} is not UTF-8 text: {e}", part.name) from None
+            if len(fields) > 64:
+                raise invalid("Too many multipart fields", "file")
             continue
         offset, length = _resumable_span(fields, upload.size)
         data = bytearray()
@@ -156,6 +171,13 @@ async def resumable_post(request: web.Request) -> web.Response:
         await _store(request, upload.drive, offset, length, _once(_chunk_bytes(bytes(data), length)))
         return respond({})
     raise invalid("A multipart 'file' part after the resumable fields is required", "file")
+
+
+async def _next_part(reader: MultipartReader) -> BodyPartReader | MultipartReader | None:
+    try:
+        return await reader.next()
+    except (AssertionError, ValueError, RuntimeError) as e:  # aiohttp asserts on a malformed body
+        raise invalid(f"Malformed multipart body: {e}", "file") from None
 
 
 def _resumable_span(fields: Mapping[str, str], total: int) -> tuple[int, int]:
