@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -30,6 +31,7 @@ from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
 from orchestrator.domain.capabilities import Capabilities
 from orchestrator.domain.placement import Scheduler
 from orchestrator.domain.uploads import Uploads
+from orchestrator.domain.uploads import recover as recover_uploads
 from orchestrator.hosts.consoles import Consoles
 from orchestrator.hosts.pool import Hosts
 from orchestrator.hosts.registry import ensure_local_host
@@ -58,6 +60,8 @@ from orchestrator.web.middlewares import negotiation_middleware, read_cache_midd
 from orchestrator.web.read_cache import ReadCache
 from orchestrator.work.background import Work
 
+log = logging.getLogger(__name__)
+
 
 async def database(app: web.Application) -> AsyncIterator[None]:
     engine = make_engine(app[CONFIG].db_url)
@@ -73,6 +77,15 @@ async def database(app: web.Application) -> AsyncIterator[None]:
     app[AUTH] = Authenticator(app[SESSIONS])
     yield
     await engine.dispose()
+
+
+async def leftover_uploads(app: web.Application) -> AsyncIterator[None]:
+    """Uploads a previous process left: files swept, drives waiting for their chunks again."""
+    async with app[SESSIONS].begin() as s:
+        waiting = await recover_uploads(s, app[UPLOADS])
+    if waiting:
+        log.warning("%d drives were uploading when the node stopped; they wait for their chunks again", waiting)
+    yield
 
 
 async def hosts(app: web.Application) -> AsyncIterator[None]:
@@ -114,6 +127,7 @@ def create_app(config: Config) -> web.Application:
     app[UPLOADS] = Uploads(config.data_dir / "uploads")
     app[CAPABILITIES] = Capabilities.from_config(config.capabilities)
     app.cleanup_ctx.append(database)
+    app.cleanup_ctx.append(leftover_uploads)
     app.cleanup_ctx.append(hosts)
     for module in (accounts, availability, servers, server_actions, uploads, drives, libdrives, networks, tags, jobs,
                    keypairs, profile, global_context, locations, capabilities, console):

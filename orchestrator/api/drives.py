@@ -221,8 +221,14 @@ action_route(routes, "drives/{uuid}/action", ACTIONS)
 
 async def _delete(request: web.Request, s: AsyncSession, drives: list[Drive]) -> AfterCommit:
     volumes = await delete_drives(s, drives)
-    work = request.app[WORK]
-    return lambda: work.later(work.volumes.delete(volumes), "delete volumes")
+    work, uploads, ids = request.app[WORK], request.app[UPLOADS], [d.uuid for d in drives]
+
+    async def after() -> None:
+        for uuid in ids:  # an upload in progress ends with its drive: links, chunk file
+            uploads.forget(uuid)
+        await work.later(work.volumes.delete(volumes), "delete volumes")
+
+    return after
 
 
 delete_views(routes, "drives", Drive, "Drive", owned, _delete)

@@ -392,7 +392,7 @@ def _non_negative(query: Mapping[str, str], name: str, default: int) -> int:
     if raw == "":
         return default
     if not re.fullmatch("[0-9]{1,18}", raw):  # ASCII digits, within a 64-bit column
-        raise invalid(f"{name} must be a non-negative integer below 10**18", name)
+        raise invalid(f"{name} must be a non-negative integer", name)
     return int(raw)
 
 

@@ -30,10 +30,10 @@ from orchestrator.api.resource import (
 )
 from orchestrator.db.models import Drive, Job, JobLink, new_uuid, utcnow
 from orchestrator.domain.drives import IDLE, active_server, check_size, new_drive, round_size
-from orchestrator.domain.errors import forbidden, invalid, notexist
+from orchestrator.domain.errors import DomainError, Kind, forbidden, invalid, notexist
 from orchestrator.domain.jobs import new_job
 from orchestrator.domain.tagging import set_resource_tags
-from orchestrator.domain.uploads import chunk_span
+from orchestrator.domain.uploads import Upload, chunk_span
 from orchestrator.web.auth import public
 from orchestrator.web.keys import CAPABILITIES, CONFIG, HOSTS, SCHEDULER, SESSIONS, UPLOADS, WORK
 from orchestrator.work.exports import export_raw
@@ -125,16 +125,35 @@ async def init_upload(request: web.Request) -> web.Response:
 async def chunk_by_link(request: web.Request) -> web.Response:
     """``POST <link>``: the body is the chunk (no authentication: the link is the credential)."""
     link = request.app[UPLOADS].redeem(request.match_info["token"])
+    async with session(request) as s:
+        drive = await s.get(Drive, link.drive)
+    if drive is None or drive.status != "uploading":  # deleted since the link was made
+        request.app[UPLOADS].forget(link.drive)
+        raise DomainError(Kind.NOT_FOUND, "This upload link is unknown, used or expired")
     await _store(request, link.drive, link.offset, link.length, request.content.iter_chunked(1 << 20))
     return respond({})
+
+
+async def _own_upload(request: web.Request) -> Upload:
+    """The caller's upload in progress on the drive in the URL.  Another user's drive, a deleted one
+    and one that never was are all 404 alike; the caller's own drive that takes no upload is 403."""
+    uuid, owner, uploads = request.match_info["uuid"], caller(request), request.app[UPLOADS]
+    async with session(request) as s:
+        drive = await s.scalar(select(Drive).where(Drive.uuid == uuid, Drive.owner_uuid == owner))
+    if drive is None:
+        if uuid in uploads.active and uploads.active[uuid].owner == owner:
+            uploads.forget(uuid)  # the caller's drive was deleted (a server's recurse delete, say)
+        raise notexist("Drive")
+    upload = uploads.active.get(uuid)
+    if upload is None or upload.owner != owner or drive.status != "uploading":
+        raise forbidden(f"Drive {uuid} is not waiting for an upload")
+    return upload
 
 
 @routes.get(path("drives/{uuid}/upload"))
 async def resumable_test(request: web.Request) -> web.Response:
     """resumable.js "testChunks": 200 when the chunk is stored, 404 otherwise (never another 2xx)."""
-    upload = request.app[UPLOADS].get(request.match_info["uuid"])
-    if upload.owner != caller(request):
-        raise notexist("Drive")
+    upload = await _own_upload(request)
     offset, _ = _resumable_span(request.query, upload.size)
     if offset in upload.received:
         return web.Response(text="present\n")
@@ -143,9 +162,7 @@ async def resumable_test(request: web.Request) -> web.Response:
 
 @routes.post(path("drives/{uuid}/upload"))
 async def resumable_post(request: web.Request) -> web.Response:
-    upload = request.app[UPLOADS].get(request.match_info["uuid"])
-    if upload.owner != caller(request):
-        raise notexist("Drive")
+    upload = await _own_upload(request)
     try:
         reader = await request.multipart()
     except (AssertionError, ValueError, KeyError):  # not multipart/form-data, or no boundary
