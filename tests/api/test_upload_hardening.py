@@ -4,7 +4,6 @@ restart), and one answer for "not yours" and "not there"."""
 from __future__ import annotations
 
 import gzip
-import os
 import time
 import uuid as uuidlib
 from collections.abc import Iterator
@@ -116,8 +115,7 @@ def test_upload_endpoints_do_not_tell_foreign_from_missing(alice: Api, bob: Api)
 
 @pytest.fixture(scope="module")
 def restartable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StratoServer]:
-    server = StratoServer(tmp_path_factory.mktemp("restart") / "data",
-                          extra_env={"STRATO_AGENT_PREFIX": f"strst{os.getpid()}-"})
+    server = StratoServer(tmp_path_factory.mktemp("restart") / "data")  # stop() removes its libvirt pool
     server.cli("users", "create", "carol@example.com", "--password", "carol-pw")
     server.start()
     try:
