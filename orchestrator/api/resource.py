@@ -98,12 +98,20 @@ def parse_json(raw: bytes) -> Any:
     return value
 
 
+JSON_MEDIA = re.compile(r"application/([a-z0-9.+-]+\+)?json")
+
+
 async def read_json(request: web.Request, *, empty: Any = None) -> Any:
     raw = await request.read()
     if not raw.strip():
         if empty is None:
             raise invalid("A JSON request body is required")
         return empty
+    # A page of another site can POST text/plain or a form without a preflight, and the browser adds
+    # the Basic credentials it holds: a JSON body must say it is JSON.
+    media = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if not JSON_MEDIA.fullmatch(media):
+        raise web.HTTPUnsupportedMediaType(reason="A JSON body needs Content-Type: application/json")
     return parse_json(raw)
 
 

@@ -27,7 +27,7 @@ from orchestrator.db.models import ApiToken, User
 from orchestrator.domain.errors import DomainError, Kind, forbidden
 from orchestrator.web.cookies import CookieStore
 from orchestrator.web.errors import HttpError
-from orchestrator.web.keys import AUTH, COOKIES, USER
+from orchestrator.web.keys import AUTH, CONFIG, COOKIES, USER
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="users"'}
@@ -122,6 +122,22 @@ class Authenticator:
         if user is None:
             raise unauthorized("Unknown API token")
         return user
+
+
+def check_origin(request: web.Request) -> None:
+    """WebSockets are exempt from the same-origin policy, and a browser sends its cookies along:
+    one opened by a page of another site (its ``Origin``) is refused.  Allowed: this node as the
+    client reached it, the configured front end and ``allowed_origins``; no Origin (not a browser)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    config = request.app[CONFIG]
+    allowed = {f"{request.scheme}://{request.host}", *config.allowed_origins}
+    if config.frontend_url:
+        scheme, _, rest = config.frontend_url.partition("://")
+        allowed.add(f"{scheme}://{rest.split('/', 1)[0]}")
+    if origin not in allowed:
+        raise forbidden(f"Origin {origin[:100]!r} may not open this WebSocket")
 
 
 Policy = Literal["user", "public", "async_auth"]

@@ -17,7 +17,7 @@ from aiohttp import WSMsgType, web
 
 from orchestrator.config import Config
 from orchestrator.hosts.pool import CHUNK
-from orchestrator.web.auth import public
+from orchestrator.web.auth import check_origin, public
 from orchestrator.web.keys import CONFIG, CONSOLES
 
 log = logging.getLogger(__name__)
@@ -27,10 +27,7 @@ routes = web.RouteTableDef()
 @routes.get("/console/websockify")
 @public
 async def websockify(request: web.Request) -> web.StreamResponse:
-    origin = request.headers.get("Origin")
-    allowed = {f"{request.scheme}://{request.host}", *request.app[CONFIG].allowed_origins}
-    if origin is not None and origin not in allowed:
-        raise web.HTTPForbidden(reason="Foreign Origin")
+    check_origin(request)
     tunnel = request.app[CONSOLES].redeem(request.query.get("token", ""))
     if tunnel is None:
         raise web.HTTPForbidden(reason="Invalid or expired console token")
