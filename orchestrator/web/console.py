@@ -69,8 +69,12 @@ async def websockify(request: web.Request) -> web.StreamResponse:
 async def novnc(request: web.Request) -> web.StreamResponse:
     """noVNC's static files (Debian's novnc package), nothing outside its directory."""
     root = request.app[CONFIG].novnc_dir.resolve()
-    file = (root / request.match_info["file"]).resolve()
-    if not file.is_relative_to(root) or not file.is_file():
+    try:
+        file = (root / request.match_info["file"]).resolve()
+        found = file.is_relative_to(root) and file.is_file()
+    except (ValueError, OSError):  # a NUL in the name, a name too long (found by tests/fuzz)
+        found = False
+    if not found:
         raise web.HTTPNotFound()
     return web.FileResponse(file)
 
