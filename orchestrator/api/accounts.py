@@ -24,7 +24,7 @@ async def login(request: web.Request) -> web.Response:
     email, password = (body.get(k) if isinstance(body, dict) else None for k in ("username", "password"))
     if not isinstance(email, str) or not isinstance(password, str):
         raise invalid("username and password are required", "username")
-    user = await request.app[AUTH].verify(email, password)
+    user = await request.app[AUTH].verify(email, password, request.remote)
     sid, session = request.app[COOKIES].login(user)
     response = respond({"uuid": user})
     response.set_cookie("sessionid", sid, max_age=SESSION_AGE, path="/", httponly=True, samesite="Lax",

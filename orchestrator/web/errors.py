@@ -35,6 +35,7 @@ ANSWERS: dict[Kind, tuple[str, int]] = {
     Kind.NO_CAPACITY: ("backend", 503),
     Kind.UNREACHABLE: ("backend", 503),
     Kind.ALREADY_DONE: ("permission", 416),
+    Kind.THROTTLED: ("permission", 429),
 }
 
 
@@ -80,7 +81,7 @@ async def error_middleware(
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "www-authenticate")}
+        headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "www-authenticate", "retry-after")}
         if e.status == 413:
             return _plain(413, "validation", "Request body too large", headers)
         message = e.reason if e.status != 404 else "Resource not found"

@@ -105,7 +105,8 @@ def requests_for(draw: st.DrawFn, method: str, template: str, alice: Tenant, bob
     collection = collection_of(template)
     table = TABLES.get("drives" if collection == "initupload" else collection)
     pool = S.Pool(own=lambda c: alice.objects.get(c), other=lambda c: bob.objects.get(c))
-    caller = draw(st.sampled_from(["alice"] * 8 + ["anonymous", "wrong"]))
+    # "wrong": a password guess for an unknown user (guesses for alice would lock her out: 429).
+    caller = draw(st.sampled_from(["alice"] * 16 + ["anonymous", "anonymous", "wrong"]))
     path, target, other_uuid = template, None, None
     if "{uuid}" in path:
         kind = "uploading" if "/upload" in template else ("jobs" if collection == "jobs" else collection)
@@ -178,7 +179,7 @@ def requests_for(draw: st.DrawFn, method: str, template: str, alice: Tenant, bob
 
 
 def send(alice: Api, req: Request, path: str | None = None) -> requests.Response:
-    auth = {"alice": alice.auth, "anonymous": None, "wrong": ("fuzz-alice@example.com", "nope")}[req.caller]
+    auth = {"alice": alice.auth, "anonymous": None, "wrong": ("fuzz-mallory@example.com", "guess")}[req.caller]
     url = f"{alice.base}{path or req.path}"
     STATS.total += 1
     try:
