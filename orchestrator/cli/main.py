@@ -18,9 +18,9 @@ from orchestrator.cli.admin import load_config, run_admin, with_session
 from orchestrator.cli.library import Entry, import_image
 from orchestrator.cli.networks import add_commands as add_network_commands
 from orchestrator.config import Config
-from orchestrator.db.models import User
+from orchestrator.db.models import ApiToken, User
 from orchestrator.hosts.registry import add_host, drain_host, list_hosts, remove_host
-from orchestrator.web.auth import create_token, create_user
+from orchestrator.web.auth import create_token, create_user, hash_token
 from orchestrator.web.tls import Certificate, certificate
 
 
@@ -92,6 +92,28 @@ def tokens_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def tokens_revoke(args: argparse.Namespace) -> int:
+    """Delete one token (``--token``) or every token of the user; Bearer checks read the store, so
+    a revoked token fails on its next request."""
+    from sqlalchemy import delete, select
+
+    async def work(session):  # type: ignore[no-untyped-def]
+        user = await session.scalar(select(User).where(User.email == args.email))
+        if user is None:
+            return None
+        wanted = delete(ApiToken).where(ApiToken.user_uuid == user.uuid)
+        if args.token:
+            wanted = wanted.where(ApiToken.token_hash == hash_token(args.token))
+        return (await session.execute(wanted)).rowcount
+
+    revoked = asyncio.run(with_session(load_config(args), work))
+    if revoked is None:
+        print(f"strato: no user {args.email}", file=sys.stderr)
+        return 1
+    print(f"{revoked} token(s) revoked")
+    return 0 if revoked or not args.token else 1
+
+
 def hosts_add(args: argparse.Namespace) -> int:
     if bool(args.ssh) == bool(args.local):
         print("strato: give exactly one of --ssh USER@HOST[:PORT] and --local", file=sys.stderr)
@@ -154,6 +176,10 @@ def parser() -> argparse.ArgumentParser:
     t = tokens.add_parser("create", parents=[common], help="create a Bearer API token for a user")
     t.add_argument("email")
     t.set_defaults(func=tokens_create)
+    t = tokens.add_parser("revoke", parents=[common], help="revoke a user's Bearer API tokens (or one of them)")
+    t.add_argument("email")
+    t.add_argument("--token", help="only this token (default: all of the user's)")
+    t.set_defaults(func=tokens_revoke)
     hosts = sub.add_parser("hosts", help="hypervisor hosts").add_subparsers(dest="action", required=True)
     h = hosts.add_parser("add", parents=[common], help="register a host (a running API node connects within seconds)")
     h.add_argument("name")

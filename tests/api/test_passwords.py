@@ -67,3 +67,18 @@ def test_guessing_is_throttled_per_user(strato_server: StratoServer, alice: Api)
     assert alice.get("servers/").status_code == 200
     time.sleep(int(r.headers["Retry-After"]) + 0.2)
     assert victim.get("servers/").status_code == 200
+
+
+def test_tokens_revoke(strato_server: StratoServer) -> None:
+    strato_server.add_user("tokens@example.com", "pw")
+    first, second = (strato_server.cli("tokens", "create", "tokens@example.com") for _ in range(2))
+    url = f"{strato_server.base}/api/2.0/servers/"
+
+    def status(token: str) -> int:
+        return requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30).status_code
+
+    assert status(first) == status(second) == 200
+    assert "1 token" in strato_server.cli("tokens", "revoke", "tokens@example.com", "--token", first)
+    assert (status(first), status(second)) == (401, 200)
+    assert "1 token" in strato_server.cli("tokens", "revoke", "tokens@example.com")
+    assert status(second) == 401
