@@ -28,6 +28,7 @@ from orchestrator.api import (
 from orchestrator.api.context import context_document
 from orchestrator.config import Config
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
+from orchestrator.domain import quotas
 from orchestrator.domain.capabilities import Capabilities
 from orchestrator.domain.placement import Scheduler
 from orchestrator.domain.uploads import Uploads
@@ -73,6 +74,7 @@ async def database(app: web.Application) -> AsyncIterator[None]:
     app[READ_CACHE].watch(session_class)
     app[FEED] = Feed()
     app[FEED].watch(session_class)  # after the read cache: a frame's reader GETs fresh answers
+    quotas.watch(session_class)  # every commit that grows a user's servers or drives is checked
     app[SESSION_CLASS], app[SESSIONS] = session_class, make_sessionmaker(engine, session_class)
     app[AUTH] = Authenticator(app[SESSIONS])
     yield

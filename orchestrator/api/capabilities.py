@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from orchestrator.api.resource import path, respond
+from orchestrator.api.resource import caller, path, respond, session
+from orchestrator.domain import quotas
 from orchestrator.web.keys import CAPABILITIES
 
 routes = web.RouteTableDef()
@@ -12,7 +13,10 @@ routes = web.RouteTableDef()
 
 @routes.get(path("capabilities"))
 async def capabilities(request: web.Request) -> web.Response:
-    return respond(request.app[CAPABILITIES].doc)
+    """The cloud's limits, and the caller's own: ``quotas`` (each limit, null for none, and its use)."""
+    async with session(request) as s:
+        mine = await s.run_sync(quotas.report, caller(request))
+    return respond({**request.app[CAPABILITIES].doc, "quotas": mine})
 
 
 @routes.get(path("capabilities/schema"))
