@@ -6,7 +6,7 @@ from aiohttp import web
 
 from orchestrator.api.resource import caller, path, respond, session
 from orchestrator.domain import quotas
-from orchestrator.web.keys import CAPABILITIES
+from orchestrator.web.keys import CAPABILITIES, CONSOLES
 
 routes = web.RouteTableDef()
 
@@ -15,7 +15,9 @@ routes = web.RouteTableDef()
 async def capabilities(request: web.Request) -> web.Response:
     """The cloud's limits, and the caller's own: ``quotas`` (each limit, null for none, and its use)."""
     async with session(request) as s:
-        mine = await s.run_sync(quotas.report, caller(request))
+        user = caller(request)
+        tunnels = sum(t.owner == user for t in request.app[CONSOLES].tunnels.values())
+        mine = await s.run_sync(quotas.report, user, tunnels)
     return respond({**request.app[CAPABILITIES].doc, "quotas": mine})
 
 

@@ -6,6 +6,7 @@ watched by :func:`watch` notes at each flush whose servers or drives grew (a new
 ``cpu``/``mem``/``size``) and, just before the commit, sums those owners' rows as the transaction
 sees them; over a limit, the commit is refused (403 ``permission``, the limit in ``error_point``)
 and nothing is written.  Shrinking or renaming is never refused, even above a lowered limit.
+Tunnels live in the API node's memory: ``open_vnc``/``open_console`` check them themselves.
 """
 
 from __future__ import annotations
@@ -74,9 +75,10 @@ def watch(session_class: type[Session]) -> None:
         s.info.pop(KEY, None)
 
 
-def report(s: Session, owner: str) -> dict[str, dict[str, int | None]]:
-    """Each quota's limit and what the user holds (``/capabilities/``: where clients read limits)."""
+def report(s: Session, owner: str, tunnels: int) -> dict[str, dict[str, int | None]]:
+    """Each quota's limit and what the user holds (``/capabilities/``: where clients read limits);
+    ``tunnels``: the user's open consoles (kept in the API node's memory, not the store)."""
     quota = s.get(Quota, owner)
-    used = usage(s, owner)
-    return {name: {"limit": getattr(quota, name) if quota else None, "used": used.get(name, 0)}
-            for name in ("servers", "cpu", "mem", "storage")}
+    used = {**usage(s, owner), "tunnels": tunnels}
+    return {name: {"limit": getattr(quota, name) if quota else None, "used": used[name]}
+            for name in ("servers", "cpu", "mem", "storage", "tunnels")}

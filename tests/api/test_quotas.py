@@ -38,6 +38,7 @@ def test_quotas(strato_server: StratoServer, new_user: Callable[[], Api]) -> Non
     assert uuids(api, "drives") == before and api.ok("GET", f"drives/{drive['uuid']}/")["size"] == 2 * GIB
     caps = api.ok("GET", "capabilities/")["quotas"]
     assert caps["servers"] == {"limit": 2, "used": 2} and caps["storage"] == {"limit": 3 * GIB, "used": 2 * GIB}
+    assert caps["tunnels"] == {"limit": None, "used": 0}
     # Lifted: the same request passes.
     strato_server.cli("quotas", "set", email, "--servers", "none")
     make_server(api, cpu=500, mem=2**29)
