@@ -25,17 +25,19 @@ from msgspec import Meta, Struct
 
 
 class ChannelLimit(NamedTuple):
-    """How many controllers a bus has and how many units each (indexes start at 0)."""
+    """How many controllers a bus has and how many units each (indexes start at 0), and how many
+    drives the bus takes at most (spec §16.1: 1,024 on virtio and scsi, fewer than the channels)."""
 
     controllers: int
     units: int
+    drives: int
 
 
 # CloudSigma's dev_channel "C:U" per drive bus (spec §16.1).
 CHANNEL_LIMITS: dict[str, ChannelLimit] = {
-    "ide": ChannelLimit(controllers=2, units=2),
-    "virtio": ChannelLimit(controllers=171, units=6),
-    "scsi": ChannelLimit(controllers=171, units=6),
+    "ide": ChannelLimit(controllers=2, units=2, drives=4),
+    "virtio": ChannelLimit(controllers=171, units=6, drives=1024),
+    "scsi": ChannelLimit(controllers=171, units=6, drives=1024),
 }
 CHANNEL = re.compile(r"([0-9]{1,4}):([0-9]{1,4})")  # ASCII digits only
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -27,16 +28,18 @@ from orchestrator.api import (
 from orchestrator.api.context import context_document
 from orchestrator.config import Config
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
+from orchestrator.domain import quotas
 from orchestrator.domain.capabilities import Capabilities
 from orchestrator.domain.placement import Scheduler
 from orchestrator.domain.uploads import Uploads
+from orchestrator.domain.uploads import recover as recover_uploads
 from orchestrator.hosts.consoles import Consoles
 from orchestrator.hosts.pool import Hosts
 from orchestrator.hosts.registry import ensure_local_host
 from orchestrator.web import console
 from orchestrator.web.auth import Authenticator, auth_middleware
 from orchestrator.web.cookies import CookieStore
-from orchestrator.web.errors import error_middleware
+from orchestrator.web.errors import error_middleware, install_protocol_errors
 from orchestrator.web.feed import Feed
 from orchestrator.web.keys import (
     AUTH,
@@ -58,6 +61,8 @@ from orchestrator.web.middlewares import negotiation_middleware, read_cache_midd
 from orchestrator.web.read_cache import ReadCache
 from orchestrator.work.background import Work
 
+log = logging.getLogger(__name__)
+
 
 async def database(app: web.Application) -> AsyncIterator[None]:
     engine = make_engine(app[CONFIG].db_url)
@@ -69,10 +74,20 @@ async def database(app: web.Application) -> AsyncIterator[None]:
     app[READ_CACHE].watch(session_class)
     app[FEED] = Feed()
     app[FEED].watch(session_class)  # after the read cache: a frame's reader GETs fresh answers
+    quotas.watch(session_class)  # every commit that grows a user's servers or drives is checked
     app[SESSION_CLASS], app[SESSIONS] = session_class, make_sessionmaker(engine, session_class)
     app[AUTH] = Authenticator(app[SESSIONS])
     yield
     await engine.dispose()
+
+
+async def leftover_uploads(app: web.Application) -> AsyncIterator[None]:
+    """Uploads a previous process left: files swept, drives waiting for their chunks again."""
+    async with app[SESSIONS].begin() as s:
+        waiting = await recover_uploads(s, app[UPLOADS])
+    if waiting:
+        log.warning("%d drives were uploading when the node stopped; they wait for their chunks again", waiting)
+    yield
 
 
 async def hosts(app: web.Application) -> AsyncIterator[None]:
@@ -102,6 +117,7 @@ async def hosts(app: web.Application) -> AsyncIterator[None]:
 def create_app(config: Config) -> web.Application:
     # Order matters: request ids wrap everything, errors are rendered before them, and content
     # negotiation and OPTIONS come before authentication.
+    install_protocol_errors()
     app = web.Application(
         middlewares=[request_id_middleware, error_middleware, negotiation_middleware, auth_middleware,
                      read_cache_middleware],
@@ -112,6 +128,7 @@ def create_app(config: Config) -> web.Application:
     app[UPLOADS] = Uploads(config.data_dir / "uploads")
     app[CAPABILITIES] = Capabilities.from_config(config.capabilities)
     app.cleanup_ctx.append(database)
+    app.cleanup_ctx.append(leftover_uploads)
     app.cleanup_ctx.append(hosts)
     for module in (accounts, availability, servers, server_actions, uploads, drives, libdrives, networks, tags, jobs,
                    keypairs, profile, global_context, locations, capabilities, console):

@@ -11,7 +11,7 @@ from aiohttp import WSMsgType, web
 
 from orchestrator.api.resource import action_route, caller, read_json, respond
 from orchestrator.domain.errors import invalid
-from orchestrator.web.auth import auth_policy
+from orchestrator.web.auth import auth_policy, check_origin
 from orchestrator.web.cookies import ASYNC_AGE, CSRF_AGE, SESSION_AGE, WEBSOCKET_PATHS
 from orchestrator.web.keys import AUTH, COOKIES, FEED
 
@@ -24,7 +24,7 @@ async def login(request: web.Request) -> web.Response:
     email, password = (body.get(k) if isinstance(body, dict) else None for k in ("username", "password"))
     if not isinstance(email, str) or not isinstance(password, str):
         raise invalid("username and password are required", "username")
-    user = await request.app[AUTH].verify(email, password)
+    user = await request.app[AUTH].verify(email, password, request.remote)
     sid, session = request.app[COOKIES].login(user)
     response = respond({"uuid": user})
     response.set_cookie("sessionid", sid, max_age=SESSION_AGE, path="/", httponly=True, samesite="Lax",
@@ -43,7 +43,9 @@ async def logout(request: web.Request) -> web.Response:
 
 async def authenticate_asynchronous(request: web.Request) -> web.Response:
     response = respond({})
-    response.set_cookie("async_auth", request.app[COOKIES].issue_async(caller(request)), max_age=ASYNC_AGE, path="/")
+    # Only the browser sends it back (JavaScript never reads it), only over HTTPS when it came so.
+    response.set_cookie("async_auth", request.app[COOKIES].issue_async(caller(request)), max_age=ASYNC_AGE, path="/",
+                        httponly=True, samesite="Lax", secure=request.secure)
     return response
 
 
@@ -57,6 +59,7 @@ action_route(routes, "accounts/action", ACTIONS,
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """Authorised by the ``async_auth`` cookie (auth middleware); frames of the caller's objects."""
+    check_origin(request)
     user = caller(request)
     ws = web.WebSocketResponse(heartbeat=30)
     await ws.prepare(request)

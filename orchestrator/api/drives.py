@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from orchestrator.api import libdrives
-from orchestrator.api.fields import NOT_PROVIDED, Bool, Field, Int, Output, Resource, Str, StrList
+from orchestrator.api.fields import NAME, NOT_PROVIDED, Bool, Field, Int, Output, Resource, Str, StrList
 from orchestrator.api.resource import (
     AfterCommit,
     action_route,
@@ -67,7 +67,7 @@ DRIVE = Resource("drives", list_methods=("get", "put", "delete", "post"), defaul
     uuid_field(Drive, "UUID of the drive"),
     resource_uri_field("drives"),
     owner_field("Owner of the drive", required=False),
-    Field("name", Str(max_length=1024), required=True, lookups=("exact", "contains"), column=Drive.name,
+    Field("name", NAME, required=True, lookups=("exact", "contains"), column=Drive.name,
           orderable=True, help="Human readable name of the drive"),
     Field("size", Int(minimum=1), required=True, help="Size of the drive in bytes"),
     Field("media", Str(), required=True, choices=("cdrom", "disk"), lookups=("exact",), column=Drive.media,
@@ -221,8 +221,14 @@ action_route(routes, "drives/{uuid}/action", ACTIONS)
 
 async def _delete(request: web.Request, s: AsyncSession, drives: list[Drive]) -> AfterCommit:
     volumes = await delete_drives(s, drives)
-    work = request.app[WORK]
-    return lambda: work.later(work.volumes.delete(volumes), "delete volumes")
+    work, uploads, ids = request.app[WORK], request.app[UPLOADS], [d.uuid for d in drives]
+
+    async def after() -> None:
+        for uuid in ids:  # an upload in progress ends with its drive: links, chunk file
+            uploads.forget(uuid)
+        await work.later(work.volumes.delete(volumes), "delete volumes")
+
+    return after
 
 
 delete_views(routes, "drives", Drive, "Drive", owned, _delete)

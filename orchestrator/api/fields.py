@@ -46,9 +46,18 @@ class Invalid(Exception):
     """A value that a kind refuses; the walker adds the error point."""
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what every store's integer column holds
+CONTROL = re.compile("[\x00-\x1f\x7f\ufffe\uffff]")  # and what XML cannot carry
+
+
 def _no_nul(text: str) -> str:
+    """Text any store can hold: no NUL, and valid Unicode (no lone surrogate: JSON's ``"\\ud800"``)."""
     if "\x00" in text:
         raise Invalid("NUL characters are not allowed")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Invalid("The text is not valid Unicode (a lone surrogate)") from None
     return text
 
 
@@ -66,6 +75,7 @@ class Kind:
 @dataclass(frozen=True)
 class Str(Kind):
     max_length: int | None = None
+    controls: bool = True           # False: no control characters (names, passwords: one line of text)
     schema_type: ClassVar[str] = "string"
 
     def parse(self, value: Any) -> str:
@@ -73,14 +83,23 @@ class Str(Kind):
             raise Invalid("A string is required")
         if self.max_length is not None and len(value) > self.max_length:
             raise Invalid(f"Ensure this value has at most {self.max_length} characters")
-        return _no_nul(value)
+        _no_nul(value)
+        if not self.controls and CONTROL.search(value):
+            raise Invalid("Control characters (line breaks, tabs, ...) are not allowed")
+        return value
+
+
+NAME = Str(max_length=1024, controls=False)  # every resource's ``name``
 
 
 @dataclass(frozen=True)
 class Int(Kind):
-    minimum: int | None = None
-    maximum: int | None = None
+    minimum: int = INT64_MIN        # never beyond a 64-bit column, whatever the field says
+    maximum: int = INT64_MAX
     schema_type: ClassVar[str] = "integer"
+
+    def __post_init__(self) -> None:
+        assert INT64_MIN <= self.minimum <= self.maximum <= INT64_MAX, "Int bounds outside 64 bits"
 
     def parse(self, value: Any) -> int:
         # Integers may arrive as decimal strings (pycloudsigma sends "size": "1024000000") or
@@ -88,13 +107,13 @@ class Int(Kind):
         if isinstance(value, bool):
             raise Invalid("An integer is required")
         integral_float = isinstance(value, float) and math.isfinite(value) and value.is_integer()
-        decimal_text = isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,30}\s*", value)
+        decimal_text = isinstance(value, str) and re.fullmatch(r"\s*[+-]?[0-9]{1,30}\s*", value)  # ASCII digits
         if not (isinstance(value, int) or integral_float or decimal_text):
             raise Invalid("An integer is required")
         number = int(value)
-        if self.minimum is not None and number < self.minimum:
+        if number < self.minimum:
             raise Invalid(f"Ensure this value is greater than or equal to {self.minimum}")
-        if self.maximum is not None and number > self.maximum:
+        if number > self.maximum:
             raise Invalid(f"Ensure this value is less than or equal to {self.maximum}")
         return number
 
@@ -372,7 +391,7 @@ def _non_negative(query: Mapping[str, str], name: str, default: int) -> int:
     raw = query.get(name, "")
     if raw == "":
         return default
-    if not raw.isdigit():
+    if not re.fullmatch("[0-9]{1,18}", raw):  # ASCII digits, within a 64-bit column
         raise invalid(f"{name} must be a non-negative integer", name)
     return int(raw)
 

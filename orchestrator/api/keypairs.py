@@ -9,7 +9,7 @@ from aiohttp import web
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from orchestrator.api.fields import Bool, Field, Resource, Str
+from orchestrator.api.fields import NAME, Bool, Field, Resource, Str
 from orchestrator.api.resource import (
     AfterCommit,
     caller,
@@ -34,7 +34,7 @@ from orchestrator.domain.tagging import set_resource_tags
 
 KEY_HELP = "OpenSSH public key line, e.g. 'ssh-ed25519 AAAA… comment' (RSA up to 4096 bits or ed25519)"
 COMMON = (  # the fields both views show, in both views' order
-    Field("name", Str(max_length=1024), required=True, lookups=("exact", "contains"), column=KeyPair.name,
+    Field("name", NAME, required=True, lookups=("exact", "contains"), column=KeyPair.name,
           orderable=True, help="Human readable name of the keypair"),
     Field("public_key", Str(max_length=16384), help=KEY_HELP),
     Field("fingerprint", Str(), readonly=True, help="MD5 fingerprint of the public key (colon-separated hex)"),

@@ -80,7 +80,7 @@ LIBDRIVE = Resource("libdrives", list_methods=("get",), detail_methods=("get",),
     licenses_field(lambda row: row.drive.licenses),
     _attr("arch", Str(), "Operating system bit architecture the drive.", required=True, lookups=("exact",)),
     _attr("category", StrList(), "Category of the drive.", filters={"category": lambda values: or_(
-        *(cast(LibDrive.category, String).contains(f'"{v}"') for v in values))}),
+        *(cast(LibDrive.category, String).contains(f'"{v}"', autoescape=True) for v in values))}),
     _attr("description", Str(), "Description of drive image."),
     _attr("distribution", Str(), "OS distribution of the drive.", lookups=("exact",)),
     _attr("favourite", Bool(), "Favourite drive image for user.", required=True),

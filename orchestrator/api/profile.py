@@ -31,7 +31,7 @@ class Decimal(Kind):
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise Invalid("A decimal number is required")
         text = str(value).strip()
-        if not re.fullmatch(r"[+-]?(\d{1,30}(\.\d{0,30})?|\.\d{1,30})([eE][+-]?\d{1,3})?", text) or (
+        if not re.fullmatch(r"[+-]?(\d{1,30}(\.\d{0,30})?|\.\d{1,30})([eE][+-]?\d{1,3})?", text, re.ASCII) or (
                 isinstance(value, float) and not math.isfinite(value)):
             raise Invalid("A decimal number is required")
         return text

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -13,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
 from orchestrator.api.fields import Invalid, ListQuery, Resource, ref_id
+from orchestrator.db.engine import lock_rows
 from orchestrator.domain.errors import DomainError, invalid, notexist
 from orchestrator.domain.uris import API_ROOT
 from orchestrator.web.auth import auth_policy
@@ -36,16 +39,80 @@ def session(request: web.Request) -> Any:
     return request.app[SESSIONS].begin()
 
 
+MAX_DEPTH = 32  # the deepest body any resource reads is a server's nics[].ip_v4_conf (5 levels)
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e309
+        raise ValueError(f"number {text} is out of range")
+    return number
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity, -Infinity
+
+
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _walk(value: Any) -> None:
+    """Refuse nesting beyond ``MAX_DEPTH`` and text no store can hold (a lone surrogate such as
+    ``"\\ud800"``), naming where (``objects.0.name``).  Iterative: deep input cannot recurse."""
+    stack: list[tuple[Any, tuple[str, ...]]] = [(value, ())]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if _lone_surrogate(item):
+                raise invalid("The text is not valid Unicode (a lone surrogate)", ".".join(where) or None)
+        elif isinstance(item, dict | list):
+            if len(where) >= MAX_DEPTH:
+                raise invalid(f"The JSON body nests deeper than {MAX_DEPTH} levels", ".".join(where) or None)
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in pairs:
+                if isinstance(key, str) and _lone_surrogate(key):
+                    raise invalid("A key is not valid Unicode (a lone surrogate)", ".".join(where) or None)
+                stack.append((child, (*where, str(key))))
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON, as strictly as a store can hold it: UTF-8, finite numbers, at most
+    ``MAX_DEPTH`` deep, valid Unicode; anything else is a validation error, never a 500."""
+    try:
+        value = json.loads(raw.decode("utf-8"), parse_float=_finite, parse_constant=_no_constant)
+    except RecursionError:
+        raise invalid(f"The JSON body nests deeper than {MAX_DEPTH} levels") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise invalid(f"Malformed JSON: {e}") from None
+    # The walk costs a pass over the body: only when it could find something.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH or SURROGATE_ESCAPE.search(raw):
+        _walk(value)
+    return value
+
+
+JSON_MEDIA = re.compile(r"application/([a-z0-9.+-]+\+)?json")
+
+
 async def read_json(request: web.Request, *, empty: Any = None) -> Any:
     raw = await request.read()
     if not raw.strip():
         if empty is None:
             raise invalid("A JSON request body is required")
         return empty
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise invalid(f"Malformed JSON: {e}") from None
+    # A page of another site can POST text/plain or a form without a preflight, and the browser adds
+    # the Basic credentials it holds: a JSON body must say it is JSON.
+    media = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if not JSON_MEDIA.fullmatch(media):
+        raise web.HTTPUnsupportedMediaType(reason="A JSON body needs Content-Type: application/json")
+    return parse_json(raw)
 
 
 class Objects(list[Any]):
@@ -204,6 +271,9 @@ def delete_views(routes: web.RouteTableDef, collection: str, model: Any, what: s
 
     async def remove(request: web.Request, wanted: Objects) -> web.Response:
         async with session(request) as s:
+            ids = [obj.get("uuid") if isinstance(obj, dict) else obj for obj in wanted]
+            await lock_rows(s, model, [i for i in ids if isinstance(i, str)])
+
             async def find(obj: Any) -> Any:
                 uuid = obj.get("uuid") if isinstance(obj, dict) else obj
                 if not isinstance(uuid, str):

@@ -15,9 +15,9 @@ from aiohttp import web
 from agents.client import AgentCallError, AgentGone
 from orchestrator.api.resource import action_route, get_owned, query_uuids, read_json, respond, session
 from orchestrator.api.servers import SERVER, one, owned
-from orchestrator.db.models import Server
+from orchestrator.db.models import Quota, Server
 from orchestrator.domain.cloning import plan_server_clone
-from orchestrator.domain.errors import invalid, unreachable
+from orchestrator.domain.errors import forbidden, invalid, unreachable
 from orchestrator.domain.lifecycle import check
 from orchestrator.hosts.consoles import Tunnel
 from orchestrator.web.keys import CAPABILITIES, CONFIG, CONSOLES, SCHEDULER, SESSIONS, WORK
@@ -80,11 +80,17 @@ async def restart(request: web.Request) -> web.Response:
 
 
 async def open_tunnel(request: web.Request, kind: str) -> Tunnel:
+    consoles = request.app[CONSOLES]
     async with session(request) as s:
         server = await get_owned(s, one(request), "Server")
+        quota = await s.get(Quota, server.owner_uuid)
     check(server, f"open_{kind}")
+    if quota is not None and quota.tunnels is not None and (server.uuid, kind) not in consoles.tunnels:
+        open_now = sum(t.owner == server.owner_uuid for t in consoles.tunnels.values())
+        if open_now >= quota.tunnels:
+            raise forbidden(f"Quota exceeded: tunnels {open_now} of {quota.tunnels}", "tunnels")
     try:
-        return await request.app[CONSOLES].open(kind, server.uuid, server.owner_uuid, server.host,
+        return await consoles.open(kind, server.uuid, server.owner_uuid, server.host,
                                                 server.vnc_password)
     except (ConnectionError, AgentCallError, AgentGone) as err:
         raise unreachable(f"Cannot reach the guest's {kind}: {err}") from None

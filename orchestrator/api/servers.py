@@ -9,7 +9,7 @@ from aiohttp import web
 from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from orchestrator.api.fields import Bool, Field, Int, Nested, Output, Ref, RefList, Resource, Str, StrList
+from orchestrator.api.fields import NAME, Bool, Field, Int, Nested, Output, Ref, RefList, Resource, Str, StrList
 from orchestrator.api.resource import (
     AfterCommit,
     caller,
@@ -120,13 +120,13 @@ SERVER = Resource("servers", list_methods=("get", "put", "delete", "post"), defa
     uuid_field(Server, "UUID of server"),
     resource_uri_field("servers"),
     owner_field("UUID of the server owner", required=True),
-    Field("name", Str(max_length=1024), required=True, short=True, lookups=("exact", "contains"),
+    Field("name", NAME, required=True, short=True, lookups=("exact", "contains"),
           column=Server.name, orderable=True, help="Human readable name of server"),
     Field("cpu", Int(), required=True, help="Server's CPU Clock speed measured in MHz"),
     Field("mem", Int(), required=True, help="Server's Random Access Memory measured in bytes"),
     Field("smp", Int(), nullable=True, default=None,
           help="Symmetric Multiprocessing (SMP) i.e. number of CPU cores"),
-    Field("vnc_password", Str(max_length=64), required=True, help="VNC Password to connect to server"),
+    Field("vnc_password", Str(max_length=64, controls=False), required=True, help="VNC Password to connect to server"),
     Field("cpu_type", Str(), default="amd", choices=("amd", "intel"),
           help="Specify the CPU type of the host on which this virtual server should run"),
     Field("hypervisor", Str(), default="kvm", choices=("kvm",),

@@ -9,7 +9,7 @@ from sqlalchemy import Select, delete, select
 from sqlalchemy.orm import selectinload
 
 from orchestrator.api import drives, networks, servers
-from orchestrator.api.fields import NOT_PROVIDED, Field, Invalid, Kind, Meta, Resource, Str, ref_id
+from orchestrator.api.fields import NAME, NOT_PROVIDED, Field, Invalid, Kind, Meta, Resource, ref_id
 from orchestrator.api.resource import (
     caller,
     collection_views,
@@ -64,7 +64,7 @@ TAG = Resource("tags", dialect="tastypie", default_order=(Tag.created, Tag.uuid)
     resource_uri_field("tags", schema={}),
     owner_field("A single related resource. Can be either a URI or set of nested resource data.", required=True,
                 schema={}),
-    Field("name", Str(max_length=1024), required=True, short=True, lookups=("exact",), column=Tag.name,
+    Field("name", NAME, required=True, short=True, lookups=("exact",), column=Tag.name,
           orderable=True),
     Field("meta", Meta(), default=dict, schema={"default": NOT_PROVIDED}),  # as dumps/response_tags_schema
     Field("resources", AnyRefList(), nullable=True, get=_resources,

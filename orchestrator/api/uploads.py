@@ -15,7 +15,8 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, MultipartReader, web
+from sqlalchemy import select
 
 from orchestrator.api.drives import DRIVE, RELATED
 from orchestrator.api.resource import (
@@ -31,10 +32,10 @@ from orchestrator.api.resource import (
 )
 from orchestrator.db.models import Drive, new_uuid, utcnow
 from orchestrator.domain.drives import IDLE, active_server, check_size, new_drive, round_size
-from orchestrator.domain.errors import forbidden, invalid, notexist
+from orchestrator.domain.errors import DomainError, Kind, forbidden, invalid, notexist
 from orchestrator.domain.jobs import finish_started, started
 from orchestrator.domain.tagging import set_resource_tags
-from orchestrator.domain.uploads import chunk_span
+from orchestrator.domain.uploads import Upload, chunk_span
 from orchestrator.web.auth import public
 from orchestrator.web.keys import CAPABILITIES, CONFIG, HOSTS, SCHEDULER, SESSIONS, UPLOADS, WORK
 from orchestrator.work.exports import export_raw
@@ -54,7 +55,9 @@ async def upload(request: web.Request) -> web.Response:
     storage_type = caps.default_storage_type
     size = max(round_size(length), caps.drive_size(storage_type)["min"])
     check_size(caps, storage_type, size, "Content-Length")
-    name = request.match_info.get("filename") or f"Upload_{utcnow():%Y-%m-%d %H:%M:%S}"
+    filename = request.match_info.get("filename")
+    # The file name follows the rules of any drive name (no NUL, no line breaks, at most 1,024 characters).
+    name = DRIVE.by_name["name"].parse(filename, "filename") if filename else f"Upload_{utcnow():%Y-%m-%d %H:%M:%S}"
     async with scheduler.placing(request.app[SESSIONS]) as s:
         drive = await new_drive(s, scheduler, caller(request), status="uploading", avoid=query_uuids(request, "avoid"),
                                 name=name, size=size, media="disk", storage_type=storage_type, affinities=[],
@@ -63,7 +66,7 @@ async def upload(request: web.Request) -> web.Response:
     target = Path(request.app[CONFIG].data_dir, "uploads", f"{uuid}.img")
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        received = await _receive(request, target)
+        received = await _receive(request, target, length)
         if received != length:
             raise invalid(f"Received {received} of {length} bytes", "Content-Length")
     except BaseException:
@@ -79,12 +82,16 @@ async def upload(request: web.Request) -> web.Response:
     return web.Response(status=201, text=f"{uuid}\n", content_type="text/plain")
 
 
-async def _receive(request: web.Request, target: Path) -> int:
+async def _receive(request: web.Request, target: Path, limit: int) -> int:
+    """Stream the body to ``target``; the bytes counted are the decoded ones (``Content-Encoding: gzip``
+    inflates here), and nothing is written beyond ``limit``, the size the drive was made for."""
     received = 0
     with target.open("wb") as out:
         async for chunk in request.content.iter_chunked(1 << 20):
-            out.write(chunk)
             received += len(chunk)
+            if received > limit:
+                raise invalid(f"The body decodes to more than the {limit} bytes announced", "Content-Length")
+            out.write(chunk)
     return received
 
 
@@ -120,16 +127,35 @@ async def init_upload(request: web.Request) -> web.Response:
 async def chunk_by_link(request: web.Request) -> web.Response:
     """``POST <link>``: the body is the chunk (no authentication: the link is the credential)."""
     link = request.app[UPLOADS].redeem(request.match_info["token"])
+    async with session(request) as s:
+        drive = await s.get(Drive, link.drive)
+    if drive is None or drive.status != "uploading":  # deleted since the link was made
+        request.app[UPLOADS].forget(link.drive)
+        raise DomainError(Kind.NOT_FOUND, "This upload link is unknown, used or expired")
     await _store(request, link.drive, link.offset, link.length, request.content.iter_chunked(1 << 20))
     return respond({})
+
+
+async def _own_upload(request: web.Request) -> Upload:
+    """The caller's upload in progress on the drive in the URL.  Another user's drive, a deleted one
+    and one that never was are all 404 alike; the caller's own drive that takes no upload is 403."""
+    uuid, owner, uploads = request.match_info["uuid"], caller(request), request.app[UPLOADS]
+    async with session(request) as s:
+        drive = await s.scalar(select(Drive).where(Drive.uuid == uuid, Drive.owner_uuid == owner))
+    if drive is None:
+        if uuid in uploads.active and uploads.active[uuid].owner == owner:
+            uploads.forget(uuid)  # the caller's drive was deleted (a server's recurse delete, say)
+        raise notexist("Drive")
+    upload = uploads.active.get(uuid)
+    if upload is None or upload.owner != owner or drive.status != "uploading":
+        raise forbidden(f"Drive {uuid} is not waiting for an upload")
+    return upload
 
 
 @routes.get(path("drives/{uuid}/upload"))
 async def resumable_test(request: web.Request) -> web.Response:
     """resumable.js "testChunks": 200 when the chunk is stored, 404 otherwise (never another 2xx)."""
-    upload = request.app[UPLOADS].get(request.match_info["uuid"])
-    if upload.owner != caller(request):
-        raise notexist("Drive")
+    upload = await _own_upload(request)
     offset, _ = _resumable_span(request.query, upload.size)
     if offset in upload.received:
         return web.Response(text="present\n")
@@ -138,15 +164,22 @@ async def resumable_test(request: web.Request) -> web.Response:
 
 @routes.post(path("drives/{uuid}/upload"))
 async def resumable_post(request: web.Request) -> web.Response:
-    upload = request.app[UPLOADS].get(request.match_info["uuid"])
-    if upload.owner != caller(request):
-        raise notexist("Drive")
-    reader = await request.multipart()
+    upload = await _own_upload(request)
+    try:
+        reader = await request.multipart()
+    except (AssertionError, ValueError, KeyError):  # not multipart/form-data, or no boundary
+        raise invalid("A multipart/form-data body is required", "Content-Type") from None
     fields: dict[str, str] = {}
-    while (part := await reader.next()) is not None:
-        assert isinstance(part, BodyPartReader)
+    while (part := await _next_part(reader)) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise invalid("Nested multipart bodies are not accepted", "file")
         if part.name != "file":
-            fields[part.name or ""] = (await part.read(decode=True)).decode()
+            try:
+                fields[part.name or ""] = (await part.read(decode=True)).decode()
+            except (UnicodeDecodeError, ValueError, RuntimeError) as e:
+                raise invalid(f"The multipart field {part.name!r} is not UTF-8 text: {e}", part.name) from None
+            if len(fields) > 64:
+                raise invalid("Too many multipart fields", "file")
             continue
         offset, length = _resumable_span(fields, upload.size)
         data = bytearray()
@@ -157,6 +190,13 @@ async def resumable_post(request: web.Request) -> web.Response:
         await _store(request, upload.drive, offset, length, _once(_chunk_bytes(bytes(data), length)))
         return respond({})
     raise invalid("A multipart 'file' part after the resumable fields is required", "file")
+
+
+async def _next_part(reader: MultipartReader) -> BodyPartReader | MultipartReader | None:
+    try:
+        return await reader.next()
+    except (AssertionError, ValueError, RuntimeError) as e:  # aiohttp asserts on a malformed body
+        raise invalid(f"Malformed multipart body: {e}", "file") from None
 
 
 def _resumable_span(fields: Mapping[str, str], total: int) -> tuple[int, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import logging
 import os
 import signal
@@ -19,7 +20,7 @@ from orchestrator.cli.doctor import diagnose
 from orchestrator.cli.library import Entry, import_image
 from orchestrator.cli.networks import add_commands as add_network_commands
 from orchestrator.config import Config
-from orchestrator.db.models import User
+from orchestrator.db.models import ApiToken, User
 from orchestrator.hosts.registry import (
     add_host,
     drain_host,
@@ -28,7 +29,7 @@ from orchestrator.hosts.registry import (
     qemu_cannot_reach,
     remove_host,
 )
-from orchestrator.web.auth import create_token, create_user
+from orchestrator.web.auth import create_token, create_user, hash_token
 from orchestrator.web.tls import Certificate, certificate
 
 
@@ -106,6 +107,58 @@ def tokens_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def tokens_revoke(args: argparse.Namespace) -> int:
+    """Delete one token (``--token``) or every token of the user; Bearer checks read the store, so
+    a revoked token fails on its next request."""
+    from sqlalchemy import delete, select
+
+    async def work(session):  # type: ignore[no-untyped-def]
+        user = await session.scalar(select(User).where(User.email == args.email))
+        if user is None:
+            return None
+        wanted = delete(ApiToken).where(ApiToken.user_uuid == user.uuid)
+        if args.token:
+            wanted = wanted.where(ApiToken.token_hash == hash_token(args.token))
+        return (await session.execute(wanted)).rowcount
+
+    revoked = asyncio.run(with_session(load_config(args), work))
+    if revoked is None:
+        print(f"strato: no user {args.email}", file=sys.stderr)
+        return 1
+    print(f"{revoked} token(s) revoked")
+    return 0 if revoked or not args.token else 1
+
+
+def quotas_set(args: argparse.Namespace) -> int:
+    """Set (a number), keep (not given) or lift (``none``) each of a user's quotas."""
+    from sqlalchemy import select
+
+    from orchestrator.db.models import Quota
+
+    async def work(session):  # type: ignore[no-untyped-def]
+        user = await session.scalar(select(User).where(User.email == args.email))
+        if user is None:
+            return None
+        quota = await session.get(Quota, user.uuid) or Quota(user_uuid=user.uuid)
+        session.add(quota)
+        for name in ("servers", "cpu", "mem", "storage", "tunnels"):
+            value = getattr(args, name)
+            if value is not None:
+                setattr(quota, name, None if value.lower() == "none" else int(value))
+        return {name: getattr(quota, name) for name in ("servers", "cpu", "mem", "storage", "tunnels")}
+
+    try:
+        result = asyncio.run(with_session(load_config(args), work))
+    except ValueError as e:
+        print(f"strato: {e}", file=sys.stderr)
+        return 2
+    if result is None:
+        print(f"strato: no user {args.email}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
 def hosts_add(args: argparse.Namespace) -> int:
     if bool(args.ssh) == bool(args.local):
         print("strato: give exactly one of --ssh USER@HOST[:PORT] and --local", file=sys.stderr)
@@ -179,6 +232,17 @@ def parser() -> argparse.ArgumentParser:
     t = tokens.add_parser("create", parents=[common], help="create a Bearer API token for a user")
     t.add_argument("email")
     t.set_defaults(func=tokens_create)
+    t = tokens.add_parser("revoke", parents=[common], help="revoke a user's Bearer API tokens (or one of them)")
+    t.add_argument("email")
+    t.add_argument("--token", help="only this token (default: all of the user's)")
+    t.set_defaults(func=tokens_revoke)
+    quotas = sub.add_parser("quotas", help="per-user limits").add_subparsers(dest="action", required=True)
+    q = quotas.add_parser("set", parents=[common], help="set a user's quotas (a number, or none to lift one)")
+    q.add_argument("email")
+    for name, unit in (("servers", "servers"), ("cpu", "MHz"), ("mem", "bytes"), ("storage", "bytes of drives"),
+                       ("tunnels", "open consoles")):
+        q.add_argument(f"--{name}", metavar=unit.upper().split()[0])
+    q.set_defaults(func=quotas_set)
     hosts = sub.add_parser("hosts", help="hypervisor hosts").add_subparsers(dest="action", required=True)
     h = hosts.add_parser("add", parents=[common], help="register a host (a running API node connects within seconds)")
     h.add_argument("name")

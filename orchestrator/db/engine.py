@@ -7,9 +7,9 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, false, select, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -68,3 +68,15 @@ async def migrate(engine: AsyncEngine) -> None:
 
 def make_sessionmaker(engine: AsyncEngine, session_class: type[Session] = Session) -> async_sessionmaker:
     return async_sessionmaker(engine, expire_on_commit=False, sync_session_class=session_class)
+
+
+async def lock_rows(session: AsyncSession, model: Any, uuids: list[str]) -> None:
+    """Serialise this transaction with others writing these rows, before it reads them: of two
+    concurrent DELETEs of one row, the second then finds it gone (404) instead of deleting nothing.
+
+    PostgreSQL locks the rows; SQLite has one writer, whose lock a write statement that matches
+    nothing takes (the transaction's reads then see what the previous writer committed)."""
+    if session.bind.dialect.name == "sqlite":
+        await session.execute(update(model).where(false()).values(uuid=model.uuid))
+    else:
+        await session.execute(select(model.uuid).where(model.uuid.in_(uuids)).with_for_update())

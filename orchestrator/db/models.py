@@ -53,6 +53,18 @@ class User(Base):
     created: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Quota(Base):
+    """What one user may hold, set by the operator (``strato quotas set``); null: no limit."""
+
+    __tablename__ = "quotas"
+    user_uuid: Mapped[str] = mapped_column(ForeignKey("users.uuid", ondelete="CASCADE"), primary_key=True)
+    servers: Mapped[int | None] = mapped_column(BigInteger, nullable=True)   # how many
+    cpu: Mapped[int | None] = mapped_column(BigInteger, nullable=True)       # MHz over all servers
+    mem: Mapped[int | None] = mapped_column(BigInteger, nullable=True)       # bytes over all servers
+    storage: Mapped[int | None] = mapped_column(BigInteger, nullable=True)   # bytes over all drives
+    tunnels: Mapped[int | None] = mapped_column(BigInteger, nullable=True)   # open consoles (VNC, serial)
+
+
 class ApiToken(Base):
     __tablename__ = "api_tokens"
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)

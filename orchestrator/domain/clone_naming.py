@@ -6,9 +6,9 @@ import re
 from datetime import datetime
 
 STRATEGIES = ("NONE", "COUNTER", "DATE", "TIMESTAMP")
-_COUNTER = re.compile(r"_(\d+)$")
-_SUFFIX = {"DATE": (re.compile(r"-\d{4}-\d{2}-\d{2}$"), "%Y-%m-%d"),
-           "TIMESTAMP": (re.compile(r"-\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$"), "%Y-%m-%d %H:%M:%S")}
+_COUNTER = re.compile(r"_(\d+)$", re.ASCII)
+_SUFFIX = {"DATE": (re.compile(r"-\d{4}-\d{2}-\d{2}$", re.ASCII), "%Y-%m-%d"),
+           "TIMESTAMP": (re.compile(r"-\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$", re.ASCII), "%Y-%m-%d %H:%M:%S")}
 
 
 def counter(name: str) -> str:

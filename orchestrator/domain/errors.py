@@ -22,6 +22,7 @@ class Kind(StrEnum):
     NO_CAPACITY = "no_capacity"      # no host or pool can take it now
     UNREACHABLE = "unreachable"      # a host or guest did not answer
     ALREADY_DONE = "already_done"    # e.g. a chunk that was uploaded before
+    THROTTLED = "throttled"          # too many failed attempts: wait (Retry-After)
 
 
 @dataclass

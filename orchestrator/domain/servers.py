@@ -131,6 +131,9 @@ async def attach_drives(s: AsyncSession, server: Server, entries: list[dict[str,
         if channel in channels:
             errors.append(invalid(f"{entry['device']} {entry['dev_channel']} is used twice", f"drives.{i}.dev_channel"))
         channels.add(channel)
+    for device, limit in wire.CHANNEL_LIMITS.items():
+        if sum(entry["device"] == device for entry in entries) > limit.drives:
+            errors.append(invalid(f"A server takes at most {limit.drives} {device} drives", "drives"))
     ids = [entry["drive"] for entry in entries]
     drives = {d.uuid: d for d in (await s.scalars(select(Drive).where(
         Drive.uuid.in_(ids), or_(Drive.owner_uuid == owner, Drive.owner_uuid.is_(None))))).all()}

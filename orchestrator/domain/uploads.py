@@ -3,8 +3,10 @@
 A drive made by ``/initupload/`` gets a sparse file of its exact size in the data directory;
 chunks (``upload_chunk`` one-time links or resumable.js POSTs) are written at their offsets.
 When every byte has arrived the file goes to the storage host like a raw upload (format told
-from the content by the agent).  State lives in the API node's memory: after a restart an
-unfinished upload is deleted and started again.
+from the content by the agent).  State lives in the API node's memory: a deleted drive's upload
+ends with it (its links and chunk file go), and at start :func:`recover` sweeps what a previous
+process left: every file in the directory goes, and each drive still ``uploading`` waits for
+its chunks again from none (clients re-send them, or delete the drive).
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cachetools import TTLCache
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from orchestrator.db.models import Drive, Job, JobLink
 from orchestrator.domain.errors import DomainError, Kind, forbidden, invalid
 from orchestrator.domain.uris import API_ROOT
 
@@ -72,6 +77,14 @@ class Uploads:
         self.active[drive] = upload = Upload(drive, owner, size, path)
         return upload
 
+    def forget(self, drive: str) -> None:
+        """The drive is gone: its upload, its unused links and its chunk file go with it."""
+        upload = self.active.pop(drive, None)
+        for token in [t for t, link in list(self.links.items()) if link.drive == drive]:
+            self.links.pop(token, None)
+        if upload is not None:
+            upload.path.unlink(missing_ok=True)
+
     def get(self, drive: str) -> Upload:
         upload = self.active.get(drive)
         if upload is None:
@@ -116,3 +129,22 @@ class Uploads:
             return None
         upload.finished = True
         return upload.path
+
+
+async def recover(s: AsyncSession, uploads: Uploads) -> int:
+    """At start: no upload of a previous process can go on (its state was in memory, its imports
+    were tasks), so every file it left goes, and each drive still ``uploading`` waits for its
+    bytes again from none: chunks (``upload_chunk`` links, resumable.js) are taken as after
+    ``/initupload/``, or the client deletes the drive.  Returns how many drives wait again."""
+    if uploads.directory.exists():
+        for leftover in uploads.directory.iterdir():
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
+    drives = (await s.scalars(select(Drive).where(Drive.status == "uploading", Drive.owner_uuid.is_not(None)))).all()
+    for drive in drives:
+        job = await s.scalar(select(Job).join(JobLink, JobLink.job_uuid == Job.uuid).where(
+            JobLink.res_uuid == drive.uuid, Job.operation == "drive_upload", Job.state == "started"))
+        if job is not None:
+            job.progress = 0
+        uploads.start(drive.uuid, drive.owner_uuid, drive.size)
+    return len(drives)

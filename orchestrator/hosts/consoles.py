@@ -176,7 +176,12 @@ class Consoles:
 
     # --- browser console tokens ---------------------------------------------------------------
 
+    TOKENS_PER_USER = 20  # live browser console links per user; a new one retires the oldest
+
     def grant(self, tunnel: Tunnel) -> str:
+        mine = [digest for digest, grant in list(self.tokens.items()) if grant.owner == tunnel.owner]
+        for digest in mine[: max(0, len(mine) - self.TOKENS_PER_USER + 1)]:  # oldest first (one TTL)
+            self.tokens.pop(digest, None)
         token = secrets.token_urlsafe(24)
         self.tokens[_digest(token)] = ConsoleToken(tunnel.server_uuid, tunnel.owner, tunnel.port)
         return token

@@ -1,7 +1,10 @@
 """Users, passwords and the authentication middleware (spec §3).
 
-Passwords are stored with scrypt (slow, salted).  Basic auth sends the
-password with every request, so a verified (email, password) pair is
+Passwords are stored with Argon2id (argon2-cffi: memory-hard, salted; older scrypt hashes still
+verify).  An unknown e-mail costs the same Argon2 verification as a wrong password, so timing tells
+nothing; failed attempts are counted per e-mail and per client address, and beyond a few a client
+waits (429 with ``Retry-After``, doubling up to 15 minutes) even for the right password.  Basic auth
+sends the password with every request, so a verified (email, password) pair is
 remembered for a minute under an HMAC keyed with a per-process secret: the
 cache never holds a reusable credential, and a password changed from the
 command line takes effect within that minute.
@@ -14,11 +17,15 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
 
 from aiohttp import web
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
 from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -27,25 +34,57 @@ from orchestrator.db.models import ApiToken, User
 from orchestrator.domain.errors import DomainError, Kind, forbidden
 from orchestrator.web.cookies import CookieStore
 from orchestrator.web.errors import HttpError
-from orchestrator.web.keys import AUTH, COOKIES, USER
+from orchestrator.web.keys import AUTH, CONFIG, COOKIES, USER
 
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="users"'}
+HASHER = PasswordHasher()  # Argon2id, RFC 9106's second recommended profile (64 MiB, t=3, p=4)
+# Verified against when the e-mail is unknown: the same work as a wrong password.
+DUMMY_HASH = HASHER.hash(secrets.token_urlsafe(16))
 
 
 def hash_password(password: str) -> str:
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
-    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
+    return HASHER.hash(password)
 
 
 def check_password(password: str, stored: str) -> bool:
+    if stored.startswith("scrypt$"):  # users made before Argon2
+        try:
+            _, n, r, p, salt, digest = stored.split("$")
+            candidate = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p))
+        except ValueError:
+            return False
+        return hmac.compare_digest(candidate.hex(), digest)
     try:
-        _, n, r, p, salt, digest = stored.split("$")
-        candidate = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p))
-    except ValueError:
+        return HASHER.verify(stored, password)
+    except (VerificationError, InvalidHashError):
         return False
-    return hmac.compare_digest(candidate.hex(), digest)
+
+
+class Throttle:
+    """Failed password attempts per key (an e-mail, an address); past ``free`` of them within the
+    window the key waits ``2**(n - free)`` seconds, at most ``longest``, from its last failure."""
+
+    def __init__(self, free: int, window: float = 900.0, longest: float = 900.0, size: int = 100_000) -> None:
+        self.free, self.longest = free, longest
+        self._failures: TTLCache[str, tuple[int, float]] = TTLCache(maxsize=size, ttl=window)
+
+    def wait(self, key: str) -> float:
+        count, last = self._failures.get(key, (0, 0.0))
+        if count < self.free:
+            return 0.0
+        return max(0.0, last + min(2.0 ** (count - self.free), self.longest) - time.monotonic())
+
+    def failed(self, key: str) -> None:
+        count, _ = self._failures.get(key, (0, 0.0))
+        self._failures[key] = (count + 1, time.monotonic())
+
+    def forget(self, key: str) -> None:
+        self._failures.pop(key, None)
+
+
+def throttled(seconds: float) -> DomainError:
+    wait = max(1, math.ceil(seconds))
+    return HttpError(Kind.THROTTLED, f"Too many failed logins; retry in {wait} s", {"Retry-After": str(wait)})
 
 
 def hash_token(token: str) -> str:
@@ -82,37 +121,54 @@ class Authenticator:
         self._sessions = sessions
         self._key = secrets.token_bytes(32)
         self._cache: TTLCache[str, str] = TTLCache(maxsize=size, ttl=ttl)  # HMAC of the pair → user uuid
+        self.per_user, self.per_address = Throttle(free=10), Throttle(free=100)
 
-    async def user_for(self, authorization: str | None) -> str:
+    async def user_for(self, authorization: str | None, remote: str | None = None) -> str:
         if not authorization:
             raise unauthorized()
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "basic":
-            return await self._basic(value.strip())
+            return await self._basic(value.strip(), remote)
         if scheme.lower() == "bearer":
             return await self._bearer(value.strip())
         raise unauthorized("Unsupported authorization scheme")
 
-    async def _basic(self, value: str) -> str:
+    async def _basic(self, value: str, remote: str | None) -> str:
         try:
             email, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             raise unauthorized("Malformed Basic credentials") from None
         if not sep:
             raise unauthorized("Malformed Basic credentials")
-        return await self.verify(email, password)
+        return await self.verify(email, password, remote)
 
-    async def verify(self, email: str, password: str) -> str:
+    async def verify(self, email: str, password: str, remote: str | None = None) -> str:
         """The user uuid for an e-mail and password (Basic auth, session login)."""
-        cache_key = hmac.new(self._key, f"{email}\x00{password}".encode(), "sha256").hexdigest()
+        cache_key = hmac.new(self._key, f"{email}\x00{password}".encode("utf-8", "replace"), "sha256").hexdigest()
         cached = self._cache.get(cache_key)
         if cached is not None:
             return cached
-        async with self._sessions() as session:
-            row = (await session.execute(select(User.uuid, User.password_hash).where(User.email == email))).first()
-        # scrypt takes tens of milliseconds: keep it off the event loop.
-        if row is None or not await asyncio.to_thread(check_password, password, row.password_hash):
+        user_key, address_key = email.casefold()[:320], remote or "?"
+        wait = max(self.per_user.wait(user_key), self.per_address.wait(address_key))
+        if wait > 0:
+            raise throttled(wait)
+        row = None
+        try:
+            email.encode("utf-8")
+        except UnicodeEncodeError:
+            pass  # no such user can exist (and the database could not take the text)
+        else:
+            async with self._sessions() as session:
+                row = (await session.execute(select(User.uuid, User.password_hash)
+                                             .where(User.email == email))).first()
+        # Argon2 takes tens of milliseconds and 64 MiB: off the event loop, and for unknown users too.
+        stored = row.password_hash if row is not None else DUMMY_HASH
+        matches = await asyncio.to_thread(check_password, password.encode("utf-8", "replace").decode(), stored)
+        if row is None or not matches:
+            self.per_user.failed(user_key)
+            self.per_address.failed(address_key)
             raise unauthorized("Wrong e-mail or password")
+        self.per_user.forget(user_key)
         self._cache[cache_key] = row.uuid
         return row.uuid
 
@@ -122,6 +178,22 @@ class Authenticator:
         if user is None:
             raise unauthorized("Unknown API token")
         return user
+
+
+def check_origin(request: web.Request) -> None:
+    """WebSockets are exempt from the same-origin policy, and a browser sends its cookies along:
+    one opened by a page of another site (its ``Origin``) is refused.  Allowed: this node as the
+    client reached it, the configured front end and ``allowed_origins``; no Origin (not a browser)."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    config = request.app[CONFIG]
+    allowed = {f"{request.scheme}://{request.host}", *config.allowed_origins}
+    if config.frontend_url:
+        scheme, _, rest = config.frontend_url.partition("://")
+        allowed.add(f"{scheme}://{rest.split('/', 1)[0]}")
+    if origin not in allowed:
+        raise forbidden(f"Origin {origin[:100]!r} may not open this WebSocket")
 
 
 Policy = Literal["user", "public", "async_auth"]
@@ -164,5 +236,5 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             raise forbidden("CSRF token missing or incorrect (X-CSRFToken header)")
         request[USER] = login.user
         return await handler(request)
-    request[USER] = await request.app[AUTH].user_for(request.headers.get("Authorization"))
+    request[USER] = await request.app[AUTH].user_for(request.headers.get("Authorization"), request.remote)
     return await handler(request)

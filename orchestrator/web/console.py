@@ -17,7 +17,7 @@ from aiohttp import WSMsgType, web
 
 from orchestrator.config import Config
 from orchestrator.hosts.pool import CHUNK
-from orchestrator.web.auth import public
+from orchestrator.web.auth import check_origin, public
 from orchestrator.web.keys import CONFIG, CONSOLES
 
 log = logging.getLogger(__name__)
@@ -27,10 +27,7 @@ routes = web.RouteTableDef()
 @routes.get("/console/websockify")
 @public
 async def websockify(request: web.Request) -> web.StreamResponse:
-    origin = request.headers.get("Origin")
-    allowed = {f"{request.scheme}://{request.host}", *request.app[CONFIG].allowed_origins}
-    if origin is not None and origin not in allowed:
-        raise web.HTTPForbidden(reason="Foreign Origin")
+    check_origin(request)
     tunnel = request.app[CONSOLES].redeem(request.query.get("token", ""))
     if tunnel is None:
         raise web.HTTPForbidden(reason="Invalid or expired console token")
@@ -72,8 +69,12 @@ async def websockify(request: web.Request) -> web.StreamResponse:
 async def novnc(request: web.Request) -> web.StreamResponse:
     """noVNC's static files (Debian's novnc package), nothing outside its directory."""
     root = request.app[CONFIG].novnc_dir.resolve()
-    file = (root / request.match_info["file"]).resolve()
-    if not file.is_relative_to(root) or not file.is_file():
+    try:
+        file = (root / request.match_info["file"]).resolve()
+        found = file.is_relative_to(root) and file.is_file()
+    except (ValueError, OSError):  # a NUL in the name, a name too long (found by tests/fuzz)
+        found = False
+    if not found:
         raise web.HTTPNotFound()
     return web.FileResponse(file)
 

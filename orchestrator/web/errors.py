@@ -16,6 +16,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import ObjectDeletedError, StaleDataError
 
 from orchestrator.domain.errors import DomainError, Kind
 
@@ -31,6 +35,7 @@ ANSWERS: dict[Kind, tuple[str, int]] = {
     Kind.NO_CAPACITY: ("backend", 503),
     Kind.UNREACHABLE: ("backend", 503),
     Kind.ALREADY_DONE: ("permission", 416),
+    Kind.THROTTLED: ("permission", 429),
 }
 
 
@@ -76,11 +81,44 @@ async def error_middleware(
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "www-authenticate")}
+        headers = {k: v for k, v in e.headers.items() if k.lower() in ("allow", "www-authenticate", "retry-after")}
         if e.status == 413:
             return _plain(413, "validation", "Request body too large", headers)
         message = e.reason if e.status != 404 else "Resource not found"
         return _plain(e.status, _HTTP_TYPES.get(e.status, "validation"), message, headers)
+    except (BadHttpMessage, RequestPayloadError):
+        # A body that cannot be read as sent: Content-Encoding: gzip on plain bytes, a truncated chunk.
+        response = _plain(400, "validation", "The request body cannot be read (bad Content-Encoding or framing)")
+        response.force_close()  # the rest of the body cannot be read past the error: end the connection
+        return response
+    except (StaleDataError, ObjectDeletedError):
+        # The row went away under this request (a DELETE committed first): as if it never existed.
+        return _plain(404, "notexist", "Object does not exist (it was deleted meanwhile)")
+    except IntegrityError:
+        # A row this write refers to went away under it (a clone of a source deleted meanwhile).
+        log.warning("integrity error on %s %s (a concurrent change?)", request.method, request.path, exc_info=True)
+        return _plain(503, "concurrency", "A concurrent change conflicted with this request; retry")
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
         return _plain(500, "backend", "Internal error")
+
+
+def _protocol_error(self: RequestHandler, request: web.BaseRequest, status: int = 500,
+                    exc: BaseException | None = None, message: str | None = None) -> web.StreamResponse:
+    """aiohttp's answer to a request it could not even parse (a header over 8,190 bytes, an unknown
+    Content-Encoding): the error list instead of plain text echoing the input, and a log line that
+    names the failure without the offending bytes (they may hold the Basic credentials)."""
+    log.info("unreadable request from %s: %s %s", request.remote, status, type(exc).__name__ if exc else "")
+    if request.writer.output_size > 0:
+        raise ConnectionError("Response is sent already, cannot send another response with the error message")
+    if status >= 500:
+        response = _plain(status, "backend", "Internal error")
+    else:
+        response = _plain(status, "validation", "Malformed request: a line or header too long, or unreadable framing")
+    response.force_close()
+    return response
+
+
+def install_protocol_errors() -> None:
+    """aiohttp offers no hook for its parser's errors; its one method that renders them is replaced."""
+    RequestHandler.handle_error = _protocol_error  # type: ignore[method-assign]

@@ -13,6 +13,7 @@ from orchestrator.web.read_cache import cache_key
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JSON_TYPES = ("application/json", "application/*", "*/*")
+ENCODINGS = ("", "identity", "gzip", "x-gzip", "deflate")  # what aiohttp decodes here (no brotli module)
 
 
 @web.middleware
@@ -31,6 +32,9 @@ async def negotiation_middleware(request: web.Request, handler: Handler) -> web.
         raise web.HTTPNotAcceptable(reason="Only application/json is offered")
     if request.method == "OPTIONS":
         return options(request)
+    if request.headers.get("Content-Encoding", "").strip().lower() not in ENCODINGS:
+        # aiohttp passes an unknown coding through as if it were none: the body would be taken raw.
+        raise web.HTTPUnsupportedMediaType(reason="Content-Encoding must be gzip, deflate or none")
     response = await handler(request)
     if isinstance(response, web.Response) and response.body is not None and len(response.body) > 1024:
         response.enable_compression()  # only when the client sent Accept-Encoding: gzip

@@ -52,6 +52,18 @@ def test_session_login_csrf_logout(node: Node) -> None:
     assert "Max-Age=120" in async_auth.headers["Set-Cookie"] and async_auth.cookies["async_auth"]
 
 
+def test_cookies_over_https_are_secure(node: Node) -> None:
+    """Issue 16 item 9: over HTTPS every credential cookie is Secure; async_auth is HttpOnly and SameSite too."""
+    base = f"{node.https}/api/2.0"
+    r = requests.post(f"{base}/accounts/action/?do=authenticate_asynchronous", auth=(EMAIL, PASSWORD),
+                      verify=str(node.cert), timeout=30)
+    cookie = r.headers["Set-Cookie"]
+    assert all(flag in cookie for flag in ("Secure", "HttpOnly", "SameSite=Lax")), cookie
+    r = requests.post(f"{base}/accounts/action/?do=login", json={"username": EMAIL, "password": PASSWORD},
+                      verify=str(node.cert), timeout=30)
+    assert all("Secure" in c for c in r.raw.headers.getlist("Set-Cookie")), r.raw.headers.getlist("Set-Cookie")
+
+
 def test_library_views_and_rules(node: Node, carol: Api) -> None:
     listed = carol.ok("GET", "libdrives/")
     entry = next(o for o in listed["objects"] if o["uuid"] == node.library_disk)
