@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -73,7 +73,7 @@ def strato_server() -> Iterator[StratoServer]:
     """The API tests' own server: its local host agent gets a libvirt prefix of its own (the storage
     pool is named prefix + "default"; a shared prefix would find another session's pool), and the
     tests wait for that host to be up so drives can be placed.  Its pool is removed afterwards."""
-    prefix = f"stapi{os.getpid()}-"
+    prefix = f"stapi{secrets.token_hex(3)}-"  # per instance: tests/fuzz imports this fixture too
     root = qemu_reachable_dir("api")
     server = StratoServer(root / "data", extra_env={"STRATO_AGENT_PREFIX": prefix})
     try:

@@ -4,6 +4,7 @@ restart), and one answer for "not yours" and "not there"."""
 from __future__ import annotations
 
 import gzip
+import shutil
 import time
 import uuid as uuidlib
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 import requests
 
 from tests.api.conftest import assert_error, make_drive, uuids, wait_idle
-from tests.strato_process import Api, StratoServer
+from tests.strato_process import Api, StratoServer, qemu_reachable_dir
 
 CHUNK = 2**20
 BOMB = gzip.compress(b"\0" * (64 * 2**20), 9)  # ~64 KiB that inflate to 64 MiB
@@ -114,8 +115,9 @@ def test_upload_endpoints_do_not_tell_foreign_from_missing(alice: Api, bob: Api)
 
 
 @pytest.fixture(scope="module")
-def restartable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StratoServer]:
-    server = StratoServer(tmp_path_factory.mktemp("restart") / "data")  # stop() removes its libvirt pool
+def restartable() -> Iterator[StratoServer]:
+    root = qemu_reachable_dir("restart")
+    server = StratoServer(root / "data")  # stop() removes its libvirt pool
     server.cli("users", "create", "carol@example.com", "--password", "carol-pw")
     server.start()
     try:
@@ -123,6 +125,7 @@ def restartable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StratoServ
         yield server
     finally:
         server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_restart_sweeps_leftovers_and_uploads_can_go_on(restartable: StratoServer) -> None:
