@@ -23,9 +23,11 @@ from orchestrator.api.resource import (
     owned_rows,
     path,
     read_json,
+    read_one,
     respond,
     session,
 )
+from orchestrator.api.rows import Rows
 from orchestrator.api.standard import (
     acl_fields,
     jobs_field,
@@ -167,6 +169,7 @@ SERVER = Resource("servers", list_methods=("get", "put", "delete", "post"), defa
 
 routes = web.RouteTableDef()
 RELATED = (Server.drive_links, Server.tag_links, Server.job_links)  # what a rendering reads
+READER = Rows(Server, RELATED)
 
 
 def owned(request: web.Request) -> Select[Any]:
@@ -177,7 +180,8 @@ def one(request: web.Request) -> Select[Any]:
     return owned_row(Server, RELATED, caller(request), request.match_info["uuid"])
 
 
-collection_views(routes, SERVER, owned, prepare=lambda request: partial(attach_stats, request.app[WORK]))
+collection_views(routes, SERVER, owned, prepare=lambda request: partial(attach_stats, request.app[WORK]),
+                 reader=READER)
 
 
 @routes.post(path("servers"))
@@ -196,23 +200,21 @@ async def create(request: web.Request) -> web.Response:
             return server
 
         uuids = [server.uuid for server in await for_each(objects, make)]
-    return await created(request, SERVER, owned(request), Server, uuids)
+    return await created(request, SERVER, owned(request), Server, uuids, READER)
 
 
 @routes.get(path("servers/{uuid}"))
 async def get(request: web.Request) -> web.Response:
-    async with session(request) as s:
-        server = await get_owned(s, one(request), "Server")
-        attach_stats(request.app[WORK], [server])
-        return respond(SERVER.dump(server, only=_only(request)))
+    server = await read_one(request, READER, one(request), "Server")
+    attach_stats(request.app[WORK], [server])
+    return respond(SERVER.dump(server, only=_only(request)))
 
 
 @routes.get(path("servers/{uuid}/runtime"))
 async def runtime(request: web.Request) -> web.Response:
-    async with session(request) as s:
-        server = await get_owned(s, one(request), "Server")
-        attach_stats(request.app[WORK], [server])
-        return respond(_runtime(server) or {})
+    server = await read_one(request, READER, one(request), "Server")
+    attach_stats(request.app[WORK], [server])
+    return respond(_runtime(server) or {})
 
 
 @routes.put(path("servers/{uuid}"))
