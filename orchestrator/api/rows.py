@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, Table, func, select
@@ -96,34 +97,37 @@ class Rows:
 
     async def one(self, conn: AsyncConnection, where: Sequence[ColumnElement[bool]]) -> RowView | None:
         """The first row matching ``where`` with its related rows, in one joined statement."""
+        stmt, parts = self._joined
+        result = (await conn.execute(stmt.where(*where))).all()
+        if not result:
+            return None
+        (_, names, start, stop, _), *relations = parts
+        row = RowView(zip(names, result[0][start:stop], strict=True))
+        for key, names, start, stop, primary in relations:
+            seen: dict[tuple[Any, ...], RowView] = {}
+            for values in result:
+                part = values[start:stop]
+                pk = tuple(part[k] for k in primary)
+                if pk not in seen and any(v is not None for v in pk):
+                    seen[pk] = RowView(zip(names, part, strict=True))
+            setattr(row, key, list(seen.values()))
+        return row
+
+    @cached_property
+    def _joined(self) -> tuple[Select[Any], list[tuple[str, list[str], int, int, list[int]]]]:
+        """The row outer-joined to each relationship (built once: aliasing costs more than the
+        query), and where each part's columns sit in a result row."""
         table = self.table
         joined: Any = table
         columns: list[Any] = list(table.c)
         order: list[Any] = []
-        aliases = []
+        parts = [("", [c.key for c in table.c], 0, len(table.c), [])]
         for i, rel in enumerate(self.relations):
             alias = rel.table.alias(f"r{i}")
-            aliases.append(alias)
             joined = joined.outerjoin(alias, alias.c[rel.child] == table.c[rel.parent])
+            names = [c.key for c in alias.c]
+            parts.append((rel.key, names, len(columns), len(columns) + len(names),
+                          [names.index(k) for k in rel.primary]))
             columns += [c.label(f"r{i}_{c.key}") for c in alias.c]
             order += [alias.c[k] for k in rel.order or rel.primary]
-        result = (await conn.execute(select(*columns).select_from(joined).where(*where).order_by(*order))).all()
-        if not result:
-            return None
-        width = len(table.c)
-        names = [c.key for c in table.c]
-        row = RowView(zip(names, result[0][:width], strict=True))
-        start = width
-        for rel, alias in zip(self.relations, aliases, strict=True):
-            names = [c.key for c in alias.c]
-            stop = start + len(names)
-            primary = [names.index(k) for k in rel.primary]
-            seen: dict[tuple[Any, ...], RowView] = {}
-            for values in result:
-                part = values[start:stop]
-                key = tuple(part[k] for k in primary)
-                if key not in seen and any(v is not None for v in key):
-                    seen[key] = RowView(zip(names, part, strict=True))
-            setattr(row, rel.key, list(seen.values()))
-            start = stop
-        return row
+        return select(*columns).select_from(joined).order_by(*order), parts

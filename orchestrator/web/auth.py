@@ -82,6 +82,8 @@ class Authenticator:
         self._sessions = sessions
         self._key = secrets.token_bytes(32)
         self._cache: TTLCache[str, str] = TTLCache(maxsize=size, ttl=ttl)  # HMAC of the pair → user uuid
+        # Checks under way, by the same key: a client opening 32 connections at once costs one scrypt.
+        self._checking: dict[str, asyncio.Task[str]] = {}
 
     async def user_for(self, authorization: str | None) -> str:
         if not authorization:
@@ -108,6 +110,15 @@ class Authenticator:
         cached = self._cache.get(cache_key)
         if cached is not None:
             return cached
+        task = self._checking.get(cache_key)
+        if task is None:
+            task = asyncio.ensure_future(self._check(email, password, cache_key))
+            self._checking[cache_key] = task
+            task.add_done_callback(lambda t: (self._checking.pop(cache_key, None),
+                                              t.cancelled() or t.exception()))
+        return await asyncio.shield(task)
+
+    async def _check(self, email: str, password: str, cache_key: str) -> str:
         async with self._sessions() as session:
             row = (await session.execute(select(User.uuid, User.password_hash).where(User.email == email))).first()
         # scrypt takes tens of milliseconds: keep it off the event loop.
