@@ -38,6 +38,7 @@ from orchestrator.api.standard import (
     uuid_field,
 )
 from orchestrator.db.models import Server, new_uuid
+from orchestrator.domain.drives import refresh_mount_status
 from orchestrator.domain.errors import invalid
 from orchestrator.domain.servers import delete_servers, write_server
 from orchestrator.domain.uris import link
@@ -187,6 +188,7 @@ collection_views(routes, SERVER, owned, prepare=lambda request: partial(attach_s
 @routes.post(path("servers"))
 async def create(request: web.Request) -> web.Response:
     objects, owner, caps = objects_of(await read_json(request)), caller(request), request.app[CAPABILITIES]
+    mounts: set[str] = set()  # drives attached by any object: their status is refreshed once
     async with session(request) as s:
         async def make(body: Any) -> Server:
             values = SERVER.validate(body, create=True)
@@ -195,11 +197,12 @@ async def create(request: web.Request) -> web.Response:
             server = Server(uuid=new_uuid(), owner_uuid=owner, smp=0, smp_auto=True, status="stopped",
                             drive_links=[], nics=[], gpus=[], epcs=[], pubkeys=[])
             s.add(server)  # flushed by write_server's first query, once its columns are set
-            await write_server(s, server, values, owner, caps, creating=True)
+            await write_server(s, server, values, owner, caps, creating=True, mounts=mounts)
             await s.flush()
             return server
 
         uuids = [server.uuid for server in await for_each(objects, make)]
+        await refresh_mount_status(s, mounts)
     return await created(request, SERVER, owned(request), Server, uuids, READER)
 
 

@@ -44,7 +44,10 @@ def new_mac() -> str:
 
 
 async def write_server(s: AsyncSession, server: Server, values: dict[str, Any], owner: str,
-                       caps: Capabilities, *, creating: bool) -> None:
+                       caps: Capabilities, *, creating: bool, mounts: set[str] | None = None) -> None:
+    """Apply validated ``values`` to ``server`` (new when ``creating``).  ``mounts``: collect the
+    drives whose mount status changes there, for the caller to refresh once for a whole bulk
+    request (:func:`refresh_mount_status`), instead of refreshing them here."""
     if not creating and not allows("edit", server.status):
         values = {k: v for k, v in values.items() if k in EDITABLE_WHILE_ACTIVE}
     for key in COLUMNS:
@@ -69,19 +72,19 @@ async def write_server(s: AsyncSession, server: Server, values: dict[str, Any], 
     if "nics" in values:
         try:
             server.nics = merge_nics([] if creating else server.nics, values["nics"])
-            await check_nic_references(s, server, owner)
+            await check_nic_references(s, server, owner, new=creating)
         except DomainError as e:
             errors.append(e.prefixed("nics"))
     if "drives" in values:
         try:
-            await attach_drives(s, server, values["drives"], owner)
+            await attach_drives(s, server, values["drives"], owner, mounts)
         except DomainError as e:
             errors.append(e)
     if errors:
         raise DomainError.collect(errors)
     check_boot_orders(server)
     if "tags" in values:
-        await set_resource_tags(s, "servers", server.uuid, values["tags"], owner)
+        await set_resource_tags(s, "servers", server.uuid, values["tags"], owner, new=creating)
 
 
 def check_limits(server: Server, caps: Capabilities) -> list[DomainError]:
@@ -119,7 +122,8 @@ def check_boot_orders(server: Server) -> None:
         seen.add(order)
 
 
-async def attach_drives(s: AsyncSession, server: Server, entries: list[dict[str, Any]], owner: str) -> None:
+async def attach_drives(s: AsyncSession, server: Server, entries: list[dict[str, Any]], owner: str,
+                        mounts: set[str] | None = None) -> None:
     errors: list[DomainError] = []
     channels: set[tuple[str, int, int]] = set()
     for i, entry in enumerate(entries):
@@ -159,6 +163,9 @@ async def attach_drives(s: AsyncSession, server: Server, entries: list[dict[str,
                     dev_channel=e["dev_channel"], boot_order=e.get("boot_order"))
         for i, e in enumerate(entries)
     ]
+    if mounts is not None:
+        mounts.update(before, ids)
+        return
     await s.flush()
     await refresh_mount_status(s, before | set(ids))
 
