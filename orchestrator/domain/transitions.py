@@ -13,7 +13,7 @@ from orchestrator.domain.drives import IDLE
 from orchestrator.domain.errors import forbidden
 from orchestrator.domain.lifecycle import Status, check
 from orchestrator.domain.networks import lease_addresses, release_addresses
-from orchestrator.domain.placement import Scheduler
+from orchestrator.domain.placement import Scheduler, release
 
 
 async def begin_start(s: AsyncSession, server: Server, scheduler: Scheduler, avoid: Sequence[str]) -> None:
@@ -32,5 +32,6 @@ async def begin_start(s: AsyncSession, server: Server, scheduler: Scheduler, avo
 
 async def record_stopped(s: AsyncSession, server: Server) -> None:
     """The domain is off: ``stopped``, its claim on the host and its leased addresses released."""
+    await release(s, server)
     server.status, server.host, server.active_since = Status.STOPPED, None, None
     await release_addresses(s, server)

@@ -9,7 +9,7 @@ import pytest
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
 from orchestrator.db.models import Drive, Host, Server, User
 from orchestrator.domain.errors import DomainError, Kind
-from orchestrator.domain.placement import HostLoad, Scheduler, choose
+from orchestrator.domain.placement import HostLoad, Scheduler, choose, recount
 
 GiB = 2**30
 
@@ -118,8 +118,11 @@ def drive(size: int = GiB, owner: str = ALICE, host: str | None = None, pool: st
 
 
 async def add(sessions, *rows) -> None:
+    """Rows as they would be: servers given a host hold their claim there (the counters recounted)."""
     async with sessions.begin() as s:
         s.add_all(rows)
+        await s.flush()
+        await recount(s)
 
 
 async def place(scheduler: Scheduler, sessions, new: Server, volumes=(), avoid=()) -> str:
