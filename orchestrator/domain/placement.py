@@ -15,15 +15,36 @@ import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, String, and_, case, cast, func, select, type_coerce, union_all, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Float,
+    String,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    select,
+    type_coerce,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from orchestrator.db.models import Drive, Host, Server
 from orchestrator.domain.errors import no_capacity
 
-HOSTS = Host.__table__  # claims are Core UPDATEs: the ORM's bulk-update bookkeeping costs more than the SQL
+# Claims are Core statements on the table, built once with parameters: the ORM's bulk-update
+# bookkeeping and building the expressions cost more than the SQL.
+HOSTS = Host.__table__
+H = HOSTS.c
+LOAD_COLUMNS = (H.name, H.state, H.cpu_capacity, H.mem_capacity, H.cpu_used, H.mem_used)
+CPU, MEM = bindparam("claim_cpu", type_=BigInteger), bindparam("claim_mem", type_=BigInteger)
+AVOID, OWNER = bindparam("avoid", expanding=True), bindparam("owner")
 
 
 @dataclass
@@ -111,17 +132,33 @@ class Scheduler:
             self._facts[key] = cached
         return cached
 
-    def _fitting(self, cpu: int, mem: int) -> ColumnElement[bool]:
+    def _fitting(self, cpu: Any = CPU, mem: Any = MEM) -> ColumnElement[bool]:
         """SQL: an up host with room for ``cpu`` MHz and ``mem`` bytes (HostLoad.fits, as floats)."""
-        return and_(Host.state == "up",
-                    Host.cpu_used + cpu <= cast(Host.cpu_capacity, Float) * self.cpu_overcommit,
-                    Host.mem_used + mem <= cast(Host.mem_capacity, Float) * self.mem_overcommit)
+        return and_(H.state == "up",
+                    H.cpu_used + cpu <= cast(H.cpu_capacity, Float) * self.cpu_overcommit,
+                    H.mem_used + mem <= cast(H.mem_capacity, Float) * self.mem_overcommit)
 
     def _headroom(self) -> ColumnElement[float]:
         """SQL: HostLoad.headroom (the smaller free share of cpu and mem)."""
-        cpu = 1 - cast(Host.cpu_used, Float) / func.nullif(cast(Host.cpu_capacity, Float) * self.cpu_overcommit, 0)
-        mem = 1 - cast(Host.mem_used, Float) / func.nullif(cast(Host.mem_capacity, Float) * self.mem_overcommit, 0)
+        cpu = 1 - cast(H.cpu_used, Float) / func.nullif(cast(H.cpu_capacity, Float) * self.cpu_overcommit, 0)
+        mem = 1 - cast(H.mem_used, Float) / func.nullif(cast(H.mem_capacity, Float) * self.mem_overcommit, 0)
         return case((cpu < mem, cpu), else_=mem)
+
+    @cached_property
+    def _claim_best(self) -> Any:
+        """The usual placement in one statement, built once (parameters: claim_cpu, claim_mem,
+        avoid, owner): the best fitting host free of every avoided object (choose's first try,
+        done by the database), its counters raised where it is picked."""
+        best = (select(H.name).where(self._fitting(), H.name.not_in(_avoided_hosts(AVOID, OWNER)))
+                .order_by(self._headroom().desc(), H.name).limit(1).scalar_subquery())
+        return (update(HOSTS).where(H.name == best, self._fitting())
+                .values(cpu_used=H.cpu_used + CPU, mem_used=H.mem_used + MEM).returning(*LOAD_COLUMNS))
+
+    @cached_property
+    def _claim(self) -> Any:
+        """Raise one host's counters if it still fits (parameters: name, claim_cpu, claim_mem)."""
+        return (update(HOSTS).where(H.name == bindparam("claim_host"), self._fitting())
+                .values(cpu_used=H.cpu_used + CPU, mem_used=H.mem_used + MEM))
 
     async def place_server(self, s: AsyncSession, server: Server, volumes: list[tuple[str, str]],
                            avoid: Sequence[str]) -> HostLoad:
@@ -142,18 +179,11 @@ class Scheduler:
             paths = {(host, pool): _pool_path(storage.get(host), pool) for host, pool in volumes}
             if any(path is None for path in paths.values()):
                 raise no_capacity(NO_HOST)
-        columns = [Host.name, Host.state, Host.cpu_capacity, Host.mem_capacity, Host.cpu_used, Host.mem_used]
-        fitting = self._fitting(server.cpu, server.mem)
+        claim = {"claim_cpu": server.cpu, "claim_mem": server.mem}
         for _attempt in range(8):
             if not volumes:
-                # The usual case in one statement: the best fitting host free of every avoided
-                # object (choose's first try, done by the database), claimed where it is picked.
-                best = (select(Host.name).where(fitting, Host.name.not_in(_avoided_hosts(avoid, server.owner_uuid)))
-                        .order_by(self._headroom().desc(), Host.name).limit(1).scalar_subquery())
-                row = (await s.execute(update(HOSTS).where(Host.name == best, fitting)
-                                       .values(cpu_used=Host.cpu_used + server.cpu,
-                                               mem_used=Host.mem_used + server.mem)
-                                       .returning(*columns).execution_options(synchronize_session=False))).first()
+                row = (await s.execute(self._claim_best, {**claim, "avoid": list(avoid),
+                                                          "owner": server.owner_uuid})).first()
                 if row is not None:
                     server.host = row.name
                     return self._load(row)
@@ -161,8 +191,8 @@ class Scheduler:
                     raise no_capacity(NO_HOST)
             # Drives to see, or no host free of every avoided object: the candidates, then choose.
             avoid_hosts = await hosts_of(s, avoid, server.owner_uuid)
-            stmt = (select(*columns, *([type_coerce(Host.facts, String)] if volumes else []))
-                    .where(fitting).order_by(self._headroom().desc(), Host.name))
+            stmt = (select(*LOAD_COLUMNS, *([type_coerce(H.facts, String)] if volumes else []))
+                    .where(self._fitting(server.cpu, server.mem)).order_by(self._headroom().desc(), H.name))
             if not volumes:  # one of these is free of any prefix's hosts, if any host is
                 stmt = stmt.limit(len({h for h in avoid_hosts if h is not None}) + 1)
             loads = [self._load(row) for row in (await s.execute(stmt)).all()]
@@ -170,10 +200,7 @@ class Scheduler:
             chosen = choose(loads, fits, avoid_hosts)
             if chosen is None:
                 raise no_capacity(NO_HOST)
-            claimed = await s.execute(
-                update(HOSTS).where(Host.name == chosen.name, fitting)
-                .values(cpu_used=Host.cpu_used + server.cpu, mem_used=Host.mem_used + server.mem)
-                .execution_options(synchronize_session=False))
+            claimed = await s.execute(self._claim, {**claim, "claim_host": chosen.name})
             if claimed.rowcount == 1:  # type: ignore[attr-defined]
                 server.host = chosen.name
                 chosen.cpu_used += server.cpu
@@ -203,22 +230,21 @@ class Scheduler:
 async def release(s: AsyncSession, server: Server) -> None:
     """Give back ``server``'s claim on its host (it stopped); the caller clears ``server.host``."""
     if server.host is not None:
-        await s.execute(update(HOSTS).where(Host.name == server.host)
-                        .values(cpu_used=Host.cpu_used - server.cpu, mem_used=Host.mem_used - server.mem)
-                        .execution_options(synchronize_session=False))
+        await s.execute(update(HOSTS).where(H.name == server.host)
+                        .values(cpu_used=H.cpu_used - server.cpu, mem_used=H.mem_used - server.mem))
 
 
 async def recount(s: AsyncSession, host: str | None = None) -> None:
     """Set the claim counters of ``host`` (every host when None) from the servers placed there:
     after a reconnection, whatever happened while this node was not looking."""
     def used(column: Any) -> Any:
-        return (select(func.coalesce(func.sum(column), 0)).where(Server.host == Host.name)
-                .correlate(Host).scalar_subquery())
+        return (select(func.coalesce(func.sum(column), 0)).where(Server.host == H.name)
+                .correlate(HOSTS).scalar_subquery())
 
     stmt = update(HOSTS).values(cpu_used=used(Server.cpu), mem_used=used(Server.mem))
     if host is not None:
-        stmt = stmt.where(Host.name == host)
-    await s.execute(stmt.execution_options(synchronize_session=False))
+        stmt = stmt.where(H.name == host)
+    await s.execute(stmt)
 
 
 NO_HOST = "No host can fit this server now (capacity, or a host that sees all its drives)"
@@ -235,12 +261,11 @@ def _owned_by(column: Any, owner: str) -> ColumnElement[bool]:
     return column.concat("") == owner
 
 
-def _avoided_hosts(uuids: Sequence[str], owner: str) -> Any:
+def _avoided_hosts(uuids: Any, owner: Any) -> Any:
     """SQL: the hosts of the avoided objects (as :func:`hosts_of`, without the order or NULLs)."""
-    return union_all(
-        select(Server.host).where(Server.uuid.in_(uuids), _owned_by(Server.owner_uuid, owner),
-                                  Server.host.is_not(None)),
-        select(Drive.host).where(Drive.uuid.in_(uuids), _owned_by(Drive.owner_uuid, owner), Drive.host.is_not(None)))
+    servers, drives = Server.__table__.c, Drive.__table__.c
+    return union_all(*(select(t.host).where(t.uuid.in_(uuids), _owned_by(t.owner_uuid, owner), t.host.is_not(None))
+                       for t in (servers, drives)))
 
 
 async def hosts_of(s: AsyncSession, uuids: Sequence[str], owner: str) -> list[str | None]:
