@@ -47,15 +47,13 @@ from orchestrator.web.keys import (
     ENGINE,
     FEED,
     HOSTS,
-    READ_CACHE,
     SCHEDULER,
     SESSION_CLASS,
     SESSIONS,
     UPLOADS,
     WORK,
 )
-from orchestrator.web.middlewares import negotiation_middleware, read_cache_middleware, request_id_middleware
-from orchestrator.web.read_cache import ReadCache
+from orchestrator.web.middlewares import negotiation_middleware, request_id_middleware
 from orchestrator.work.background import Work
 
 
@@ -63,12 +61,10 @@ async def database(app: web.Application) -> AsyncIterator[None]:
     engine = make_engine(app[CONFIG].db_url)
     await migrate(engine)
     app[ENGINE] = engine
-    # A session class of this app's own, so the read cache hears exactly this app's commits.
+    # A session class of this app's own, so the feed hears exactly this app's commits.
     session_class = type("StratoSession", (Session,), {})
-    app[READ_CACHE] = ReadCache(enabled=engine.dialect.name == "sqlite")
-    app[READ_CACHE].watch(session_class)
     app[FEED] = Feed()
-    app[FEED].watch(session_class)  # after the read cache: a frame's reader GETs fresh answers
+    app[FEED].watch(session_class)
     app[SESSION_CLASS], app[SESSIONS] = session_class, make_sessionmaker(engine, session_class)
     app[AUTH] = Authenticator(app[SESSIONS])
     yield
@@ -87,7 +83,6 @@ async def hosts(app: web.Application) -> AsyncIterator[None]:
                       scratch=config.data_dir / "transit", shutdown_window=config.shutdown_window,
                       heartbeat=config.heartbeat)
     work.contexts.watch(app[SESSION_CLASS])  # commits that change a document push it again
-    work.watch.stats_listeners.append(app[READ_CACHE].bump)  # runtime counters are part of GET answers
     consoles = Consoles(hosts, bind=config.tunnel_bind, ports=config.tunnel_port_range,
                         idle_timeout=config.tunnel_idle, token_ttl=config.console_token_ttl)
     work.servers.stop_listeners.append(consoles.close)  # a stopped server's tunnels close
@@ -104,8 +99,7 @@ def create_app(config: Config) -> web.Application:
     # Order matters: request ids wrap everything, errors are rendered before them, and content
     # negotiation and OPTIONS come before authentication.
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware, negotiation_middleware, auth_middleware,
-                     read_cache_middleware],
+        middlewares=[request_id_middleware, error_middleware, negotiation_middleware, auth_middleware],
         client_max_size=config.max_body,
     )
     app[CONFIG] = config

@@ -47,10 +47,12 @@ def _relation(attribute: Any) -> _Relation:
 @dataclass(frozen=True)
 class Rows:
     """How a model's rows are read for output: ``related`` are the relationships its field
-    table reads (each a one-to-many on one key column)."""
+    table reads (each a one-to-many on one key column); ``omit`` columns it never reads (not
+    fetched, not converted: a datetime kept for ordering costs a parse per row on SQLite)."""
 
     model: Any
     related: tuple[Any, ...] = ()
+    omit: tuple[str, ...] = ()
     relations: tuple[_Relation, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -60,11 +62,15 @@ class Rows:
     def table(self) -> Table:
         return self.model.__table__  # type: ignore[no-any-return]
 
+    @cached_property
+    def columns(self) -> list[Any]:
+        return [c for c in self.table.c if c.key not in self.omit]
+
     async def page(self, conn: AsyncConnection, where: Sequence[ColumnElement[bool]], order_by: Sequence[Any],
                    offset: int = 0, limit: int = 0) -> tuple[list[RowView], int]:
         """One page (``limit`` 0: every row from ``offset``) and the total count after ``where``."""
         table = self.table
-        stmt: Select[Any] = select(*table.c, func.count().over().label("_total")).where(*where)
+        stmt: Select[Any] = select(*self.columns, func.count().over().label("_total")).where(*where)
         stmt = stmt.order_by(*order_by).offset(offset)
         if limit:
             stmt = stmt.limit(limit)
@@ -119,9 +125,9 @@ class Rows:
         query), and where each part's columns sit in a result row."""
         table = self.table
         joined: Any = table
-        columns: list[Any] = list(table.c)
+        columns: list[Any] = list(self.columns)
         order: list[Any] = []
-        parts = [("", [c.key for c in table.c], 0, len(table.c), [])]
+        parts = [("", [c.key for c in columns], 0, len(columns), [])]
         for i, rel in enumerate(self.relations):
             alias = rel.table.alias(f"r{i}")
             joined = joined.outerjoin(alias, alias.c[rel.child] == table.c[rel.parent])

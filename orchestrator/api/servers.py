@@ -170,7 +170,7 @@ SERVER = Resource("servers", list_methods=("get", "put", "delete", "post"), defa
 
 routes = web.RouteTableDef()
 RELATED = (Server.drive_links, Server.tag_links, Server.job_links)  # what a rendering reads
-READER = Rows(Server, RELATED)
+READER = Rows(Server, RELATED, omit=("created",))  # created: only ordered by
 
 
 def owned(request: web.Request) -> Select[Any]:
