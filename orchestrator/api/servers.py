@@ -39,8 +39,8 @@ from orchestrator.api.standard import (
 )
 from orchestrator.db.models import Server, new_uuid
 from orchestrator.domain.drives import refresh_mount_status
-from orchestrator.domain.errors import invalid
-from orchestrator.domain.servers import delete_servers, write_server
+from orchestrator.domain.errors import DomainError, invalid
+from orchestrator.domain.servers import Bulk, delete_servers, write_server
 from orchestrator.domain.uris import link
 from orchestrator.web.keys import CAPABILITIES, WORK
 from orchestrator.work.background import Work
@@ -188,8 +188,10 @@ collection_views(routes, SERVER, owned, prepare=lambda request: partial(attach_s
 @routes.post(path("servers"))
 async def create(request: web.Request) -> web.Response:
     objects, owner, caps = objects_of(await read_json(request)), caller(request), request.app[CAPABILITIES]
-    mounts: set[str] = set()  # drives attached by any object: their status is refreshed once
     async with session(request) as s:
+        # The drives and tags every valid object names, looked up once (a bad object fails below).
+        bulk = await Bulk.load(s, [v for v in map(_valid, objects) if v is not None], owner)
+
         async def make(body: Any) -> Server:
             values = SERVER.validate(body, create=True)
             # Lists start empty: a rejected key leaves its column unset, and the next query's autoflush
@@ -197,12 +199,12 @@ async def create(request: web.Request) -> web.Response:
             server = Server(uuid=new_uuid(), owner_uuid=owner, smp=0, smp_auto=True, status="stopped",
                             drive_links=[], nics=[], gpus=[], epcs=[], pubkeys=[])
             s.add(server)  # flushed by write_server's first query, once its columns are set
-            await write_server(s, server, values, owner, caps, creating=True, mounts=mounts)
-            await s.flush()
+            await write_server(s, server, values, owner, caps, creating=True, bulk=bulk)
             return server
 
         uuids = [server.uuid for server in await for_each(objects, make)]
-        await refresh_mount_status(s, mounts)
+        await s.flush()  # every object's rows in one flush: a multi-row INSERT per table
+        await refresh_mount_status(s, bulk.mounts)
     return await created(request, SERVER, owned(request), Server, uuids, READER)
 
 
@@ -248,6 +250,13 @@ def _recurse(request: web.Request) -> tuple[str, ...]:
     if value not in RECURSE:
         raise invalid(f"recurse must be one of {', '.join(RECURSE)}", "recurse")
     return RECURSE[value]
+
+
+def _valid(body: Any) -> dict[str, Any] | None:
+    try:
+        return SERVER.validate(body, create=True)
+    except DomainError:
+        return None
 
 
 def _only(request: web.Request) -> set[str] | None:
