@@ -228,8 +228,9 @@ async def edit(request: web.Request) -> web.Response:
     async with session(request) as s:
         server = await get_owned(s, one(request), "Server")
         await write_server(s, server, values, caller(request), request.app[CAPABILITIES], creating=False)
-    async with session(request) as s:
-        return respond(SERVER.dump(await get_owned(s, one(request), "Server")))
+    server = await read_one(request, READER, one(request), "Server")
+    server.live = None  # as ever: the answer to an edit shows no statistics
+    return respond(SERVER.dump(server))
 
 
 async def _delete(request: web.Request, s: AsyncSession, servers: list[Server]) -> AfterCommit:
