@@ -228,8 +228,16 @@ class Scheduler:
 
 
 async def release(s: AsyncSession, server: Server) -> None:
-    """Give back ``server``'s claim on its host (it stopped); the caller clears ``server.host``."""
-    if server.host is not None:
+    """Give back ``server``'s claim on its host (it stopped); the caller clears ``server.host``.
+
+    Once only: the lifecycle event and the stop request may both get here, each having read the
+    server with its host; the one that clears ``servers.host`` (still that host) gives back."""
+    if server.host is None:
+        return
+    servers = Server.__table__.c
+    cleared = await s.execute(update(Server.__table__).where(servers.uuid == server.uuid,
+                                                             servers.host == server.host).values(host=None))
+    if cleared.rowcount == 1:  # type: ignore[attr-defined]
         await s.execute(update(HOSTS).where(H.name == server.host)
                         .values(cpu_used=H.cpu_used - server.cpu, mem_used=H.mem_used - server.mem))
 
@@ -237,11 +245,13 @@ async def release(s: AsyncSession, server: Server) -> None:
 async def recount(s: AsyncSession, host: str | None = None) -> None:
     """Set the claim counters of ``host`` (every host when None) from the servers placed there:
     after a reconnection, whatever happened while this node was not looking."""
+    servers = Server.__table__.c
+
     def used(column: Any) -> Any:
-        return (select(func.coalesce(func.sum(column), 0)).where(Server.host == H.name)
+        return (select(func.coalesce(func.sum(column), 0)).where(servers.host == H.name)
                 .correlate(HOSTS).scalar_subquery())
 
-    stmt = update(HOSTS).values(cpu_used=used(Server.cpu), mem_used=used(Server.mem))
+    stmt = update(HOSTS).values(cpu_used=used(servers.cpu), mem_used=used(servers.mem))
     if host is not None:
         stmt = stmt.where(H.name == host)
     await s.execute(stmt)
