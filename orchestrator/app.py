@@ -50,15 +50,13 @@ from orchestrator.web.keys import (
     ENGINE,
     FEED,
     HOSTS,
-    READ_CACHE,
     SCHEDULER,
     SESSION_CLASS,
     SESSIONS,
     UPLOADS,
     WORK,
 )
-from orchestrator.web.middlewares import negotiation_middleware, read_cache_middleware, request_id_middleware
-from orchestrator.web.read_cache import ReadCache
+from orchestrator.web.middlewares import negotiation_middleware, request_id_middleware
 from orchestrator.work.background import Work
 
 log = logging.getLogger(__name__)
@@ -68,12 +66,10 @@ async def database(app: web.Application) -> AsyncIterator[None]:
     engine = make_engine(app[CONFIG].db_url)
     await migrate(engine)
     app[ENGINE] = engine
-    # A session class of this app's own, so the read cache hears exactly this app's commits.
+    # A session class of this app's own, so the feed hears exactly this app's commits.
     session_class = type("StratoSession", (Session,), {})
-    app[READ_CACHE] = ReadCache(enabled=engine.dialect.name == "sqlite")
-    app[READ_CACHE].watch(session_class)
     app[FEED] = Feed()
-    app[FEED].watch(session_class)  # after the read cache: a frame's reader GETs fresh answers
+    app[FEED].watch(session_class)
     quotas.watch(session_class)  # every commit that grows a user's servers or drives is checked
     app[SESSION_CLASS], app[SESSIONS] = session_class, make_sessionmaker(engine, session_class)
     app[AUTH] = Authenticator(app[SESSIONS])
@@ -101,7 +97,6 @@ async def hosts(app: web.Application) -> AsyncIterator[None]:
     work = Work.build(app[SESSIONS], hosts, app[SCHEDULER], context_document=context_document,
                       data_dir=config.data_dir, shutdown_window=config.shutdown_window, heartbeat=config.heartbeat)
     work.contexts.watch(app[SESSION_CLASS])  # commits that change a document push it again
-    work.watch.stats_listeners.append(app[READ_CACHE].bump)  # runtime counters are part of GET answers
     consoles = Consoles(hosts, bind=config.tunnel_bind, ports=config.tunnel_port_range,
                         idle_timeout=config.tunnel_idle, token_ttl=config.console_token_ttl)
     work.servers.stop_listeners.append(consoles.close)  # a stopped server's tunnels close
@@ -119,8 +114,7 @@ def create_app(config: Config) -> web.Application:
     # negotiation and OPTIONS come before authentication.
     install_protocol_errors()
     app = web.Application(
-        middlewares=[request_id_middleware, error_middleware, negotiation_middleware, auth_middleware,
-                     read_cache_middleware],
+        middlewares=[request_id_middleware, error_middleware, negotiation_middleware, auth_middleware],
         client_max_size=config.max_body,
     )
     app[CONFIG] = config

@@ -15,12 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
 
 from orchestrator.api.fields import Invalid, ListQuery, Resource, ref_id
+from orchestrator.api.rows import Rows
 from orchestrator.db.engine import lock_rows
 from orchestrator.domain.errors import DomainError, invalid, notexist
 from orchestrator.domain.uris import API_ROOT
 from orchestrator.web.auth import auth_policy
 from orchestrator.web.errors import respond
-from orchestrator.web.keys import SESSIONS, USER
+from orchestrator.web.keys import ENGINE, SESSIONS, USER
 
 T = TypeVar("T")
 
@@ -101,6 +102,11 @@ def parse_json(raw: bytes) -> Any:
 JSON_MEDIA = re.compile(r"application/([a-z0-9.+-]+\+)?json")
 
 
+def reading(request: web.Request) -> Any:
+    """A Core connection for reads rendered from :class:`Rows` (no ORM session, nothing to commit)."""
+    return request.app[ENGINE].connect()
+
+
 async def read_json(request: web.Request, *, empty: Any = None) -> Any:
     raw = await request.read()
     if not raw.strip():
@@ -179,15 +185,31 @@ async def get_owned(s: AsyncSession, stmt: Select[Any], what: str) -> Any:
 
 
 async def list_view(request: web.Request, resource: Resource, stmt: Select[Any], *, short: bool,
-                    prepare: Callable[[list[Any]], None] | None = None) -> web.Response:
-    """An envelope list; ``prepare`` may attach non-stored data (live runtime) to the rows."""
+                    prepare: Callable[[list[Any]], None] | None = None, reader: Rows | None = None) -> web.Response:
+    """An envelope list; ``prepare`` may attach non-stored data (live runtime) to the rows.
+
+    With a ``reader`` the rows are read with Core (``stmt`` gives only its where-clause)."""
     lq = list_query(request, resource)
-    async with session(request) as s:
-        rows, total = await page(s, stmt, lq)
-        if prepare is not None:
-            prepare(rows)
-        objects = [resource.dump(row, short=short, only=lq.fields) for row in rows]
+    if reader is not None:
+        async with reading(request) as conn:
+            where = [stmt.whereclause, *lq.where] if stmt.whereclause is not None else lq.where
+            rows, total = await reader.page(conn, where, lq.order_by, lq.offset, lq.limit)
+    else:
+        async with session(request) as s:
+            rows, total = await page(s, stmt, lq)
+    if prepare is not None:
+        prepare(rows)
+    objects = [resource.dump(row, short=short, only=lq.fields) for row in rows]
     return respond(envelope(objects, lq, total))
+
+
+async def read_one(request: web.Request, reader: Rows, stmt: Select[Any], what: str) -> Any:
+    """The one row ``stmt`` selects (its where-clause), read with Core; 404 when there is none."""
+    async with reading(request) as conn:
+        row = await reader.one(conn, [stmt.whereclause])
+    if row is None:
+        raise notexist(what)
+    return row
 
 
 def query_uuids(request: web.Request, name: str) -> list[str]:
@@ -204,14 +226,15 @@ Prepare = Callable[[web.Request], Callable[[list[Any]], None]]
 
 
 def collection_views(routes: web.RouteTableDef, resource: Resource, rows: Callable[[web.Request], Select[Any]],
-                     *, short_list: bool = True, prepare: Prepare | None = None) -> None:
+                     *, short_list: bool = True, prepare: Prepare | None = None, reader: Rows | None = None) -> None:
     """``GET /<coll>/``, ``/<coll>/detail/`` and ``/<coll>/schema/``, all read from the field table.
 
-    ``rows`` gives the caller's rows; ``short_list`` False where the short view is the full one."""
+    ``rows`` gives the caller's rows; ``short_list`` False where the short view is the full one;
+    ``reader`` reads them with Core instead of the ORM."""
 
     async def listing(request: web.Request, short: bool) -> web.Response:
         return await list_view(request, resource, rows(request), short=short,
-                               prepare=prepare(request) if prepare else None)
+                               prepare=prepare(request) if prepare else None, reader=reader)
 
     async def schema(request: web.Request) -> web.Response:
         return respond(resource.schema())
@@ -233,10 +256,15 @@ def owned_row(model: Any, related: tuple[Any, ...], owner: str, uuid: str) -> Se
 
 
 async def created(request: web.Request, resource: Resource, rows: Select[Any], model: Any,
-                  uuids: list[str]) -> web.Response:
+                  uuids: list[str], reader: Rows | None = None) -> web.Response:
     """201 with the new objects in full view, in request order, always in ``objects`` (spec §7.1)."""
-    async with session(request) as s:
-        found = {row.uuid: row for row in (await s.scalars(rows.where(model.uuid.in_(uuids)))).all()}
+    if reader is not None:
+        async with reading(request) as conn:
+            page_rows, _ = await reader.page(conn, [rows.whereclause, model.uuid.in_(uuids)], ())
+        found = {row.uuid: row for row in page_rows}
+    else:
+        async with session(request) as s:
+            found = {row.uuid: row for row in (await s.scalars(rows.where(model.uuid.in_(uuids)))).all()}
     objects = [resource.dump(found[u]) for u in uuids]
     return respond({"objects": objects}, 201, {"Location": objects[0]["resource_uri"]})
 

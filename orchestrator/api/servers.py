@@ -23,9 +23,11 @@ from orchestrator.api.resource import (
     owned_rows,
     path,
     read_json,
+    read_one,
     respond,
     session,
 )
+from orchestrator.api.rows import Rows
 from orchestrator.api.standard import (
     acl_fields,
     jobs_field,
@@ -36,8 +38,9 @@ from orchestrator.api.standard import (
     uuid_field,
 )
 from orchestrator.db.models import Server, new_uuid
-from orchestrator.domain.errors import invalid
-from orchestrator.domain.servers import delete_servers, write_server
+from orchestrator.domain.drives import refresh_mount_status
+from orchestrator.domain.errors import DomainError, invalid
+from orchestrator.domain.servers import Bulk, delete_servers, write_server
 from orchestrator.domain.uris import link
 from orchestrator.web.keys import CAPABILITIES, WORK
 from orchestrator.work.background import Work
@@ -167,6 +170,7 @@ SERVER = Resource("servers", list_methods=("get", "put", "delete", "post"), defa
 
 routes = web.RouteTableDef()
 RELATED = (Server.drive_links, Server.tag_links, Server.job_links)  # what a rendering reads
+READER = Rows(Server, RELATED, omit=("created",))  # created: only ordered by
 
 
 def owned(request: web.Request) -> Select[Any]:
@@ -177,13 +181,17 @@ def one(request: web.Request) -> Select[Any]:
     return owned_row(Server, RELATED, caller(request), request.match_info["uuid"])
 
 
-collection_views(routes, SERVER, owned, prepare=lambda request: partial(attach_stats, request.app[WORK]))
+collection_views(routes, SERVER, owned, prepare=lambda request: partial(attach_stats, request.app[WORK]),
+                 reader=READER)
 
 
 @routes.post(path("servers"))
 async def create(request: web.Request) -> web.Response:
     objects, owner, caps = objects_of(await read_json(request)), caller(request), request.app[CAPABILITIES]
     async with session(request) as s:
+        # The drives and tags every valid object names, looked up once (a bad object fails below).
+        bulk = await Bulk.load(s, [v for v in map(_valid, objects) if v is not None], owner)
+
         async def make(body: Any) -> Server:
             values = SERVER.validate(body, create=True)
             # Lists start empty: a rejected key leaves its column unset, and the next query's autoflush
@@ -191,28 +199,27 @@ async def create(request: web.Request) -> web.Response:
             server = Server(uuid=new_uuid(), owner_uuid=owner, smp=0, smp_auto=True, status="stopped",
                             drive_links=[], nics=[], gpus=[], epcs=[], pubkeys=[])
             s.add(server)  # flushed by write_server's first query, once its columns are set
-            await write_server(s, server, values, owner, caps, creating=True)
-            await s.flush()
+            await write_server(s, server, values, owner, caps, creating=True, bulk=bulk)
             return server
 
         uuids = [server.uuid for server in await for_each(objects, make)]
-    return await created(request, SERVER, owned(request), Server, uuids)
+        await s.flush()  # every object's rows in one flush: a multi-row INSERT per table
+        await refresh_mount_status(s, bulk.mounts)
+    return await created(request, SERVER, owned(request), Server, uuids, READER)
 
 
 @routes.get(path("servers/{uuid}"))
 async def get(request: web.Request) -> web.Response:
-    async with session(request) as s:
-        server = await get_owned(s, one(request), "Server")
-        attach_stats(request.app[WORK], [server])
-        return respond(SERVER.dump(server, only=_only(request)))
+    server = await read_one(request, READER, one(request), "Server")
+    attach_stats(request.app[WORK], [server])
+    return respond(SERVER.dump(server, only=_only(request)))
 
 
 @routes.get(path("servers/{uuid}/runtime"))
 async def runtime(request: web.Request) -> web.Response:
-    async with session(request) as s:
-        server = await get_owned(s, one(request), "Server")
-        attach_stats(request.app[WORK], [server])
-        return respond(_runtime(server) or {})
+    server = await read_one(request, READER, one(request), "Server")
+    attach_stats(request.app[WORK], [server])
+    return respond(_runtime(server) or {})
 
 
 @routes.put(path("servers/{uuid}"))
@@ -221,8 +228,9 @@ async def edit(request: web.Request) -> web.Response:
     async with session(request) as s:
         server = await get_owned(s, one(request), "Server")
         await write_server(s, server, values, caller(request), request.app[CAPABILITIES], creating=False)
-    async with session(request) as s:
-        return respond(SERVER.dump(await get_owned(s, one(request), "Server")))
+    server = await read_one(request, READER, one(request), "Server")
+    server.live = None  # as ever: the answer to an edit shows no statistics
+    return respond(SERVER.dump(server))
 
 
 async def _delete(request: web.Request, s: AsyncSession, servers: list[Server]) -> AfterCommit:
@@ -243,6 +251,13 @@ def _recurse(request: web.Request) -> tuple[str, ...]:
     if value not in RECURSE:
         raise invalid(f"recurse must be one of {', '.join(RECURSE)}", "recurse")
     return RECURSE[value]
+
+
+def _valid(body: Any) -> dict[str, Any] | None:
+    try:
+        return SERVER.validate(body, create=True)
+    except DomainError:
+        return None
 
 
 def _only(request: web.Request) -> set[str] | None:

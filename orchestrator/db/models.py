@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text, TypeDecorator
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 
 def new_uuid() -> str:
@@ -222,6 +222,23 @@ class Host(Base):
     facts: Mapped[dict[str, Any]] = mapped_column(default=dict)    # host.facts of the last connection
     last_heartbeat: Mapped[datetime | None]
     created: Mapped[datetime] = mapped_column(default=utcnow)
+    # Placement reads these, not the facts: capacity before overcommit (MHz, bytes), set with the
+    # facts; and the cpu/mem its servers claim (servers.host), kept by the scheduler's claims and
+    # releases and recounted when the host reconnects (domain/placement.py).
+    cpu_capacity: Mapped[int] = mapped_column(default=1000, server_default="1000")
+    mem_capacity: Mapped[int] = mapped_column(default=0, server_default="0")
+    cpu_used: Mapped[int] = mapped_column(default=0, server_default="0")
+    mem_used: Mapped[int] = mapped_column(default=0, server_default="0")
+
+    @validates("facts")
+    def _capacity(self, _key: str, facts: dict[str, Any]) -> dict[str, Any]:
+        self.cpu_capacity, self.mem_capacity = host_capacity(facts)
+        return facts
+
+
+def host_capacity(facts: dict[str, Any]) -> tuple[int, int]:
+    """(MHz, bytes) a host offers before overcommit, from its facts."""
+    return int(facts.get("cores", 1) * facts.get("mhz", 1000)), int(facts.get("memory", 0))
 
 
 class JobLink(Base):

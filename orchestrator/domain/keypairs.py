@@ -193,6 +193,8 @@ def generate(algorithm: str) -> KeyMaterial:
 
 async def check_server_pubkeys(s: AsyncSession, uuids: list[str], owner: str) -> list[str]:
     """A server's ``pubkeys``: each one of the owner's keypairs (errors at ``N``), duplicates dropped."""
+    if not uuids:
+        return []
     found = set((await s.scalars(select(KeyPair.uuid).where(KeyPair.uuid.in_(uuids),
                                                               KeyPair.owner_uuid == owner))).all())
     errors = [invalid(f"Keypair {uuid} does not exist", str(i)) for i, uuid in enumerate(uuids) if uuid not in found]

@@ -139,20 +139,22 @@ def vlan_json(v: Vlan, emails: dict[str, str]) -> dict[str, Any]:
 # --- NIC references (write_server) -------------------------------------------------------------------
 
 
-async def check_nic_references(s: AsyncSession, server: Server, owner: str) -> None:
+async def check_nic_references(s: AsyncSession, server: Server, owner: str, *, new: bool = False) -> None:
     """The VLANs and static IPs of ``server.nics`` are the caller's, a static IP is on one NIC
-    only; records the IPs' ``server`` and the VLANs' members.  Error points are relative to ``nics``."""
+    only; records the IPs' ``server`` and the VLANs' members.  Error points are relative to ``nics``.
+    ``new``: the server was just created (no IP or VLAN names it yet)."""
     errors: list[DomainError] = []
     vlans = [(i, n["vlan"]) for i, n in enumerate(server.nics) if n["vlan"]]
     statics = [(i, n["ip_v4_conf"]["ip"]) for i, n in enumerate(server.nics)
                if n["ip_v4_conf"] and n["ip_v4_conf"]["conf"] == "static"]
     mine_vlans = set((await s.scalars(select(Vlan.uuid).where(
-        Vlan.uuid.in_([v for _, v in vlans]), Vlan.owner_uuid == owner))).all())
+        Vlan.uuid.in_([v for _, v in vlans]), Vlan.owner_uuid == owner))).all()) if vlans else set()
     for i, uuid in vlans:
         if uuid not in mine_vlans:
             errors.append(invalid(f"VLAN {uuid} does not exist", f"{i}.vlan"))
     ips = {ip.uuid: ip for ip in (await s.scalars(select(Ip).where(
-        Ip.uuid.in_([a for _, a in statics]), Ip.owner_uuid == owner, Ip.subscription.is_not(None)))).all()}
+        Ip.uuid.in_([a for _, a in statics]), Ip.owner_uuid == owner, Ip.subscription.is_not(None)))).all()} \
+        if statics else {}
     seen: set[str] = set()
     for i, address in statics:
         point = f"{i}.ip_v4_conf.ip"
@@ -167,18 +169,23 @@ async def check_nic_references(s: AsyncSession, server: Server, owner: str) -> N
     if errors:
         raise DomainError.collect(errors)
     # The IP's ``server`` follows the definitions: set for this server's statics, cleared for the rest.
-    for ip in (await s.scalars(select(Ip).where(Ip.server_uuid == server.uuid, Ip.subscription.is_not(None)))).all():
-        if ip.uuid not in seen:
-            ip.server_uuid = None
+    if not new:
+        for ip in (await s.scalars(select(Ip).where(Ip.server_uuid == server.uuid,
+                                                    Ip.subscription.is_not(None)))).all():
+            if ip.uuid not in seen:
+                ip.server_uuid = None
     for ip in ips.values():
         ip.server_uuid = server.uuid
-    await sync_vlan_members(s, server.uuid, [v for _, v in vlans])
+    await sync_vlan_members(s, server.uuid, [v for _, v in vlans], new=new)
 
 
-async def sync_vlan_members(s: AsyncSession, server_uuid: str, vlans: Iterable[str]) -> None:
-    await s.execute(delete(VlanMember).where(VlanMember.server_uuid == server_uuid))
-    s.add_all(VlanMember(vlan_uuid=v, server_uuid=server_uuid) for v in dict.fromkeys(vlans))
-    await s.flush()
+async def sync_vlan_members(s: AsyncSession, server_uuid: str, vlans: Iterable[str], *, new: bool = False) -> None:
+    if not new:
+        await s.execute(delete(VlanMember).where(VlanMember.server_uuid == server_uuid))
+    members = [VlanMember(vlan_uuid=v, server_uuid=server_uuid) for v in dict.fromkeys(vlans)]
+    if members or not new:
+        s.add_all(members)
+        await s.flush()
 
 
 async def forget_servers(s: AsyncSession, server_uuids: list[str]) -> None:

@@ -2,8 +2,10 @@
 
 :func:`choose` is the pure decision (tested and benchmarked on its own); :func:`place_server`
 takes it and records the claim in the caller's transaction, so concurrent starts can neither
-overcommit a host nor break a feasible avoid.  A claim is a server row's ``host``: the
-capacity used on a host is the sum of the cpu and mem of the servers placed there.
+overcommit a host nor break a feasible avoid.  A claim is a server row's ``host`` plus its
+cpu and mem added to the host row's ``cpu_used``/``mem_used`` counters in the same transaction
+(taken back by :func:`release` on stop, recounted from the servers by :func:`recount` when a
+host reconnects), so a placement reads one row per candidate host, never every server.
 """
 
 from __future__ import annotations
@@ -13,13 +15,36 @@ import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
-from sqlalchemy import String, func, select, type_coerce
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Float,
+    String,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    select,
+    type_coerce,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from orchestrator.db.models import Drive, Host, Server
 from orchestrator.domain.errors import no_capacity
+
+# Claims are Core statements on the table, built once with parameters: the ORM's bulk-update
+# bookkeeping and building the expressions cost more than the SQL.
+HOSTS = Host.__table__
+H = HOSTS.c
+LOAD_COLUMNS = (H.name, H.state, H.cpu_capacity, H.mem_capacity, H.cpu_used, H.mem_used)
+CPU, MEM = bindparam("claim_cpu", type_=BigInteger), bindparam("claim_mem", type_=BigInteger)
+AVOID, OWNER = bindparam("avoid", expanding=True), bindparam("owner")
 
 
 @dataclass
@@ -68,8 +93,8 @@ class Scheduler:
     mem_overcommit: float = 1.0
     # storage_type → pool name (spec §21); a type not listed uses each host's first pool.
     storage_pools: dict[str, str] = field(default_factory=dict)
-    # SQLite serialises writers anyway; this lock keeps one API node's placements from
-    # interleaving between read and write.  PostgreSQL adds row locks on the host rows.
+    # Keeps one API node's placements from interleaving (and a lost claim race from retrying
+    # against itself); across API nodes the guarded UPDATE of the claim is what keeps capacity.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _facts: dict[str, tuple[float, float, dict[str, dict[str, Any]]]] = field(default_factory=dict, repr=False)
 
@@ -80,52 +105,108 @@ class Scheduler:
         async with self.lock, sessions.begin() as s:
             yield s
 
-    async def loads(self, s: AsyncSession, states: tuple[str, ...] = ("up",)) -> list[HostLoad]:
-        """Capacity and claims of the hosts in ``states``; host rows locked on PostgreSQL."""
+    async def loads(self, s: AsyncSession, states: tuple[str, ...] = ("up",),
+                    names: Iterable[str] | None = None) -> list[HostLoad]:
+        """Capacity, claims and pools of the hosts in ``states`` (and ``names``), by name."""
         # facts as raw JSON text: parsed once per distinct content, not once per placement.
-        rows = (await s.execute(select(Host.name, Host.state, type_coerce(Host.facts, String))
-                                .where(Host.state.in_(states)).order_by(Host.name).with_for_update())).all()
-        used = {row.host: row for row in (await s.execute(
-            select(Server.host, func.sum(Server.cpu).label("cpu"), func.sum(Server.mem).label("mem"))
-            .where(Server.host.is_not(None)).group_by(Server.host))).all()}
-        loads = []
-        for name, state, raw in rows:
-            cpu, mem, pools = self._capacity(raw)
-            load = HostLoad(name, cpu * self.cpu_overcommit, mem * self.mem_overcommit, pools=pools, state=state)
-            if name in used:
-                load.cpu_used, load.mem_used = int(used[name].cpu), int(used[name].mem)
-            loads.append(load)
-        return loads
+        stmt = (select(Host.name, Host.state, Host.cpu_capacity, Host.mem_capacity, Host.cpu_used, Host.mem_used,
+                       type_coerce(Host.facts, String)).where(Host.state.in_(states)).order_by(Host.name))
+        if names is not None:
+            stmt = stmt.where(Host.name.in_(list(names)))
+        rows = (await s.execute(stmt)).all()
+        return [self._load(row) for row in rows]
 
-    def _capacity(self, raw: str | dict[str, Any]) -> tuple[float, float, dict[str, dict[str, Any]]]:
-        """(MHz, bytes, pools) from a host's facts; cached by the facts' text."""
+    def _load(self, row: Any) -> HostLoad:
+        name, state, cpu, mem, cpu_used, mem_used, *raw = row
+        return HostLoad(name, cpu * self.cpu_overcommit, mem * self.mem_overcommit, cpu_used, mem_used,
+                        state=state, pools=self._pools(raw[0]) if raw else {})
+
+    def _pools(self, raw: str | dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """A host's pools from its facts; cached by the facts' text."""
         key = raw if isinstance(raw, str) else json.dumps(raw, sort_keys=True)
         cached = self._facts.get(key)
         if cached is None:
-            facts = json.loads(key)
-            cached = (facts.get("cores", 1) * facts.get("mhz", 1000), float(facts.get("memory", 0)),
-                      {p["name"]: p for p in facts.get("pools", [])})
+            cached = {p["name"]: p for p in json.loads(key).get("pools", [])}
             if len(self._facts) > 100_000:
                 self._facts.clear()
             self._facts[key] = cached
         return cached
+
+    def _fitting(self, cpu: Any = CPU, mem: Any = MEM) -> ColumnElement[bool]:
+        """SQL: an up host with room for ``cpu`` MHz and ``mem`` bytes (HostLoad.fits, as floats)."""
+        return and_(H.state == "up",
+                    H.cpu_used + cpu <= cast(H.cpu_capacity, Float) * self.cpu_overcommit,
+                    H.mem_used + mem <= cast(H.mem_capacity, Float) * self.mem_overcommit)
+
+    def _headroom(self) -> ColumnElement[float]:
+        """SQL: HostLoad.headroom (the smaller free share of cpu and mem)."""
+        cpu = 1 - cast(H.cpu_used, Float) / func.nullif(cast(H.cpu_capacity, Float) * self.cpu_overcommit, 0)
+        mem = 1 - cast(H.mem_used, Float) / func.nullif(cast(H.mem_capacity, Float) * self.mem_overcommit, 0)
+        return case((cpu < mem, cpu), else_=mem)
+
+    @cached_property
+    def _claim_best(self) -> Any:
+        """The usual placement in one statement, built once (parameters: claim_cpu, claim_mem,
+        avoid, owner): the best fitting host free of every avoided object (choose's first try,
+        done by the database), its counters raised where it is picked."""
+        best = (select(H.name).where(self._fitting(), H.name.not_in(_avoided_hosts(AVOID, OWNER)))
+                .order_by(self._headroom().desc(), H.name).limit(1).scalar_subquery())
+        return (update(HOSTS).where(H.name == best, self._fitting())
+                .values(cpu_used=H.cpu_used + CPU, mem_used=H.mem_used + MEM).returning(*LOAD_COLUMNS))
+
+    @cached_property
+    def _claim(self) -> Any:
+        """Raise one host's counters if it still fits (parameters: name, claim_cpu, claim_mem)."""
+        return (update(HOSTS).where(H.name == bindparam("claim_host"), self._fitting())
+                .values(cpu_used=H.cpu_used + CPU, mem_used=H.mem_used + MEM))
 
     async def place_server(self, s: AsyncSession, server: Server, volumes: list[tuple[str, str]],
                            avoid: Sequence[str]) -> HostLoad:
         """Claim a host for ``server`` in the caller's transaction; 503 when none fits.
 
         ``volumes`` are the (storage host, pool) of its drives: a host qualifies when it sees
-        every one of them, i.e. holds it or mounts the same (shared) pool directory."""
-        every = {load.name: load for load in await self.loads(s, ("up", "down", "draining"))}
-        paths = {(host, pool): _pool_path(every.get(host), pool) for host, pool in volumes}
-        loads = [load for load in every.values() if load.state == "up"]
-        fits = [h.name for h in loads if h.fits(server.cpu, server.mem)
-                and all(path is not None and h.sees(pool, path) for (_, pool), path in paths.items())]
-        chosen = choose(loads, fits, await hosts_of(s, avoid, server.owner_uuid))
-        if chosen is None:
-            raise no_capacity("No host can fit this server now (capacity, or a host that sees all its drives)")
-        server.host = chosen.name
-        return chosen
+        every one of them, i.e. holds it or mounts the same (shared) pool directory.
+
+        The candidates are the fitting up hosts, best headroom first (ties by name, as
+        :func:`choose` breaks them); without drives to see, only as many as could be avoided
+        plus one are read.  The claim is an UPDATE of the chosen host's counters guarded by the
+        same fit, so a placement elsewhere (another API node) that filled it first makes this
+        one choose again, never overcommit."""
+        paths: dict[tuple[str, str], str | None] = {}
+        if volumes:
+            storage = {load.name: load for load in await self.loads(s, ("up", "down", "draining"),
+                                                                     {host for host, _ in volumes})}
+            paths = {(host, pool): _pool_path(storage.get(host), pool) for host, pool in volumes}
+            if any(path is None for path in paths.values()):
+                raise no_capacity(NO_HOST)
+        claim = {"claim_cpu": server.cpu, "claim_mem": server.mem}
+        for _attempt in range(8):
+            if not volumes:
+                row = (await s.execute(self._claim_best, {**claim, "avoid": list(avoid),
+                                                          "owner": server.owner_uuid})).first()
+                if row is not None:
+                    server.host = row.name
+                    return self._load(row)
+                if not avoid:
+                    raise no_capacity(NO_HOST)
+            # Drives to see, or no host free of every avoided object: the candidates, then choose.
+            avoid_hosts = await hosts_of(s, avoid, server.owner_uuid)
+            stmt = (select(*LOAD_COLUMNS, *([type_coerce(H.facts, String)] if volumes else []))
+                    .where(self._fitting(server.cpu, server.mem)).order_by(self._headroom().desc(), H.name))
+            if not volumes:  # one of these is free of any prefix's hosts, if any host is
+                stmt = stmt.limit(len({h for h in avoid_hosts if h is not None}) + 1)
+            loads = [self._load(row) for row in (await s.execute(stmt)).all()]
+            fits = [h.name for h in loads if all(h.sees(pool, path) for (_, pool), path in paths.items())]  # type: ignore[arg-type]
+            chosen = choose(loads, fits, avoid_hosts)
+            if chosen is None:
+                raise no_capacity(NO_HOST)
+            claimed = await s.execute(self._claim, {**claim, "claim_host": chosen.name})
+            if claimed.rowcount == 1:  # type: ignore[attr-defined]
+                server.host = chosen.name
+                chosen.cpu_used += server.cpu
+                chosen.mem_used += server.mem
+                return chosen
+        raise no_capacity(NO_HOST)
 
     async def place_drive(self, s: AsyncSession, drive: Drive, avoid: Sequence[str]) -> str:
         """Pick the storage host and pool of a new drive (pool by storage type, room, avoid)."""
@@ -146,17 +227,68 @@ class Scheduler:
         return chosen.name
 
 
+async def release(s: AsyncSession, server: Server) -> None:
+    """Give back ``server``'s claim on its host (it stopped); the caller clears ``server.host``.
+
+    Once only: the lifecycle event and the stop request may both get here, each having read the
+    server with its host; the one that clears ``servers.host`` (still that host) gives back."""
+    if server.host is None:
+        return
+    servers = Server.__table__.c
+    cleared = await s.execute(update(Server.__table__).where(servers.uuid == server.uuid,
+                                                             servers.host == server.host).values(host=None))
+    if cleared.rowcount == 1:  # type: ignore[attr-defined]
+        await s.execute(update(HOSTS).where(H.name == server.host)
+                        .values(cpu_used=H.cpu_used - server.cpu, mem_used=H.mem_used - server.mem))
+
+
+async def recount(s: AsyncSession, host: str | None = None) -> None:
+    """Set the claim counters of ``host`` (every host when None) from the servers placed there:
+    after a reconnection, whatever happened while this node was not looking."""
+    servers = Server.__table__.c
+
+    def used(column: Any) -> Any:
+        return (select(func.coalesce(func.sum(column), 0)).where(servers.host == H.name)
+                .correlate(HOSTS).scalar_subquery())
+
+    stmt = update(HOSTS).values(cpu_used=used(servers.cpu), mem_used=used(servers.mem))
+    if host is not None:
+        stmt = stmt.where(H.name == host)
+    await s.execute(stmt)
+
+
+NO_HOST = "No host can fit this server now (capacity, or a host that sees all its drives)"
+
+
 def _pool_path(load: HostLoad | None, pool: str) -> str | None:
     facts = None if load is None else load.pools.get(pool)
     return None if facts is None else facts["path"]
+
+
+def _owned_by(column: Any, owner: str) -> ColumnElement[bool]:
+    """``column = owner`` that no index answers: beside ``uuid IN (…)`` SQLite would otherwise
+    walk the owner index (every one of the owner's rows) instead of looking the uuids up."""
+    return column.concat("") == owner
+
+
+def _avoided_hosts(uuids: Any, owner: Any) -> Any:
+    """SQL: the hosts of the avoided objects (as :func:`hosts_of`, without the order or NULLs)."""
+    servers, drives = Server.__table__.c, Drive.__table__.c
+    return union_all(*(select(t.host).where(t.uuid.in_(uuids), _owned_by(t.owner_uuid, owner), t.host.is_not(None))
+                       for t in (servers, drives)))
 
 
 async def hosts_of(s: AsyncSession, uuids: Sequence[str], owner: str) -> list[str | None]:
     """The host of each avoided object: a running server's host, a drive's storage host.
 
     Unknown or other users' uuids count as having no host (spec §30.2: ignored)."""
-    servers = dict((await s.execute(select(Server.uuid, Server.host).where(
-        Server.uuid.in_(uuids), Server.owner_uuid == owner))).all())
-    drives = dict((await s.execute(select(Drive.uuid, Drive.host).where(
-        Drive.uuid.in_(uuids), Drive.owner_uuid == owner))).all())
-    return [servers.get(u) or drives.get(u) for u in uuids]
+    if not uuids:
+        return []
+    rows = (await s.execute(
+        select(Server.uuid, Server.host).where(Server.uuid.in_(uuids), _owned_by(Server.owner_uuid, owner))
+        .union_all(select(Drive.uuid, Drive.host).where(Drive.uuid.in_(uuids),
+                                                        _owned_by(Drive.owner_uuid, owner))))).all()
+    found: dict[str, str | None] = {}
+    for uuid, host in rows:
+        found[uuid] = found.get(uuid) or host
+    return [found.get(u) for u in uuids]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -23,12 +24,36 @@ from orchestrator.domain.errors import DomainError, forbidden, invalid
 from orchestrator.domain.keypairs import check_server_pubkeys
 from orchestrator.domain.lifecycle import Status, allows, check
 from orchestrator.domain.networks import check_nic_references, forget_servers
-from orchestrator.domain.tagging import forget_resources, set_resource_tags
+from orchestrator.domain.tagging import TagLookup, forget_resources, set_resource_tags
 
 COLUMNS = ("name", "cpu", "mem", "vnc_password", "cpu_type", "hypervisor", "cpu_model", "cpus_instead_of_cores",
            "enable_numa", "hv_relaxed", "hv_tsc", "context", "auto_start", "is_grey", "allocation_pool", "meta",
            "requirements")
 EDITABLE_WHILE_ACTIVE = frozenset({"name", "meta", "tags"})  # spec §14
+
+
+@dataclass
+class Bulk:
+    """What a request creating many servers looks up once for all of them, instead of per object:
+    the drives they attach and which of those some server lists already, the caller's tags among
+    those named and each one's next position; and the drives whose mount status to refresh once
+    at the end (:func:`refresh_mount_status`).  Rows are flushed once, by the caller."""
+
+    drives: dict[str, Drive] = field(default_factory=dict)
+    attached: set[str] = field(default_factory=set)
+    tags: TagLookup = field(default_factory=TagLookup)
+    mounts: set[str] = field(default_factory=set)
+
+    @classmethod
+    async def load(cls, s: AsyncSession, values: list[dict[str, Any]], owner: str) -> Bulk:
+        ids = list(dict.fromkeys(e["drive"] for v in values for e in v.get("drives", [])))
+        bulk = cls(tags=await TagLookup.load(s, [t for v in values for t in v.get("tags", [])], owner))
+        if ids:
+            bulk.drives = {d.uuid: d for d in (await s.scalars(select(Drive).where(
+                Drive.uuid.in_(ids), or_(Drive.owner_uuid == owner, Drive.owner_uuid.is_(None))))).all()}
+            bulk.attached = set((await s.scalars(select(ServerDrive.drive_uuid).where(
+                ServerDrive.drive_uuid.in_(ids)))).all())
+        return bulk
 
 def parse_channel(device: str, channel: str) -> tuple[int, int]:
     """``"C:U"`` within the device type's limits (spec §16.1; one table, ``agents.wire.CHANNEL_LIMITS``)."""
@@ -44,7 +69,9 @@ def new_mac() -> str:
 
 
 async def write_server(s: AsyncSession, server: Server, values: dict[str, Any], owner: str,
-                       caps: Capabilities, *, creating: bool) -> None:
+                       caps: Capabilities, *, creating: bool, bulk: Bulk | None = None) -> None:
+    """Apply validated ``values`` to ``server`` (new when ``creating``); ``bulk``: one of many new
+    servers, whose lookups were made for all (:class:`Bulk`)."""
     if not creating and not allows("edit", server.status):
         values = {k: v for k, v in values.items() if k in EDITABLE_WHILE_ACTIVE}
     for key in COLUMNS:
@@ -69,19 +96,20 @@ async def write_server(s: AsyncSession, server: Server, values: dict[str, Any], 
     if "nics" in values:
         try:
             server.nics = merge_nics([] if creating else server.nics, values["nics"])
-            await check_nic_references(s, server, owner)
+            await check_nic_references(s, server, owner, new=creating)
         except DomainError as e:
             errors.append(e.prefixed("nics"))
     if "drives" in values:
         try:
-            await attach_drives(s, server, values["drives"], owner)
+            await attach_drives(s, server, values["drives"], owner, bulk)
         except DomainError as e:
             errors.append(e)
     if errors:
         raise DomainError.collect(errors)
     check_boot_orders(server)
     if "tags" in values:
-        await set_resource_tags(s, "servers", server.uuid, values["tags"], owner)
+        await set_resource_tags(s, "servers", server.uuid, values["tags"], owner, new=creating,
+                                known=bulk.tags if bulk else None)
 
 
 def check_limits(server: Server, caps: Capabilities) -> list[DomainError]:
@@ -119,7 +147,8 @@ def check_boot_orders(server: Server) -> None:
         seen.add(order)
 
 
-async def attach_drives(s: AsyncSession, server: Server, entries: list[dict[str, Any]], owner: str) -> None:
+async def attach_drives(s: AsyncSession, server: Server, entries: list[dict[str, Any]], owner: str,
+                        bulk: Bulk | None = None) -> None:
     errors: list[DomainError] = []
     channels: set[tuple[str, int, int]] = set()
     for i, entry in enumerate(entries):
@@ -135,8 +164,11 @@ async def attach_drives(s: AsyncSession, server: Server, entries: list[dict[str,
         if sum(entry["device"] == device for entry in entries) > limit.drives:
             errors.append(invalid(f"A server takes at most {limit.drives} {device} drives", "drives"))
     ids = [entry["drive"] for entry in entries]
-    drives = {d.uuid: d for d in (await s.scalars(select(Drive).where(
-        Drive.uuid.in_(ids), or_(Drive.owner_uuid == owner, Drive.owner_uuid.is_(None))))).all()}
+    if bulk is not None:
+        drives = {u: bulk.drives[u] for u in ids if u in bulk.drives}
+    else:
+        drives = {d.uuid: d for d in (await s.scalars(select(Drive).where(
+            Drive.uuid.in_(ids), or_(Drive.owner_uuid == owner, Drive.owner_uuid.is_(None))))).all()}
     seen: set[str] = set()
     for i, uuid in enumerate(ids):
         if uuid not in drives:
@@ -149,8 +181,11 @@ async def attach_drives(s: AsyncSession, server: Server, entries: list[dict[str,
         seen.add(uuid)
     if errors:
         raise DomainError.collect(errors)
-    elsewhere = set((await s.scalars(select(ServerDrive.drive_uuid).where(
-        ServerDrive.drive_uuid.in_(ids), ServerDrive.server_uuid != server.uuid))).all())
+    if bulk is not None:  # a new server: every attachment is elsewhere, earlier objects' included
+        elsewhere = bulk.attached & set(ids)
+    else:
+        elsewhere = set((await s.scalars(select(ServerDrive.drive_uuid).where(
+            ServerDrive.drive_uuid.in_(ids), ServerDrive.server_uuid != server.uuid))).all())
     for i, uuid in enumerate(ids):
         drive = drives[uuid]
         if drive.media == "disk" and not drive.allow_multimount and uuid in elsewhere:
@@ -162,6 +197,10 @@ async def attach_drives(s: AsyncSession, server: Server, entries: list[dict[str,
                     dev_channel=e["dev_channel"], boot_order=e.get("boot_order"))
         for i, e in enumerate(entries)
     ]
+    if bulk is not None:
+        bulk.attached.update(ids)
+        bulk.mounts.update(before, ids)
+        return
     await s.flush()
     await refresh_mount_status(s, before | set(ids))
 

@@ -15,7 +15,7 @@ from orchestrator.domain.errors import forbidden
 from orchestrator.domain.jobs import finish_started, new_job
 from orchestrator.domain.lifecycle import Status, check
 from orchestrator.domain.networks import lease_addresses, release_addresses
-from orchestrator.domain.placement import Scheduler
+from orchestrator.domain.placement import Scheduler, release
 
 COPY_SOURCE = "cloning_src"  # a drive status: being copied into a clone
 
@@ -46,6 +46,7 @@ async def record_running(s: AsyncSession, server: Server) -> None:
 
 async def record_stopped(s: AsyncSession, server: Server) -> None:
     """The domain is off: ``stopped``, its claim on the host and its leased addresses released."""
+    await release(s, server)
     server.status, server.host, server.active_since = Status.STOPPED, None, None
     await release_addresses(s, server)
     # A boot that failed wrote its reason already; this is a stop (or host loss) during the boot.

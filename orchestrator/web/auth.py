@@ -122,6 +122,8 @@ class Authenticator:
         self._key = secrets.token_bytes(32)
         self._cache: TTLCache[str, str] = TTLCache(maxsize=size, ttl=ttl)  # HMAC of the pair → user uuid
         self.per_user, self.per_address = Throttle(free=10), Throttle(free=100)
+        # Checks under way, by the same key: a client opening 32 connections at once costs one scrypt.
+        self._checking: dict[str, asyncio.Task[str]] = {}
 
     async def user_for(self, authorization: str | None, remote: str | None = None) -> str:
         if not authorization:
@@ -152,6 +154,16 @@ class Authenticator:
         wait = max(self.per_user.wait(user_key), self.per_address.wait(address_key))
         if wait > 0:
             raise throttled(wait)
+        task = self._checking.get(cache_key)
+        if task is None:
+            task = asyncio.ensure_future(self._check(email, password, cache_key, user_key, address_key))
+            self._checking[cache_key] = task
+            task.add_done_callback(lambda t: (self._checking.pop(cache_key, None),
+                                              t.cancelled() or t.exception()))
+        return await asyncio.shield(task)
+
+    async def _check(self, email: str, password: str, cache_key: str, user_key: str, address_key: str) -> str:
+        """One check of a credential, shared by the requests that carry it at the same moment."""
         row = None
         try:
             email.encode("utf-8")

@@ -10,11 +10,11 @@ an ``error_type`` and a status.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
@@ -49,8 +49,8 @@ class HttpError(DomainError):
 
 def respond(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """A JSON answer (every handler's, and the error lists below)."""
-    return web.Response(status=status, text=json.dumps(data), content_type="application/json", charset="utf-8",
-                        headers=headers)
+    return web.Response(status=status, body=msgspec.json.encode(data), content_type="application/json",
+                        charset="utf-8", headers=headers)
 
 
 def error_items(error: DomainError) -> list[dict[str, Any]]:

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from orchestrator.web.auth import Authenticator
     from orchestrator.web.cookies import CookieStore
     from orchestrator.web.feed import Feed
-    from orchestrator.web.read_cache import ReadCache
     from orchestrator.work.background import Work
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
@@ -32,7 +31,6 @@ WORK: web.AppKey[Work] = web.AppKey("work")  # background steps after commit
 CONSOLES: web.AppKey[Consoles] = web.AppKey("consoles")
 SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler")
 
-READ_CACHE: web.AppKey[ReadCache] = web.AppKey("read_cache")
 FEED: web.AppKey[Feed] = web.AppKey("feed")               # change notifications (spec §9.3)
 COOKIES: web.AppKey[CookieStore] = web.AppKey("cookies")  # login sessions, async_auth (spec §3)
 UPLOADS: web.AppKey[Uploads] = web.AppKey("uploads")      # chunked uploads in progress (spec §24)

@@ -7,10 +7,6 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from orchestrator.domain.uris import API_ROOT
-from orchestrator.web.keys import READ_CACHE, USER
-from orchestrator.web.read_cache import cache_key
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JSON_TYPES = ("application/json", "application/*", "*/*")
 ENCODINGS = ("", "identity", "gzip", "x-gzip", "deflate")  # what aiohttp decodes here (no brotli module)
@@ -51,23 +47,3 @@ def options(request: web.Request) -> web.Response:
         raise error
     allowed = ",".join(m for m in ("GET", "PUT", "DELETE", "POST") if m in methods)
     return web.Response(text=allowed, headers={"Allow": allowed})
-
-
-@web.middleware
-async def read_cache_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answers a repeated API GET from :class:`ReadCache` while nothing has been written."""
-    cache = request.app[READ_CACHE]
-    if request.method != "GET" or not cache.enabled or not request.path.startswith(API_ROOT) or USER not in request:
-        return await handler(request)  # anonymous answers (/locations/) are not cached
-    # How the node was reached is part of the key: some answers name it (/locations/ URLs).
-    key = cache_key(request[USER], f"{request.scheme}://{request.host}{request.path_qs}")
-    # Cache-Control: no-cache asks for a fresh rendering (the answer still refreshes the cache).
-    body = None if "no-cache" in request.headers.get("Cache-Control", "") else cache.get(key)
-    if body is not None:
-        return web.Response(body=body, content_type="application/json", charset="utf-8")
-    generation = cache.generation
-    response = await handler(request)
-    if response.status == 200 and isinstance(response, web.Response) and isinstance(response.body, bytes) \
-            and response.content_type == "application/json":
-        cache.put(key, response.body, generation)
-    return response

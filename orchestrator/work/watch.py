@@ -18,6 +18,7 @@ from agents.client import AgentCallError, AgentGone
 from orchestrator.db.models import Drive, Host, Server, utcnow
 from orchestrator.domain.drives import IDLE
 from orchestrator.domain.lifecycle import ACTIVE, REVIVED_BY_RUNNING, Status
+from orchestrator.domain.placement import recount
 from orchestrator.domain.transitions import record_running
 from orchestrator.hosts.connection import Event, Listener
 from orchestrator.hosts.pool import Hosts
@@ -121,6 +122,7 @@ class HostWatch(Listener):
         domains = {d["uuid"]: d for d in await self.hosts.call(host, "domain.list")}
         volumes = {v["name"] for v in await self.hosts.call(host, "volume.list")}
         async with self.sessions.begin() as s:
+            await recount(s, host)  # the claim counters, from the servers the database places there
             servers = (await s.scalars(select(Server).where(Server.host == host))).all()
             known = {server.uuid for server in servers}
             gone = []

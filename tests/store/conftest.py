@@ -45,9 +45,10 @@ def _require_binaries() -> None:
                         pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A throw-away PostgreSQL cluster on 127.0.0.1:<free port>; yields the URL of database ``strato``."""
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[str]:
+    """A throw-away PostgreSQL cluster on 127.0.0.1:<free port>; yields the URL of database ``strato``
+    (also for the benchmarks)."""
     _require_binaries()
     root = Path(tempfile.mkdtemp(prefix="strato-pg-"))
     data, sockets, log = root / "data", root / "sockets", root / "server.log"
@@ -80,6 +81,12 @@ def postgres_url() -> Iterator[str]:
                     os.kill(int((data / "postmaster.pid").read_text().split()[0]), 9)
                 time.sleep(0.5)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    with throwaway_postgres() as url:
+        yield url
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

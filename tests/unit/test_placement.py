@@ -9,7 +9,7 @@ import pytest
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
 from orchestrator.db.models import Drive, Host, Server, User
 from orchestrator.domain.errors import DomainError, Kind
-from orchestrator.domain.placement import HostLoad, Scheduler, choose
+from orchestrator.domain.placement import HostLoad, Scheduler, choose, recount
 
 GiB = 2**30
 
@@ -118,8 +118,11 @@ def drive(size: int = GiB, owner: str = ALICE, host: str | None = None, pool: st
 
 
 async def add(sessions, *rows) -> None:
+    """Rows as they would be: servers given a host hold their claim there (the counters recounted)."""
     async with sessions.begin() as s:
         s.add_all(rows)
+        await s.flush()
+        await recount(s)
 
 
 async def place(scheduler: Scheduler, sessions, new: Server, volumes=(), avoid=()) -> str:
@@ -259,3 +262,44 @@ async def test_drive_avoid_counts_only_the_callers_objects(sessions):
     assert await place_drive(scheduler, sessions, drive(), avoid=[mine.uuid]) == ("b", "local")
     assert await place_drive(scheduler, sessions, drive(owner=BOB), avoid=[mine.uuid]) == ("a", "local")
     assert await place_drive(scheduler, sessions, drive(), avoid=[bobs.uuid]) == ("a", "local")
+
+
+async def test_claims_are_counters_on_the_host_released_on_stop_and_recounted(sessions):
+    from sqlalchemy import update as sql_update
+
+    from orchestrator.db.models import Host as HostRow
+    from orchestrator.domain.transitions import record_stopped
+
+    await add(sessions, host("a", cores=2, mhz=1000, memory=8 * GiB))
+    scheduler = Scheduler(cpu_overcommit=1.0, mem_overcommit=1.0)
+    first, second = server(cpu=500, mem=GiB), server(cpu=700, mem=2 * GiB)
+    await place(scheduler, sessions, first)
+    await place(scheduler, sessions, second)
+    async with sessions() as s:
+        row = await s.get(HostRow, "a")
+        assert (row.cpu_capacity, row.mem_capacity, row.cpu_used, row.mem_used) == (2000, 8 * GiB, 1200, 3 * GiB)
+    async with sessions.begin() as s:
+        await record_stopped(s, await s.get(Server, first.uuid))
+    async with sessions() as s:
+        assert ((await s.get(HostRow, "a")).cpu_used, (await s.get(HostRow, "a")).mem_used) == (700, 2 * GiB)
+    # Counters gone wrong (a crash, another node): a reconnection's recount restores the servers' sum.
+    async with sessions.begin() as s:
+        await s.execute(sql_update(HostRow).values(cpu_used=1999, mem_used=0))
+        await recount(s, "a")
+    async with sessions() as s:
+        row = await s.get(HostRow, "a")
+        assert (row.cpu_used, row.mem_used) == (700, 2 * GiB)
+
+
+async def test_a_claim_never_overfills_a_host_that_another_node_filled_first(sessions):
+    from sqlalchemy import update as sql_update
+
+    from orchestrator.db.models import Host as HostRow
+
+    await add(sessions, host("a", cores=1, mhz=1000, memory=4 * GiB), host("b", cores=1, mhz=1000, memory=4 * GiB))
+    scheduler = Scheduler(cpu_overcommit=1.0, mem_overcommit=1.0)
+    async with sessions.begin() as s:  # another API node filled a: only its counters say so
+        await s.execute(sql_update(HostRow).where(HostRow.name == "a").values(cpu_used=1000))
+    assert await place(scheduler, sessions, server(cpu=600)) == "b"
+    with pytest.raises(DomainError):
+        await place(scheduler, sessions, server(cpu=600))
