@@ -16,6 +16,7 @@ from orchestrator.api.resource import (
     collection_views,
     created,
     delete_views,
+    detail_view,
     for_each,
     get_owned,
     objects_of,
@@ -114,16 +115,8 @@ async def create(request: web.Request) -> web.Response:
     return await created(request, KEYPAIR, owned(request), KeyPair, uuids)
 
 
-@routes.get(path("keypairs/{uuid}"))
-async def get(request: web.Request) -> web.Response:
-    async with session(request) as s:
-        return respond(KEYPAIR.dump(await get_owned(s, one(request), "Keypair")))
-
-
-@routes.get(path("pubkeys/{uuid}"))
-async def get_public(request: web.Request) -> web.Response:
-    async with session(request) as s:
-        return respond(PUBKEY.dump(await get_owned(s, one(request), "Keypair")))
+detail_view(routes, KEYPAIR, one, "Keypair")
+detail_view(routes, PUBKEY, one, "Keypair")
 
 
 @routes.put(path("keypairs/{uuid}"))

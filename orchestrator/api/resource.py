@@ -244,6 +244,17 @@ def collection_views(routes: web.RouteTableDef, resource: Resource, rows: Callab
     routes.get(path(f"{resource.name}/schema"))(schema)
 
 
+def detail_view(routes: web.RouteTableDef, resource: Resource, one: Callable[[web.Request], Select[Any]],
+                what: str, collection: str | None = None) -> None:
+    """``GET /<coll>/{uuid}/``: the caller's object in full view (404 otherwise)."""
+
+    async def detail(request: web.Request) -> web.Response:
+        async with session(request) as s:
+            return respond(resource.dump(await get_owned(s, one(request), what)))
+
+    routes.get(path(f"{collection or resource.name}/{{uuid}}"))(detail)
+
+
 def owned_rows(model: Any, related: tuple[Any, ...], owner: str) -> Select[Any]:
     """The owner's rows with what their rendering reads, loaded per relation (lists)."""
     return select(model).where(model.owner_uuid == owner).options(*(selectinload(r) for r in related))

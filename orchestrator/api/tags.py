@@ -14,6 +14,7 @@ from orchestrator.api.resource import (
     caller,
     collection_views,
     created,
+    detail_view,
     for_each,
     get_owned,
     list_view,
@@ -130,10 +131,7 @@ async def create(request: web.Request) -> web.Response:
     return await created(request, TAG, owned(request), Tag, uuids)
 
 
-@routes.get(path("tags/{uuid}"))
-async def get(request: web.Request) -> web.Response:
-    async with session(request) as s:
-        return respond(TAG.dump(await get_owned(s, one(request), "Tag")))
+detail_view(routes, TAG, one, "Tag")
 
 
 @routes.put(path("tags/{uuid}"))
