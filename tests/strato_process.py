@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -192,3 +193,11 @@ def upload(api: Api, name: str, data: bytes) -> str:
     uuid = r.text.strip()
     wait_for(lambda: api.ok("GET", f"drives/{uuid}/")["status"] == "unmounted", 120, f"upload {name}")
     return uuid
+
+
+def serial_log(domain: str) -> str:
+    """A guest's first serial port as its host logged it (the file the domain XML names; "" until then)."""
+    xml = subprocess.run(["virsh", "dumpxml", domain], capture_output=True, text=True).stdout
+    match = re.search(r"<log file=['\"]([^'\"]+)['\"]", xml)
+    path = Path(match.group(1)) if match else None
+    return path.read_text(errors="replace") if path and path.exists() else ""

@@ -12,7 +12,6 @@ import base64
 import hashlib
 import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.strato_process import ROOT, Api, StratoServer, wait_for
+from tests.strato_process import ROOT, Api, StratoServer, serial_log, wait_for
 
 pytestmark = pytest.mark.libvirt
 
@@ -38,11 +37,7 @@ class Booted:
     key: dict
 
     def serial_log(self) -> str:
-        domain = f"{self.node.prefix}{self.server['uuid']}"
-        xml = subprocess.run(["virsh", "dumpxml", domain], capture_output=True, text=True).stdout
-        match = re.search(r"<log file=['\"]([^'\"]+)['\"]", xml)
-        path = Path(match.group(1)) if match else None
-        return path.read_text(errors="replace") if path and path.exists() else ""
+        return serial_log(f"{self.node.prefix}{self.server['uuid']}")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ tunnel's port is not taken by another node running on this machine at the same t
 from __future__ import annotations
 
 import random
-import re
 import shutil
 import sqlite3
 import subprocess
@@ -20,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.strato_process import ROOT, Api, StratoServer, upload, wait_for
+from tests.strato_process import ROOT, Api, StratoServer, serial_log, upload, wait_for
 
 GUEST_IMAGE = ROOT / "build" / "guest" / "strato-guest.img"
 MiB = 2**20
@@ -66,11 +65,7 @@ class Guest:
         return f"{self.node.prefix}{self.uuid}"
 
     def serial_log(self) -> str:
-        """The guest's ttyS0 log file on this host (from the domain XML), empty when absent."""
-        out = subprocess.run(["virsh", "dumpxml", self.domain()], capture_output=True, text=True)
-        match = re.search(r"<log file=['\"]([^'\"]+)['\"]", out.stdout)
-        path = Path(match.group(1)) if match else None
-        return path.read_text(errors="replace") if path and path.exists() else ""
+        return serial_log(self.domain())
 
     def direct_vnc(self) -> tuple[str, int]:
         """The guest's own VNC display on this host (``virsh domdisplay``), bypassing Strato."""
