@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -63,6 +64,7 @@ def node() -> Iterator[Node]:
         server.stop()
         subprocess.run(["virsh", "-q", "pool-destroy", f"stcl{os.getpid()}-default"], capture_output=True)
         subprocess.run(["virsh", "-q", "pool-undefine", f"stcl{os.getpid()}-default"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
