@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Sets this machine up (idempotent) and runs a one-machine Strato cloud on it.
-#   STRATO_LISTEN (127.0.0.1:8080), STRATO_DATA_DIR (./data),
+#   STRATO_LISTEN (127.0.0.1:8080), STRATO_DATA_DIR (/var/lib/strato: QEMU's user must be able to
+#   traverse it, which a checkout under /root is not),
 #   STRATO_ADMIN_EMAIL / STRATO_ADMIN_PASSWORD: the first user, created when missing.
 #   STRATO_TLS_LISTEN (127.0.0.1:8443): HTTPS (self-signed certificate in $STRATO_DATA_DIR/tls/ unless
 #   STRATO_TLS_CERT / STRATO_TLS_KEY name one); the test guest and Debian 12 images are in the drive library.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-DATA_DIR=${STRATO_DATA_DIR:-./data}
+DATA_DIR=${STRATO_DATA_DIR:-/var/lib/strato}
 EMAIL=${STRATO_ADMIN_EMAIL:-admin@example.com}
 if [ ! -f "$DATA_DIR/.admin-created" ]; then
     PASSWORD=${STRATO_ADMIN_PASSWORD:-$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(12))')}
