@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -44,7 +43,6 @@ class HostWatch(Listener):
         self.heartbeat = heartbeat
         # Latest domain.stats per running server, polled per host.
         self.stats: dict[str, dict[str, Any]] = {}
-        self.stats_listeners: list[Callable[[], None]] = []  # called when the polled stats change
 
     async def start(self) -> None:
         self.hosts.listener = self
@@ -71,10 +69,7 @@ class HostWatch(Listener):
                     host = await s.get(Host, name)
                     if host is not None and host.facts != facts:
                         host.facts = facts
-        if fresh != self.stats:
-            self.stats = fresh
-            for listener in self.stats_listeners:
-                listener()
+        self.stats = fresh
 
     # --- what connections report ------------------------------------------------------------------
 
