@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from agents.client import AgentCallError, AgentGone
-from orchestrator.db.models import Server, User
+from orchestrator.db.models import Drive, Ip, KeyPair, Server, ServerDrive, Tag, TagLink, User
 from orchestrator.domain.lifecycle import ACTIVE
 from orchestrator.hosts.pool import Hosts
 from orchestrator.work.tasks import Tasks
@@ -28,6 +28,8 @@ from orchestrator.work.tasks import Tasks
 log = logging.getLogger(__name__)
 
 BuildDocument = Callable[[AsyncSession, str], Awaitable[dict[str, Any] | None]]  # (session, server uuid)
+# Rows a document shows, by owner (jobs, hosts and the rest never change one: no push for them).
+IN_DOCUMENT = (Server, Drive, Ip, Tag, KeyPair)
 SETTLE = 0.05  # seconds: the commits of one request arrive together, one push follows them
 
 
@@ -88,11 +90,12 @@ class ContextWork:
             for obj in [*session.new, *session.dirty, *session.deleted]:
                 if isinstance(obj, User):
                     owners.add(obj.uuid)
-                elif getattr(obj, "owner_uuid", None) is not None:
+                elif isinstance(obj, IN_DOCUMENT) and obj.owner_uuid is not None:
                     owners.add(obj.owner_uuid)
-                for link in ("res_uuid", "server_uuid"):  # tag links, drive attachments
-                    if getattr(obj, link, None) is not None:
-                        servers.add(getattr(obj, link))
+                elif isinstance(obj, TagLink):
+                    servers.add(obj.res_uuid)
+                elif isinstance(obj, ServerDrive):
+                    servers.add(obj.server_uuid)
 
         @event.listens_for(session_class, "after_commit")
         def _committed(session: Session) -> None:
