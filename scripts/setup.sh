@@ -17,6 +17,10 @@ APT_PACKAGES=(
     openssh-server openssh-client postgresql dnsmasq-base iproute2
     # the browser console (noVNC) and the headless browser that tests it
     novnc chromium
+    # Ceph RBD drives: a one-machine test cluster (tests/ceph), libvirt's rbd pool and QEMU's rbd
+    # block driver. Installed before libvirtd starts: a libvirtd started without the rbd driver
+    # reports rbd pools unsupported until it is restarted.
+    ceph-mon ceph-osd ceph-mgr ceph-common libvirt-daemon-driver-storage-rbd qemu-block-extra
 )
 
 missing=()
