@@ -24,6 +24,7 @@ from agents.errors import AgentError
 from agents.host import AgentConfig, HostFacts
 from agents.networks import Networks
 from agents.protocol import MAX_LINE, Agent, LineReader, LineWriter, encode, serve
+from agents.rbd import RbdPoolConfig
 from agents.storage import PoolConfig, Storage
 from agents.translate import HostPolicy
 
@@ -37,6 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--uri")
     parser.add_argument("--virt-type", choices=("kvm", "qemu"))
     parser.add_argument("--pool", action="append", metavar="NAME=PATH")
+    parser.add_argument("--rbd-pool", action="append",
+                        metavar="name=NAME,pool=CEPHPOOL,user=ID,keyring=FILE,mon=HOST:PORT[,mon=...]")
     parser.add_argument("--cores-per-numa-node", type=int)
     parser.add_argument("--prefix")
     parser.add_argument("--console-log-dir")
@@ -65,6 +68,8 @@ def load_config(args: argparse.Namespace) -> AgentConfig:
         raise SystemExit(f"agent: unknown configuration keys: {', '.join(sorted(unknown))}")
     if "pools" in values:
         values["pools"] = tuple(_pool(p) for p in values["pools"])
+    if "rbd_pools" in values:
+        values["rbd_pools"] = tuple(_rbd_pool(p) for p in values["rbd_pools"])
     return replace(AgentConfig(), **values)
 
 
@@ -77,10 +82,35 @@ def _pool(spec: Any) -> PoolConfig:
     return PoolConfig(name, os.path.abspath(path))
 
 
+def _rbd_pool(spec: Any) -> RbdPoolConfig:
+    """A config file's object, or the flag's ``key=value,…`` (``mon=`` repeated per monitor)."""
+    if isinstance(spec, dict):
+        values = dict(spec)
+    else:
+        values, monitors = {}, []
+        for item in str(spec).split(","):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise SystemExit(f"agent: --rbd-pool wants key=value items, got {item!r}")
+            if key == "mon":
+                monitors.append(value)
+            else:
+                values[key] = value
+        values["monitors"] = monitors
+    try:
+        return RbdPoolConfig(name=str(values["name"]), pool=str(values["pool"]), user=str(values["user"]),
+                             keyring=os.path.abspath(str(values["keyring"])),
+                             monitors=tuple(str(m) for m in values["monitors"]),
+                             timeout=int(values.get("timeout", 30)))
+    except (KeyError, ValueError) as err:
+        raise SystemExit(f"agent: rbd pool {spec!r}: missing or bad {err}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # --pool maps to the `pools` key.
+    # --pool maps to the `pools` key, --rbd-pool to `rbd_pools`.
     args.pools = args.pool
+    args.rbd_pools = args.rbd_pool
     logging.basicConfig(stream=sys.stderr, level=args.log_level.upper(),
                         format="%(asctime)s agent[%(process)d] %(levelname)s %(name)s: %(message)s")
     if not args.stdio:
@@ -168,7 +198,7 @@ def _open(config: AgentConfig, loop: asyncio.AbstractEventLoop) -> tuple[Agent, 
         console_log_dir=os.path.abspath(config.console_log_dir),
         socket_dir=os.path.abspath(config.socket_dir),
     )
-    storage = Storage(conn, config.prefix, list(config.pools))
+    storage = Storage(conn, config.prefix, list(config.pools), list(config.rbd_pools))
     try:
         storage.ensure_pools()
     except AgentError:

@@ -9,6 +9,7 @@ from typing import Literal
 
 import libvirt
 
+from agents.rbd import RbdPoolConfig
 from agents.storage import PoolConfig
 
 
@@ -17,6 +18,7 @@ class AgentConfig:
     uri: str = "qemu:///system"
     virt_type: Literal["kvm", "qemu"] | None = None  # None: kvm when the host offers it
     pools: tuple[PoolConfig, ...] = field(default=(PoolConfig("default", "/var/lib/strato/pool"),))
+    rbd_pools: tuple[RbdPoolConfig, ...] = ()
     cores_per_numa_node: int | None = None
     prefix: str = "strato-"
     console_log_dir: str = "/var/log/strato/console"

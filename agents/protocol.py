@@ -28,6 +28,13 @@ Configuration (flags; `--config FILE` gives the same keys in JSON or TOML, flags
     --pool NAME=PATH           repeatable; the first is the default pool
                                (default=/var/lib/strato/pool). Each becomes a libvirt `dir`
                                pool named PREFIX+NAME, defined, active and autostarted.
+    --rbd-pool name=NAME,pool=CEPHPOOL,user=ID,keyring=FILE,mon=HOST:PORT[,mon=…][,timeout=S]
+                               repeatable; a Ceph RBD pool as libvirt `rbd` pool PREFIX+NAME,
+                               its cephx key (read from the keyring's [client.ID] section) in a
+                               libvirt secret of usage PREFIX+NAME. A cluster it cannot reach in
+                               S seconds (30) leaves the pool out of host.facts; the agent runs.
+                               In a config file: "rbd_pools": [{"name": …, "pool": …, "user": …,
+                               "keyring": …, "monitors": ["HOST:PORT", …], "timeout": S}]
     --cores-per-numa-node N    NUMA cell size for enable_numa (host's largest cell)
     --prefix STR               domain and pool name prefix (strato-); several agents may share
                                one libvirtd with different prefixes
@@ -99,6 +106,7 @@ class Agent:
             "volume.clone": _blocking(lambda p: storage.clone(p.pool, p.source, p.name, p.size)),
             "volume.resize": _blocking(lambda p: storage.resize(p.pool, p.name, p.size)),
             "volume.delete": _blocking(lambda p: storage.delete(p.pool, p.name)),
+            "volume.export": _blocking(lambda p: storage.export(p.pool, p.name, p.path)),
             "volume.list": _blocking(lambda p: storage.list(p.pool)),
             "domain.render": _blocking(lambda p: domains.render(p.server)),
             "domain.start": self._domain_start,

@@ -1,5 +1,8 @@
 """Storage pools and qcow2 volumes through libvirt's storage API.
 
+Two kinds of pool: directories of qcow2 files (here) and Ceph RBD pools (`agents/rbd.py`); each
+public method hands an RBD pool's work to its `RbdStorage`, the seam where the kinds part.
+
 Every method here blocks (libvirt and qemu-img calls); the protocol layer runs them in threads.
 Names and sizes arrive checked by their `agents/wire.py` types (`VolumeName`, `Size`).
 """
@@ -17,6 +20,7 @@ import libvirt
 
 from agents import wire
 from agents.errors import AgentError
+from agents.rbd import RbdPoolConfig, RbdStorage
 from agents.translate import VolumeRef
 from agents.xml.storage import DirPool, Volume
 
@@ -32,13 +36,22 @@ class PoolConfig:
 
 
 class Storage:
-    def __init__(self, conn: libvirt.virConnect, prefix: str, pools: list[PoolConfig]) -> None:
-        if not pools:
+    def __init__(self, conn: libvirt.virConnect, prefix: str, pools: list[PoolConfig],
+                 rbd_pools: list[RbdPoolConfig] | None = None) -> None:
+        rbd_pools = rbd_pools or []
+        if not pools and not rbd_pools:
             raise ValueError("at least one pool is needed")
         self.conn = conn
         self.prefix = prefix
-        self.pools = {p.name: p for p in pools}
-        self.default = pools[0].name
+        self.pools = {p.name: p for p in pools}  # directory pools
+        self.rbd = {p.name: RbdStorage(conn, prefix, p) for p in rbd_pools}
+        if self.rbd.keys() & self.pools.keys():
+            raise ValueError(f"pool names used twice: {', '.join(sorted(self.rbd.keys() & self.pools.keys()))}")
+        self.default = pools[0].name if pools else rbd_pools[0].name
+
+    def _rbd_of(self, pool: str | None) -> RbdStorage | None:
+        """The RBD pool that does this call's work, or None for a directory pool."""
+        return self.rbd.get(pool or self.default)
 
     # -- pools ------------------------------------------------------------------------------
 
@@ -54,6 +67,10 @@ class Storage:
             # The conflict is raised here, after _ensure_pool returned: no libvirt object of the
             # connection stays referenced by the traceback, so the connection can close at once.
             conflict = self._ensure_pool(pool)
+            if conflict is not None:
+                raise AgentError("invalid", conflict)
+        for rbd in self.rbd.values():
+            conflict = rbd.ensure()
             if conflict is not None:
                 raise AgentError("invalid", conflict)
 
@@ -107,7 +124,7 @@ class Storage:
             # The real path: a shared directory mounted through different links is still one pool.
             facts.append(wire.PoolFacts(name=pool.name, path=os.path.realpath(pool.path), capacity=capacity,
                                         allocation=allocation, available=available))
-        return facts
+        return facts + [f for f in (rbd.facts() for rbd in self.rbd.values()) if f is not None]
 
     # -- volumes ----------------------------------------------------------------------------
 
@@ -136,19 +153,25 @@ class Storage:
                            format=desc.format)
 
     def resolve(self, pool: str | None, name: str) -> VolumeRef:
+        if (rbd := self._rbd_of(pool)) is not None:
+            return rbd.resolve(name)
         _pool_name, vol = self._volume(pool, name)
         fmt = Volume.from_xml(vol.XMLDesc(0)).format
         return VolumeRef(path=vol.path(), format="raw" if fmt == "raw" else "qcow2")
 
     def create(self, pool: str | None, name: str, size: int) -> wire.Volume:
+        if (rbd := self._rbd_of(pool)) is not None:
+            return rbd.create(name, size)
         pool_name, lv = self._pool(pool)
         self._refuse_existing(lv, pool_name, name)
         vol = lv.createXML(Volume(name=name, capacity=size, format="qcow2").to_xml(), 0)
         return self.describe(pool_name, vol)
 
     def import_(self, pool: str | None, name: str, source_path: str) -> wire.Volume:
-        pool_name, lv = self._pool(pool)
-        self._refuse_existing(lv, pool_name, name)
+        rbd = self._rbd_of(pool)
+        if rbd is None:
+            pool_name, lv = self._pool(pool)
+            self._refuse_existing(lv, pool_name, name)
         info = _image_info(source_path)
         fmt = info.get("format")
         if fmt not in _IMPORT_FORMATS:
@@ -156,6 +179,8 @@ class Storage:
         if info.get("backing-filename"):
             # A backing file could point anywhere on the host; imports must be self-contained.
             raise AgentError("invalid", f"{source_path}: images with a backing file are refused")
+        if rbd is not None:
+            return rbd.import_(name, source_path, info)
         final = os.path.join(self.pools[pool_name].path, name)
         partial = os.path.join(self.pools[pool_name].path, f".{name}.importing")
         # The format is the one qemu-img detected from content, passed explicitly so a raw
@@ -166,6 +191,8 @@ class Storage:
         return self.describe(pool_name, lv.storageVolLookupByName(name))
 
     def clone(self, pool: str | None, source: str, name: str, size: int | None) -> wire.Volume:
+        if (rbd := self._rbd_of(pool)) is not None:
+            return rbd.clone(source, name, size)
         pool_name, src = self._volume(pool, source)
         _pool_name, lv = self._pool(pool_name)
         self._refuse_existing(lv, pool_name, name)
@@ -178,6 +205,8 @@ class Storage:
         return self.describe(pool_name, vol)
 
     def resize(self, pool: str | None, name: str, size: int) -> wire.Volume:
+        if (rbd := self._rbd_of(pool)) is not None:
+            return rbd.resize(name, size)
         pool_name, vol = self._volume(pool, name)
         capacity = vol.info()[1]
         if size < capacity:
@@ -187,11 +216,24 @@ class Storage:
         return self.describe(pool_name, vol)
 
     def delete(self, pool: str | None, name: str) -> wire.Empty:
+        if (rbd := self._rbd_of(pool)) is not None:
+            return rbd.delete(name)
         _pool_name, vol = self._volume(pool, name)
         vol.delete(0)
         return wire.Empty()
 
+    def export(self, pool: str | None, name: str, path: str) -> wire.Empty:
+        """The volume as a raw image in the file ``path``."""
+        if (rbd := self._rbd_of(pool)) is not None:
+            return rbd.export(name, path)
+        _pool_name, vol = self._volume(pool, name)
+        fmt = Volume.from_xml(vol.XMLDesc(0)).format or "qcow2"
+        _run(["qemu-img", "convert", "-q", "-U", "-f", fmt, "-O", "raw", vol.path(), path])
+        return wire.Empty()
+
     def list(self, pool: str | None) -> list[wire.Volume]:
+        if (rbd := self._rbd_of(pool)) is not None:
+            return rbd.list()
         pool_name, lv = self._pool(pool)
         lv.refresh(0)
         return sorted((self.describe(pool_name, v) for v in lv.listAllVolumes(0)), key=lambda v: v.name)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from agents.wire import CHANNEL_LIMITS, NOT_XML, Server, ServerDrive
 from agents.xml.domain import (
@@ -36,6 +36,7 @@ from agents.xml.domain import (
     CpuTune,
     Device,
     Disk,
+    DiskHost,
     Domain,
     DriveAddress,
     Features,
@@ -77,9 +78,20 @@ class HostPolicy:
 
 
 @dataclass(frozen=True)
+class RbdRef:
+    """Where QEMU finds an RBD image itself: monitors, cephx user and the libvirt secret of its key."""
+
+    name: str  # "pool/image"
+    monitors: tuple[tuple[str, int | None], ...]
+    user: str
+    secret_uuid: str
+
+
+@dataclass(frozen=True)
 class VolumeRef:
     path: str
     format: Literal["raw", "qcow2"]
+    rbd: RbdRef | None = None  # a network disk; otherwise `path` is a file
 
 
 # -- translation ------------------------------------------------------------------------------
@@ -217,7 +229,7 @@ def _disks(spec: Server, volumes: dict[str, VolumeRef]) -> list[Disk]:
             disks.append(Disk(
                 device="cdrom" if cdrom and device != "virtio" else "disk",
                 driver_type=volume.format,
-                source=volume.path,
+                **_source(volume),
                 target=stem + _disk_letters(n),
                 bus=device,
                 readonly=cdrom,
@@ -227,6 +239,16 @@ def _disks(spec: Server, volumes: dict[str, VolumeRef]) -> list[Disk]:
                 address=address,
             ))
     return disks
+
+
+def _source(volume: VolumeRef) -> dict[str, Any]:
+    """The disk's source: a file, or an RBD image QEMU opens through librbd with the pool's key."""
+    if volume.rbd is None:
+        return {"source": volume.path}
+    rbd = volume.rbd
+    return {"type": "network", "protocol": "rbd", "source_name": rbd.name,
+            "hosts": [DiskHost(name=host, port=port) for host, port in rbd.monitors],
+            "auth_username": rbd.user, "secret_type": "ceph", "secret_uuid": rbd.secret_uuid}
 
 
 def _disk_letters(n: int) -> str:

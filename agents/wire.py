@@ -217,6 +217,14 @@ class VolumeDelete(Message, kw_only=True):
     name: VolumeName
 
 
+class VolumeExport(Message, kw_only=True):
+    """The volume written as a raw image to the file `path` on the host (replaced if present)."""
+
+    pool: str | None = None
+    name: VolumeName
+    path: str
+
+
 class VolumeList(Message, kw_only=True):
 
     pool: str | None = None
@@ -305,9 +313,10 @@ class Pong(Message, kw_only=True):
 class Volume(Message, kw_only=True):
     pool: str
     name: str
-    path: str
+    path: str  # a file; for kind "rbd" the image as "ceph-pool/image" (read it with volume.export)
     capacity: int  # virtual size
     format: str | None
+    kind: Literal["file", "rbd"] = "file"
 
 
 class Vnc(Message, kw_only=True):
@@ -371,11 +380,16 @@ class NumaCellFacts(Message, kw_only=True):
 
 
 class PoolFacts(Message, kw_only=True):
+    """A pool the host can use now (an RBD pool whose cluster it cannot reach is left out).
+    `path` names the storage itself: hosts reporting one name and path share the pool's volumes
+    (a shared directory's real path; for RBD "rbd://<monitors>/<ceph pool>")."""
+
     name: str
     path: str
     capacity: int
     allocation: int
     available: int
+    kind: Literal["dir", "rbd"] = "dir"
 
 
 class HostFacts(Message, kw_only=True):
@@ -430,6 +444,7 @@ METHODS: dict[str, Method] = {
     "volume.clone": Method(VolumeClone, Volume),
     "volume.resize": Method(VolumeResize, Volume),
     "volume.delete": Method(VolumeDelete, Empty),
+    "volume.export": Method(VolumeExport, Empty),
     "volume.list": Method(VolumeList, list[Volume]),
     "domain.render": Method(DomainSpec, Xml),
     "domain.start": Method(DomainSpec, DomainInfo),

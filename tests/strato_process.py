@@ -142,8 +142,11 @@ class StratoServer:
 
 
 def remove_libvirt_objects(prefix: str, uri: str = "qemu:///system") -> None:
-    """Destroy and undefine the domains and storage pools (with their volumes) whose names start
-    with ``prefix``: what one test API node or agent made, and nothing else."""
+    """Destroy and undefine the domains, storage pools (with their volumes) and secrets whose names
+    (a secret's usage) start with ``prefix``: what one test API node or agent made, and nothing else.
+    An RBD pool's images stay: they are in the test's Ceph cluster, which its harness removes."""
+    import xml.etree.ElementTree as ET
+
     import libvirt
 
     conn = libvirt.open(uri)
@@ -156,11 +159,15 @@ def remove_libvirt_objects(prefix: str, uri: str = "qemu:///system") -> None:
                     dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
         for pool in conn.listAllStoragePools(0):
             if pool.name().startswith(prefix):
+                shared = ET.fromstring(pool.XMLDesc(0)).get("type") == "rbd"
                 if pool.isActive():
-                    for vol in pool.listAllVolumes(0):
+                    for vol in [] if shared else pool.listAllVolumes(0):
                         vol.delete(0)
                     pool.destroy()
                 pool.undefine()
+        for secret in conn.listAllSecrets(0):
+            if (secret.usageID() or "").startswith(prefix):
+                secret.undefine()
     finally:
         conn.close()
 

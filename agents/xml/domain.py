@@ -128,13 +128,26 @@ class Clock(Element, tag="clock"):
 # -- devices ----------------------------------------------------------------------------------
 
 
+class DiskHost(Element, tag="host"):
+    """A network disk's server (for RBD: a Ceph monitor)."""
+
+    name: str = Attr("@name")
+    port: int | None = Attr("@port", default=None)
+
+
 class Disk(Device, tag="disk"):
-    type: Literal["file", "block", "volume"] = Attr("@type", default="file")
+    type: Literal["file", "block", "volume", "network"] = Attr("@type", default="file")
     device: Literal["disk", "cdrom"] = Attr("@device", default="disk")
     driver_name: str = Attr("driver/@name", default="qemu")
     driver_type: Literal["raw", "qcow2"] = Attr("driver/@type", default="qcow2")
     cache: str | None = Attr("driver/@cache", default=None)
-    source: str = Attr("source/@file")
+    source: str | None = Attr("source/@file", default=None)  # type file
+    protocol: Literal["rbd"] | None = Attr("source/@protocol", default=None)  # type network
+    source_name: str | None = Attr("source/@name", default=None)  # rbd: "pool/image"
+    hosts: list[DiskHost] = Children("source")
+    auth_username: str | None = Attr("source/auth/@username", default=None)
+    secret_type: Literal["ceph"] | None = Attr("source/auth/secret/@type", default=None)
+    secret_uuid: str | None = Attr("source/auth/secret/@uuid", default=None)
     target: str = Attr("target/@dev")
     bus: Literal["ide", "virtio", "scsi", "sata"] = Attr("target/@bus")
     readonly: bool = Flag("readonly")
