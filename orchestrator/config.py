@@ -40,6 +40,9 @@ class Config(BaseSettings):
     # own, "strato-<8 hex>-", made once and kept in the host rows (orchestrator/hosts/registry.py)
     agent_prefix: str | None = None
     storage_pools: dict[str, str] = Field(default_factory=dict)  # storage_type → pool name (spec §21)
+    # Ceph RBD pools of the local agents (agents/protocol.py --rbd-pool): objects with name, pool, user,
+    # keyring (a file: the key never enters a command line or the database), monitors ["HOST:PORT", …]
+    rbd_pools: list[dict[str, Any]] = Field(default_factory=list)
     cpu_overcommit: float = 4.0
     mem_overcommit: float = 1.0
     shutdown_window: float = 60.0        # seconds of ACPI presses before a shutdown gives up

@@ -58,7 +58,8 @@ class _Quiet(Listener):
     """This connection only imports one volume: host events are the running API node's business."""
 
 
-async def import_image(config: Config, image: Path, entry: Entry, host_name: str | None = None) -> tuple[str, bool]:
+async def import_image(config: Config, image: Path, entry: Entry, host_name: str | None = None,
+                       storage_type: str | None = None) -> tuple[str, bool]:
     """(uuid, created): the library drive holding ``image``; an existing identical one is reused."""
     image_format = file_format(image)  # from the content, never the name
     if entry.media == "disk" and image_format == "iso":
@@ -74,13 +75,17 @@ async def import_image(config: Config, image: Path, entry: Entry, host_name: str
             if existing is not None:
                 return existing, False
             await ensure_local_host(s, config)
-        return await _import(config, sessions, image, entry, checksum, host_name), True
+        return await _import(config, sessions, image, entry, checksum, host_name, storage_type), True
     finally:
         await engine.dispose()
 
 
 async def _import(config: Config, sessions: async_sessionmaker, image: Path, entry: Entry, checksum: str,
-                  host_name: str | None) -> str:
+                  host_name: str | None, storage_type: str | None = None) -> str:
+    caps = Capabilities.from_config(config.capabilities)
+    storage_type = storage_type or caps.default_storage_type
+    if storage_type not in caps.storage_types:
+        raise ValueError(f"storage type {storage_type!r} is not offered ({', '.join(caps.storage_types)})")
     async with sessions() as s:
         query = select(Host).order_by(Host.name)
         host = await s.scalar(query.where(Host.name == host_name) if host_name else query)
@@ -91,8 +96,7 @@ async def _import(config: Config, sessions: async_sessionmaker, image: Path, ent
     connection.start()
     try:
         facts = await connection.call("host.facts", timeout=60)
-        pool = config.storage_pools.get(Capabilities.from_config(config.capabilities).default_storage_type)
-        pool = pool or facts["pools"][0]["name"]
+        pool = config.storage_pools.get(storage_type) or facts["pools"][0]["name"]
         uuid = new_uuid()
         remote = image.resolve()
         if not connection.address.is_local:  # the host reads the file from its own /tmp
@@ -113,7 +117,7 @@ async def _import(config: Config, sessions: async_sessionmaker, image: Path, ent
     values["image_type"] = entry.image_type or ("install" if entry.media == "cdrom" else "preinst")
     async with sessions.begin() as s:
         s.add(Drive(uuid=uuid, owner_uuid=None, name=entry.name, size=round_size(volume["capacity"]),
-                    media=entry.media, storage_type=Capabilities.from_config(config.capabilities).default_storage_type,
+                    media=entry.media, storage_type=storage_type,
                     affinities=[], allow_multimount=False, iops=None, meta={}, status="unmounted", avoid=[],
                     host=host.name, pool=volume["pool"], volume=volume["name"]))
         await s.flush()

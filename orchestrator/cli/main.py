@@ -191,7 +191,7 @@ def libdrives_import(args: argparse.Namespace) -> int:
                   distribution=args.distribution, version=args.version, url=args.url or "",
                   category=args.category.split(",") if args.category else ["general"])
     try:
-        uuid, created = asyncio.run(import_image(load_config(args), args.file, entry, args.host))
+        uuid, created = asyncio.run(import_image(load_config(args), args.file, entry, args.host, args.storage_type))
     except (ValueError, OSError) as e:
         print(f"strato: {e}", file=sys.stderr)
         return 1
@@ -268,6 +268,8 @@ def parser() -> argparse.ArgumentParser:
     li.add_argument("--media", required=True, choices=("disk", "cdrom"))
     for flag in ("--description", "--distribution", "--version", "--url", "--host"):
         li.add_argument(flag)
+    li.add_argument("--storage-type", help="the storage type whose pool (storage_pools) holds it "
+                    "(default: default_storage_type)")
     li.add_argument("--category", help="comma-separated (default general)")
     li.set_defaults(func=libdrives_import)
     add_network_commands(sub, common)

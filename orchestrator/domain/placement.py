@@ -260,6 +260,22 @@ async def recount(s: AsyncSession, host: str | None = None) -> None:
 NO_HOST = "No host can fit this server now (capacity, or a host that sees all its drives)"
 
 
+async def shares_pool(s: AsyncSession, source: Drive, target: Drive) -> bool:
+    """Whether ``target``'s volume goes into the very pool holding ``source``'s, so the source's host
+    makes it in place: the same host and pool, or one Ceph pool two hosts both reach (same name and
+    path).  A directory two hosts share is still copied as a file: a copy-on-write overlay there
+    would name its backing file by one host's mount."""
+    if source.pool != target.pool or source.host is None or target.host is None:
+        return False
+    if source.host == target.host:
+        return True
+    hosts = {h.name: h for h in (await s.scalars(select(Host).where(Host.name.in_([source.host, target.host]))))}
+    pools = [next((p for p in hosts[h].facts.get("pools", []) if p["name"] == source.pool), None) if h in hosts
+             else None for h in (source.host, target.host)]
+    return (pools[0] is not None and pools[1] is not None and pools[0].get("kind") == "rbd"
+            and pools[0]["path"] == pools[1]["path"])
+
+
 def _pool_path(load: HostLoad | None, pool: str) -> str | None:
     facts = None if load is None else load.pools.get(pool)
     return None if facts is None else facts["path"]

@@ -113,6 +113,32 @@ class Hosts:
         finally:
             local.unlink(missing_ok=True)
 
+    @asynccontextmanager
+    async def exported(self, host: str, pool: str | None, volume: str, scratch: Path) -> AsyncIterator[Path]:
+        """A local raw image of a volume the host writes out itself (``volume.export``: an RBD image,
+        which is no file to fetch): into ``scratch`` on the local host, else into the host's /tmp and
+        fetched from there.  Removed afterwards."""
+        connection = self._connection(host)
+        scratch.mkdir(parents=True, exist_ok=True)
+        name = f"export-{uuid.uuid4().hex}.raw"
+        if connection.address.is_local:
+            local = scratch / name
+            try:
+                await self.call(host, "volume.export", timeout=3600, pool=pool, name=volume, path=str(local))
+                yield local
+            finally:
+                local.unlink(missing_ok=True)
+            return
+        remote = f"/tmp/strato-{name}"
+        try:
+            await self.call(host, "volume.export", timeout=3600, pool=pool, name=volume, path=remote)
+            async with self.fetched(host, remote, scratch) as local:
+                yield local
+        finally:
+            if connection.ssh is not None:
+                async with connection.ssh.start_sftp_client() as sftp:
+                    await sftp.remove(remote)
+
     def opener(self, host: str, *, tcp: tuple[str, int] | None = None,
                unix: str | None = None) -> Callable[[], Awaitable[Streams]]:
         """How to open a stream to a TCP address or UNIX socket on ``host`` (a guest's VNC display or

@@ -38,12 +38,26 @@ def local_agent_command(config: Config, prefix: str, name: str = "local", virt_t
     data = config.data_dir.resolve()
     command = [sys.executable, "-m", "agents.cli", "--stdio", "--prefix", prefix,
                "--pool", f"default={data / 'pools' / name}", "--console-log-dir", str(data / "console"),
-               "--socket-dir", str(data / "sockets")]
+               "--socket-dir", str(data / "sockets"), *rbd_pool_flags(config.rbd_pools)]
     virt_type = virt_type or config.local_virt_type
     if virt_type:
         return [*command, "--virt-type", virt_type]
     # deploy/prepare-host.sh records the host's virt type there.
     return [*command, "--config", HOST_CONFIG] if Path(HOST_CONFIG).exists() else command
+
+
+def rbd_pool_flags(pools: list[dict[str, Any]]) -> list[str]:
+    """``--rbd-pool`` flags for the configured Ceph pools (the keyring by path, never the key)."""
+    flags = []
+    for pool in pools:
+        items = [f"{key}={pool[key]}" for key in ("name", "pool", "user", "keyring")]
+        items += [f"mon={monitor}" for monitor in pool.get("monitors", [])]
+        if "timeout" in pool:
+            items.append(f"timeout={pool['timeout']}")
+        if any("," in item for item in items):
+            raise ValueError(f"rbd pool {pool.get('name')!r}: a value with a comma")
+        flags += ["--rbd-pool", ",".join(items)]
+    return flags
 
 
 async def ensure_local_host(s: AsyncSession, config: Config) -> None:

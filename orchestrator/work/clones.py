@@ -16,6 +16,7 @@ from agents.client import AgentCallError, AgentGone
 from orchestrator.db.models import Drive, Job, ServerDrive
 from orchestrator.db.models import Server as ServerRow
 from orchestrator.domain.jobs import finish, finish_parent, running_clones, still_cloning
+from orchestrator.domain.placement import shares_pool
 from orchestrator.hosts.pool import Hosts
 from orchestrator.work.servers import ServerWork
 from orchestrator.work.tasks import Tasks
@@ -55,12 +56,13 @@ class CloneWork:
                 return
             source_uuid, target_uuid = job.source_uuid, job.target_uuid
             source, target = await s.get(Drive, source_uuid), await s.get(Drive, target_uuid)
+            shared = source is not None and target is not None and await shares_pool(s, source, target)
         planned = target  # as planned, for a copy whose drive is deleted meanwhile
         volume: dict[str, Any] = {}
         try:
             if source is None or target is None or source.host is None or target.host is None:
                 raise AgentGone("source or destination is gone")
-            if (target.host, target.pool) == (source.host, source.pool):
+            if shared:  # one pool the source's host can copy into (an RBD clone is copy-on-write)
                 async with self.volumes.lock(source.host):
                     volume = await self.hosts.call(source.host, "volume.clone", pool=source.pool,
                                                    source=source.volume, name=target.volume, size=target.size)
@@ -105,10 +107,14 @@ class CloneWork:
         await self.servers.start(uuid)
 
     async def _transfer(self, source: Drive, target: Drive) -> dict[str, Any]:
-        """Copy a volume between storage hosts: fetch the image file, import it on the target."""
-        assert source.host is not None
-        path = (await self.volumes.path_of(source))["path"]
-        async with self.hosts.fetched(source.host, path, self.scratch) as local:
+        """Copy a volume between storage hosts or pools: fetch the image file (or the raw image an
+        RBD volume's host writes out), import it on the target."""
+        assert source.host is not None and source.volume is not None
+        volume = await self.volumes.path_of(source)
+        if volume.get("kind") == "rbd":
+            async with self.hosts.exported(source.host, source.pool, source.volume, self.scratch) as local:
+                return await self.volumes.import_file(target, local)
+        async with self.hosts.fetched(source.host, volume["path"], self.scratch) as local:
             return await self.volumes.import_file(target, local)
 
     async def resume(self, host: str) -> None:

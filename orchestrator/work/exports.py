@@ -2,7 +2,8 @@
 
 The volume file is read where it lies (the local host's path, or a copy fetched over the host's
 SSH connection); ``qemu-img convert`` then writes the raw image (the whole drive, zero padded)
-to a scratch file that the download streams.  The format is the volume's recorded one, never
+to a scratch file that the download streams.  An RBD image is no file: its host writes the raw
+image out (``volume.export``).  The format is the volume's recorded one, never
 probed: a guest could write a qcow2 header into a raw disk.
 """
 
@@ -20,6 +21,10 @@ async def export_raw(hosts: Hosts, volumes: VolumeWork, drive: Drive, target: Pa
     assert drive.host is not None
     volume = await volumes.path_of(drive)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if volume.get("kind") == "rbd":
+        async with hosts.exported(drive.host, drive.pool, drive.volume, target.parent) as raw:  # type: ignore[arg-type]
+            raw.replace(target)
+        return target
     async with hosts.fetched(drive.host, volume["path"], target.parent) as source:
         argv = ["qemu-img", "convert", "-q", "-U", "-f", volume["format"], "-O", "raw", str(source), str(target)]
         proc = await asyncio.create_subprocess_exec(*argv, stderr=asyncio.subprocess.PIPE)
