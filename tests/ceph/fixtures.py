@@ -1,0 +1,18 @@
+"""The Ceph cluster fixture, for any test package: ``from tests.ceph.fixtures import ceph_cluster``
+in its conftest.py (one cluster per session, started on first use, removed at the end)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.ceph.cluster import CephCluster, running_cluster
+
+POOL = "strato"  # the Ceph pool the tests give Strato
+
+
+@pytest.fixture(scope="session")
+def ceph_cluster() -> Iterator[CephCluster]:
+    with running_cluster((POOL,)) as cluster:
+        yield cluster
