@@ -10,13 +10,14 @@ import dataclasses
 import inspect
 import json
 import os
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import msgspec
 import pytest
 
 from agents import wire
-from agents.translate import HostPolicy, VolumeRef, _disk_letters, build_domain, cpu_quota, numa_cells
+from agents.translate import HostPolicy, RbdRef, VolumeRef, _disk_letters, build_domain, cpu_quota, numa_cells
 from agents.xml import domain as domain_xml
 from agents.xml.domain import Domain, PciAddress
 from agents.xml.model import Element
@@ -40,6 +41,7 @@ def full_server() -> dict:
             drive(1, "boot", "virtio", "0:0", boot=1), drive(2, "data", "virtio", "7:3"),
             drive(3, "cd", "ide", "1:1", media="cdrom", boot=2), drive(4, "vcd", "virtio", "0:1", media="cdrom"),
             drive(5, "s", "scsi", "2:5"), drive(6, "scd", "scsi", "0:0", media="cdrom"),
+            drive(7, "on-ceph", "virtio", "0:2"),
         ],
         "nics": [{"mac": "22:00:00:00:00:01", "model": "virtio", "network": None, "boot_order": 3},
                  {"mac": "22:00:00:00:00:02", "model": "e1000", "network": "private-net", "boot_order": None}],
@@ -49,6 +51,9 @@ def full_server() -> dict:
 def render_full() -> Domain:
     spec = wire.convert(full_server(), wire.Server, "server")
     volumes = {d.uuid: VolumeRef(f"/pool/{d.volume}", "raw" if d.volume == "cd" else "qcow2") for d in spec.drives}
+    volumes[spec.drives[-1].uuid] = VolumeRef("rbd/on-ceph", "raw", RbdRef(
+        name="rbd/on-ceph", monitors=(("10.0.0.1", 6789), ("mon-b", None)), user="strato",
+        secret_uuid="99999999-8888-4777-8666-555555555555"))
     return build_domain(spec, HOST, volumes, active_since="2024-05-06T07:08:09Z")
 
 
@@ -70,7 +75,7 @@ def test_every_element_class_is_exercised() -> None:
     an abstract base declares (`Device.alias`) counts once, for all its subclasses."""
     unused = {
         ("Os", "boot_menu"), ("Os", "arch"), ("Os", "type"), ("HyperV", "vapic"), ("HyperV", "mode"),
-        ("Features", "pae"), ("Timer", "tickpolicy"), ("Disk", "cache"), ("Disk", "type"),
+        ("Features", "pae"), ("Timer", "tickpolicy"), ("Disk", "cache"),
         ("Disk", "driver_name"), ("Interface", "bridge"), ("Interface", "target_dev"), ("Graphics", "port"),
         ("Serial", "mode"), ("SysInfo", "bios"), ("Listen", "type"), ("Cpu", "cells"),
         ("Topology", "dies"), ("Topology", "threads"), ("NumaCell", "unit"), ("PciAddress", "domain"),
@@ -108,7 +113,7 @@ def test_virtio_slots_follow_channels() -> None:
     disks = {d.alias: d for d in render_full().disks()}
     data = disks["ua-drive-00000000-0000-4000-8000-000000000002"]
     assert data.address == PciAddress(bus=2, slot=1 + 2 * 6 + 3)  # 7:3 → bridge 2, controller 2 of it
-    assert [d.target for d in render_full().disks() if d.bus == "virtio"] == ["vda", "vdb", "vdc"]
+    assert [d.target for d in render_full().disks() if d.bus == "virtio"] == ["vda", "vdb", "vdc", "vdd"]
 
 
 def test_numa_split_and_quota() -> None:
@@ -151,3 +156,20 @@ def test_errors_name_the_path() -> None:
     del server["mem"]
     with pytest.raises(msgspec.ValidationError, match="missing required field `mem`"):
         wire.convert({"server": server}, wire.DomainSpec)
+
+
+def test_rbd_pool_and_secret_xml() -> None:
+    """The libvirt objects of an RBD pool: monitors, cephx user, the secret, RADOS timeouts."""
+    from agents.xml.storage import RbdConfigOpts, RbdOption, RbdPool, Secret, SourceHost
+
+    pool = RbdPool(name="p-ceph", source_name="rbd", hosts=[SourceHost(name="127.0.0.1", port=6789)],
+                   auth_username="strato", secret_uuid="99999999-8888-4777-8666-555555555555",
+                   config_opts=RbdConfigOpts(options=[RbdOption(name="client_mount_timeout", value="5")]))
+    xml = pool.to_xml()
+    assert RbdPool.from_xml(xml) == pool
+    assert "<auth type=\"ceph\" username=\"strato\">" in xml and "<rbd:option name=\"client_mount_timeout\"" in xml
+    secret = Secret(usage_name="p-ceph")
+    assert Secret.from_xml(secret.to_xml()) == secret
+    node = ET.fromstring(secret.to_xml())
+    assert (node.get("private"), node.find("usage").get("type"), node.findtext("usage/name")) == ("yes", "ceph",
+                                                                                                 "p-ceph")

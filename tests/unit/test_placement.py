@@ -9,7 +9,7 @@ import pytest
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
 from orchestrator.db.models import Drive, Host, Server, User
 from orchestrator.domain.errors import DomainError, Kind
-from orchestrator.domain.placement import HostLoad, Scheduler, choose, recount
+from orchestrator.domain.placement import HostLoad, Scheduler, choose, recount, shares_pool
 
 GiB = 2**30
 
@@ -175,6 +175,26 @@ async def test_only_hosts_that_are_up_run_servers(sessions):
     with pytest.raises(DomainError) as full:
         await place(Scheduler(), sessions, server(cpu=5000))
     assert full.value.kind is Kind.NO_CAPACITY
+
+
+async def test_an_rbd_drive_is_seen_by_every_host_that_reaches_its_ceph_pool(sessions):
+    ceph = {"name": "ceph", "path": "rbd://10.0.0.1:6789/strato", "available": 100 * GiB, "kind": "rbd"}
+    other = {**ceph, "path": "rbd://10.9.9.9:6789/strato"}  # another cluster under the same pool name
+    await add(sessions,
+              host("a", cores=16, pools=(pool("local", "/srv/a"),)),  # cannot reach Ceph: no "ceph" pool
+              host("b", cores=1, pools=(pool("local", "/srv/b"), ceph)),
+              host("c", cores=2, pools=(pool("local", "/srv/c"), ceph)),
+              host("d", cores=32, pools=(pool("local", "/srv/d"), other)),
+              server(host="b"))
+    scheduler = Scheduler()
+    # The drive was made through b; c reaches the same pool and has more room; a and d never qualify.
+    assert await place(scheduler, sessions, server(), [("b", "ceph")]) == "c"
+    assert await place(scheduler, sessions, server(), []) == "a"  # a qualifies for a server without drives
+    source, target = drive(host="b", pool="ceph"), drive(host="c", pool="ceph")
+    elsewhere, local = drive(host="d", pool="ceph"), drive(host="c", pool="local")
+    async with sessions() as s:
+        assert await shares_pool(s, source, target)  # c clones b's image in place
+        assert not await shares_pool(s, source, elsewhere) and not await shares_pool(s, source, local)
 
 
 async def test_a_server_runs_where_its_drives_are_seen(sessions):
