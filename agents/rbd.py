@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import configparser
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -103,6 +104,12 @@ class RbdStorage:
         if defined is None or defined.source_name != self.config.pool:
             return (f"storage pool {self.libvirt_name} is not the rbd pool {self.config.pool}: another "
                     "installation on this libvirtd uses this prefix; give this one another agent prefix")
+        wanted = dataclasses.replace(wanted, uuid=defined.uuid)
+        if defined != wanted:  # this pool, with other monitors, user, key or timeouts configured since
+            log.info("redefining rbd storage pool %s for its new configuration", self.libvirt_name)
+            if lv.isActive():
+                lv.destroy()  # running guests keep their own connections to Ceph
+            lv = self.conn.storagePoolDefineXML(wanted.to_xml(), 0)
         if not lv.isActive():
             try:
                 lv.create(0)
@@ -156,10 +163,10 @@ class RbdStorage:
             try:
                 return lv.storageVolLookupByName(name)
             except libvirt.libvirtError as err:
-                if err.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL or attempt == 2:
-                    if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
-                        raise AgentError("notfound", f"no volume {name!r} in pool {self.config.name!r}") from None
+                if err.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
                     raise
+                if attempt == 2:
+                    raise AgentError("notfound", f"no volume {name!r} in pool {self.config.name!r}") from None
             lv.refresh(0)  # another host of this cluster made it since the last refresh
         raise AssertionError("unreachable")
 

@@ -46,6 +46,7 @@ class RbdConfigOpts(Element, tag=f"{{{RBD_NS}}}config_opts"):
 
 class RbdPool(Element, tag="pool", match={"type": "rbd"}):
     name: str = Attr("name")
+    uuid: str | None = Attr("uuid", default=None)  # libvirt's; kept when the pool is redefined
     source_name: str = Attr("source/name")  # the Ceph pool
     hosts: list[SourceHost] = Children("source")
     auth_type: str = Attr("source/auth/@type", default="ceph")
