@@ -21,9 +21,11 @@ from a clone on RBD (librbd) and from the clone's qcow2 file on the local disk.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -67,9 +69,7 @@ def read_throughput(args: list[str], total_mib: int) -> float:
 
 
 def volume_of(server: StratoServer, uuid: str) -> tuple[str, str]:
-    import sqlite3
-
-    with sqlite3.connect(server.data_dir / "strato.db") as con:
+    with contextlib.closing(sqlite3.connect(server.data_dir / "strato.db")) as con:
         return con.execute("SELECT pool, volume FROM drives WHERE uuid = ?", (uuid,)).fetchone()
 
 

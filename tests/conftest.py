@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.ceph.fixtures import ceph_cluster
 from tests.strato_process import Api, StratoServer, qemu_reachable_dir
+
+__all__ = ["ceph_cluster"]  # one real Ceph cluster per session, started only for the tests that ask
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""The Ceph cluster fixture, for any test package: ``from tests.ceph.fixtures import ceph_cluster``
-in its conftest.py (one cluster per session, started on first use, removed at the end)."""
+"""The Ceph cluster fixture, registered for every test package by ``tests/conftest.py``: one cluster
+per session, started by the first test that asks for ``ceph_cluster``, removed at the end."""
 
 from __future__ import annotations
 

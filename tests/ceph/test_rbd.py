@@ -9,10 +9,12 @@ reaches it.  ``a-lost`` sorts first, so it is the scheduler's pick whenever both
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -50,12 +52,15 @@ class Cloud:
 
     def volume(self, drive_uuid: str) -> str:
         """The drive's RBD image name (the API does not show it; the database does)."""
-        import sqlite3
-
-        with sqlite3.connect(self.server.data_dir / "strato.db") as con:
+        with contextlib.closing(sqlite3.connect(self.server.data_dir / "strato.db")) as con:
             pool, volume = con.execute("SELECT pool, volume FROM drives WHERE uuid = ?", (drive_uuid,)).fetchone()
         assert pool == "ceph", pool
         return volume
+
+    def drive_hosts(self, uuids: list[str]) -> dict[str, str]:
+        with contextlib.closing(sqlite3.connect(self.server.data_dir / "strato.db")) as con:
+            marks = ",".join("?" * len(uuids))
+            return dict(con.execute(f"SELECT uuid, host FROM drives WHERE uuid IN ({marks})", uuids).fetchall())
 
 
 def agent_command(cloud_root: Path, prefix: str, host: str, monitor: str, keyring: Path) -> str:
@@ -159,8 +164,7 @@ def test_a_host_that_cannot_reach_ceph_is_not_chosen(cloud: Cloud) -> None:
                                        "storage_type": "zadara"}, 201)["objects"][0]
     for made in (rbd, local):
         wait_drive(api, made["uuid"])
-    hosts = {d: h for d, h in _drive_hosts(cloud, [rbd["uuid"], local["uuid"]]).items()}
-    assert hosts == {rbd["uuid"]: "b-ceph", local["uuid"]: "a-lost"}
+    assert cloud.drive_hosts([rbd["uuid"], local["uuid"]]) == {rbd["uuid"]: "b-ceph", local["uuid"]: "a-lost"}
     # A server with that RBD drive starts on b-ceph although a-lost is preferred otherwise.
     server = new_server(api, "rbd-placed", [rbd["uuid"]])
     api.ok("POST", f"servers/{server}/action/?do=start", status=202)
@@ -171,14 +175,6 @@ def test_a_host_that_cannot_reach_ceph_is_not_chosen(cloud: Cloud) -> None:
     wait_server(api, server, "stopped")
     api.ok("DELETE", f"servers/{server}/?recurse=all_drives", status=204)
     api.ok("DELETE", f"drives/{local['uuid']}/", status=204)
-
-
-def _drive_hosts(cloud: Cloud, uuids: list[str]) -> dict[str, str]:
-    import sqlite3
-
-    with sqlite3.connect(cloud.server.data_dir / "strato.db") as con:
-        marks = ",".join("?" * len(uuids))
-        return dict(con.execute(f"SELECT uuid, host FROM drives WHERE uuid IN ({marks})", uuids).fetchall())
 
 
 def test_clone_resize_and_delete_ask_ceph(cloud: Cloud, ceph_cluster: CephCluster, booted: tuple[str, str]) -> None:

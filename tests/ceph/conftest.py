@@ -1,3 +1,0 @@
-from tests.ceph.fixtures import ceph_cluster
-
-__all__ = ["ceph_cluster"]
