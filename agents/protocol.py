@@ -162,6 +162,7 @@ class Agent:
             uri=self.config.uri,
             pools=pools,
             vxlan=self.networks.vxlan,
+            unreachable_pools=[name for name, rbd in self.storage.rbd.items() if not rbd.active],
         )
 
     async def handle(self, line: bytes) -> dict[str, Any]:

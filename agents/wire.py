@@ -404,6 +404,7 @@ class HostFacts(Message, kw_only=True):
     uri: str
     pools: list[PoolFacts]
     vxlan: VxlanEndpoint | None
+    unreachable_pools: list[str] = []  # configured RBD pools whose Ceph cluster this host cannot reach
 
 
 class NetworkEnsured(Message, kw_only=True):

@@ -81,4 +81,7 @@ async def _host(config: Config, host: Host) -> list[Finding]:
         enough = pool["available"] >= MIN_FREE
         found.append(Finding(host.name, enough, f"pool {pool['name']} at {pool['path']}: "
                              f"{pool['available'] >> 20} MiB free" + ("" if enough else ", free some space")))
+    for name in facts.get("unreachable_pools", []):
+        found.append(Finding(host.name, False, f"rbd pool {name}: its Ceph cluster did not answer when the agent "
+                             "started (monitors, key, network; see deploy/ceph.md): restart the agent once it does"))
     return found

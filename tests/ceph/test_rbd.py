@@ -175,6 +175,11 @@ def test_a_host_that_cannot_reach_ceph_is_not_chosen(cloud: Cloud) -> None:
     wait_server(api, server, "stopped")
     api.ok("DELETE", f"servers/{server}/?recurse=all_drives", status=204)
     api.ok("DELETE", f"drives/{local['uuid']}/", status=204)
+    # The operator is told why.
+    doctor = subprocess.run([sys.executable, "-m", "orchestrator.cli", "doctor", "--host", "a-lost", "--data-dir",
+                             str(cloud.server.data_dir)], cwd=ROOT, env={**os.environ, **cloud.server.env},
+                            capture_output=True, text=True, timeout=120)
+    assert doctor.returncode == 1 and "rbd pool ceph: its Ceph cluster did not answer" in doctor.stdout, doctor
 
 
 def test_clone_resize_and_delete_ask_ceph(cloud: Cloud, ceph_cluster: CephCluster, booted: tuple[str, str]) -> None:
