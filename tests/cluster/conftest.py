@@ -23,6 +23,20 @@ from tests.strato_process import ROOT, Api, StratoServer, free_port, qemu_reacha
 GUEST = ROOT / "build" / "guest" / "strato-guest.img"
 EMAIL, PASSWORD = "dana@example.com", "dana-pw"
 LEASE = 10.0  # seconds: the default lease
+SLOT = 128 * 2**20  # a test server's memory
+SLOTS = 5           # test servers a host has memory for (both hosts are this machine)
+
+
+def mem_overcommit() -> float:
+    """The overcommit that leaves each host memory for ``SLOTS`` test servers, no more."""
+    import libvirt
+
+    conn = libvirt.open("qemu:///system")
+    try:
+        total = conn.getInfo()[1] * 2**20  # what the agents report as the host's memory
+    finally:
+        conn.close()
+    return (SLOTS + 0.5) * SLOT / total
 
 
 @dataclass
@@ -82,7 +96,8 @@ def cluster(postgres_url: str) -> Iterator[Cluster]:  # noqa: F811
     root = qemu_reachable_dir("cluster")
     base = f"mn{secrets.token_hex(2)}-"
     prefixes = {f"h{i}": f"{base}h{i}-" for i in range(2)}
-    env = {"STRATO_LOCAL_HOST": "false", "STRATO_HEARTBEAT": "1", "STRATO_SHUTDOWN_WINDOW": "5"}
+    env = {"STRATO_LOCAL_HOST": "false", "STRATO_HEARTBEAT": "1", "STRATO_SHUTDOWN_WINDOW": "5",
+           "STRATO_MEM_OVERCOMMIT": f"{mem_overcommit():.6f}"}
     nodes: list[ClusterNode] = []
     try:
         for i in range(2):
