@@ -101,7 +101,7 @@ async def resume_uploads(app: web.Application, *, sweep: bool = False) -> None:
 
 
 async def import_again(app: web.Application, drive: str) -> None:
-    await app[WORK].volumes.import_upload(drive, app[UPLOADS].file(drive))
+    await app[WORK].volumes.import_again(drive, app[UPLOADS].file(drive))
     await app[UPLOADS].forget(drive)
 
 

@@ -166,6 +166,7 @@ async def recover(s: AsyncSession, uploads: Uploads, alive: Collection[str], *, 
     * a drive still ``uploading`` with no chunked upload (a raw upload whose request died with its
       node) waits for its bytes again from none: chunks are taken as after ``/initupload/``, or
       the client deletes the drive;
+    * an upload row of a drive no longer uploading (its node died before forgetting it) goes;
     * with ``sweep`` (at start), files in the directory of drives no longer uploading go."""
     uploading = (await s.scalars(select(Drive).where(Drive.status == "uploading",
                                                      Drive.owner_uuid.is_not(None)))).all()
@@ -174,6 +175,13 @@ async def recover(s: AsyncSession, uploads: Uploads, alive: Collection[str], *, 
         for leftover in uploads.directory.iterdir():
             if leftover.is_file() and leftover.name not in keep:
                 leftover.unlink(missing_ok=True)
+    # Uploads of drives no longer uploading whose node died before it forgot them (imported, deleted).
+    stale = (await s.scalars(select(UploadState.drive_uuid).where(
+        UploadState.drive_uuid.not_in([d.uuid for d in uploading]),
+        UploadState.importing_node.is_(None) | UploadState.importing_node.not_in(list(alive))))).all()
+    if stale:
+        await s.execute(delete(UploadPiece).where(UploadPiece.drive_uuid.in_(stale)))
+        await s.execute(delete(UploadState).where(UploadState.drive_uuid.in_(stale)))
     states = {u.drive_uuid: u for u in (await s.scalars(select(UploadState).where(
         UploadState.drive_uuid.in_([d.uuid for d in uploading])))).all()}
     reimport = []
