@@ -7,7 +7,8 @@ is leased the same way:
 * each host has one holder (``host_leases``), the only node that polls its statistics, acts on its
   lifecycle events and reconciles its domains.  A node claims free or expired host leases (rows
   locked ``FOR UPDATE SKIP LOCKED``, so two nodes never claim one at once) up to its share of the
-  hosts (handing one over per renewal while it holds more), renews its own, and on every claim runs the reconciliation a single node runs at start;
+  hosts (handing one over per renewal while it holds more), renews its own, and on every claim
+  runs the reconciliation a single node runs at start;
 * each job is leased to the node that made it (``job_leases``, tagged at flush).  A job whose
   node is dead is taken over by the holder of its host, in that host's reconciliation: a start
   the guest finished is recorded running, one it did not is rolled back (``stopped``, claim and

@@ -81,10 +81,11 @@ def _frame_about(ws: websocket.WebSocket, uuid: str, timeout: float = 10) -> dic
 def test_feed_subscriber_on_b_hears_a_change_made_through_a(cluster: Cluster) -> None:
     a, b = cluster.node(0), cluster.node(1)
     # The async_auth cookie is made through A and opens the WebSocket on B.
-    ws = websocket.create_connection(f"ws://127.0.0.1:{b.server.port}/websocket", timeout=10,
+    feed = f"ws://127.0.0.1:{b.server.port}/websocket"
+    ws = websocket.create_connection(feed, timeout=10,
                                      header=[f"Cookie: async_auth={_async_cookie(a.base, (EMAIL, PASSWORD))}"])
-    other = websocket.create_connection(f"ws://127.0.0.1:{b.server.port}/websocket", timeout=10,
-                                        header=[f"Cookie: async_auth={_async_cookie(a.base, ('eve@example.com', 'eve-pw'))}"])
+    eve = _async_cookie(a.base, ("eve@example.com", "eve-pw"))
+    other = websocket.create_connection(feed, timeout=10, header=[f"Cookie: async_auth={eve}"])
     try:
         delays = []
         for i in range(3):
