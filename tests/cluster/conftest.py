@@ -21,6 +21,8 @@ from tests.store.conftest import new_database, postgres_url  # noqa: F401  (a fi
 from tests.strato_process import ROOT, Api, StratoServer, free_port, qemu_reachable_dir, remove_libvirt_objects
 
 GUEST = ROOT / "build" / "guest" / "strato-guest.img"
+# A drive whose copy takes seconds (a 2 GiB disk), so that a node dies in the middle of cloning it.
+BIG = ROOT / "build" / "guest" / "debian-12-cloud.qcow2"
 EMAIL, PASSWORD = "dana@example.com", "dana-pw"
 LEASE = 10.0  # seconds: the default lease
 SLOT = 128 * 2**20  # a test server's memory
@@ -60,6 +62,7 @@ class Cluster:
     root: Path
     host_prefixes: dict[str, str]
     library_disk: str
+    big_disk: str  # the library's slowest drive to copy
 
     @property
     def cert(self) -> Path:
@@ -117,9 +120,12 @@ def cluster(postgres_url: str) -> Iterator[Cluster]:  # noqa: F811
         first.cli("users", "create", "eve@example.com", "--password", "eve-pw")
         library = first.cli("libdrives", "import", str(GUEST), "--name", "Strato guest", "--os", "linux", "--arch",
                             "64", "--media", "disk", "--host", "h0")
+        big = library if not BIG.exists() else first.cli(
+            "libdrives", "import", str(BIG), "--name", "Debian", "--os", "linux", "--arch", "64", "--media", "disk",
+            "--host", "h0")
         for node in nodes:
             node.server.start()
-        yield Cluster(nodes, db.replace("postgresql://", "postgresql://", 1), root, prefixes, library)
+        yield Cluster(nodes, db, root, prefixes, library, big)
     finally:
         for node in nodes:
             node.server.stop()
