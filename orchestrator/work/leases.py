@@ -77,6 +77,11 @@ class Cluster:
 
     async def join(self) -> None:
         async with self.sessions.begin() as s:
+            if s.bind.dialect.name == "sqlite":
+                # One node only (a SQLite file is not shared between machines): whatever a node
+                # recorded before is this installation's previous process, dead now.
+                await s.execute(delete(HostLease))
+                await s.execute(delete(ApiNode))
             s.add(ApiNode(id=self.node, expires=utcnow() + timedelta(seconds=self.lease)))
         await self.tick()
 
