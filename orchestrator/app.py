@@ -102,7 +102,7 @@ async def resume_uploads(app: web.Application, *, sweep: bool = False) -> None:
 
 async def import_again(app: web.Application, drive: str) -> None:
     await app[WORK].volumes.import_again(drive, app[UPLOADS].file(drive))
-    await app[UPLOADS].forget(drive)
+    await app[UPLOADS].settled(drive)
 
 
 async def hosts(app: web.Application) -> AsyncIterator[None]:

@@ -233,7 +233,7 @@ async def _store(request: web.Request, drive: str, offset: int, length: int, bod
     if upload.complete and (complete := await uploads.finish(drive)) is not None:
         work = request.app[WORK]
         await work.now(work.volumes.import_upload(drive, complete), f"import {drive}")
-        await uploads.forget(drive)  # imported (or failed): nothing of the upload is left
+        await uploads.settled(drive)
 
 
 # --- download (spec §24.4) ----------------------------------------------------------------------------

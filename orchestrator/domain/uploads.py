@@ -93,6 +93,14 @@ class Uploads:
             await tokens.revoke(s, "chunk", drive)
         self.file(drive).unlink(missing_ok=True)
 
+    async def settled(self, drive: str) -> None:
+        """The import ended: a drive it failed for is gone, and so goes its upload; an imported
+        drive's stays (asked for a chunk again: 416) until the drive is deleted."""
+        async with self.sessions() as s:
+            gone = await s.get(Drive, drive) is None
+        if gone:
+            await self.forget(drive)
+
     async def find(self, drive: str) -> Upload | None:
         async with self.sessions() as s:
             state = await s.get(UploadState, drive)
@@ -166,7 +174,7 @@ async def recover(s: AsyncSession, uploads: Uploads, alive: Collection[str], *, 
     * a drive still ``uploading`` with no chunked upload (a raw upload whose request died with its
       node) waits for its bytes again from none: chunks are taken as after ``/initupload/``, or
       the client deletes the drive;
-    * an upload row of a drive no longer uploading (its node died before forgetting it) goes;
+    * the upload of a drive that is gone goes;
     * with ``sweep`` (at start), files in the directory of drives no longer uploading go."""
     uploading = (await s.scalars(select(Drive).where(Drive.status == "uploading",
                                                      Drive.owner_uuid.is_not(None)))).all()
@@ -175,10 +183,9 @@ async def recover(s: AsyncSession, uploads: Uploads, alive: Collection[str], *, 
         for leftover in uploads.directory.iterdir():
             if leftover.is_file() and leftover.name not in keep:
                 leftover.unlink(missing_ok=True)
-    # Uploads of drives no longer uploading whose node died before it forgot them (imported, deleted).
+    # Uploads of drives deleted without their upload (a node died first, a server's recursive delete).
     stale = (await s.scalars(select(UploadState.drive_uuid).where(
-        UploadState.drive_uuid.not_in([d.uuid for d in uploading]),
-        UploadState.importing_node.is_(None) | UploadState.importing_node.not_in(list(alive))))).all()
+        UploadState.drive_uuid.not_in(select(Drive.uuid))))).all()
     if stale:
         await s.execute(delete(UploadPiece).where(UploadPiece.drive_uuid.in_(stale)))
         await s.execute(delete(UploadState).where(UploadState.drive_uuid.in_(stale)))

@@ -125,9 +125,9 @@ def test_upload_begun_on_a_finished_on_b(cluster: Cluster) -> None:
     assert (job["operation"], job["state"]) == ("drive_upload", "success")
     r = cluster.node(1).api.get(f"drives/{drive}/download/")
     assert r.status_code == 200 and r.content[:len(image)] == image
-    assert cluster.sql("SELECT count(*) AS n FROM uploads")[0]["n"] == 0
     assert not list((cluster.root / "data" / "uploads").glob(f"{drive}*"))
     assert cluster.node(1).api.delete(f"drives/{drive}/").status_code == 204
+    assert cluster.sql("SELECT count(*) AS n FROM uploads")[0]["n"] == 0
 
 
 @pytest.fixture
