@@ -28,6 +28,7 @@ from orchestrator.api import (
 from orchestrator.api.context import context_document
 from orchestrator.config import Config
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
+from orchestrator.db.notify import Bus
 from orchestrator.domain import quotas
 from orchestrator.domain.capabilities import Capabilities
 from orchestrator.domain.placement import Scheduler
@@ -50,6 +51,7 @@ from orchestrator.web.keys import (
     ENGINE,
     FEED,
     HOSTS,
+    NODE,
     SCHEDULER,
     SESSION_CLASS,
     SESSIONS,
@@ -58,6 +60,7 @@ from orchestrator.web.keys import (
 )
 from orchestrator.web.middlewares import negotiation_middleware, request_id_middleware
 from orchestrator.work.background import Work
+from orchestrator.work.leases import Cluster, new_node_id, tag_jobs
 
 log = logging.getLogger(__name__)
 
@@ -68,22 +71,38 @@ async def database(app: web.Application) -> AsyncIterator[None]:
     app[ENGINE] = engine
     # A session class of this app's own, so the feed hears exactly this app's commits.
     session_class = type("StratoSession", (Session,), {})
-    app[FEED] = Feed()
+    # Other API nodes on the same PostgreSQL hear this one's commits (the feed) by NOTIFY.
+    bus = Bus(app[CONFIG].db_url, "strato_feed") if engine.dialect.name == "postgresql" else None
+    app[FEED] = Feed(node=app[NODE], bus=bus)
     app[FEED].watch(session_class)
     quotas.watch(session_class)  # every commit that grows a user's servers or drives is checked
+    tag_jobs(session_class, app[NODE])  # the jobs this node starts are leased to it
     app[SESSION_CLASS], app[SESSIONS] = session_class, make_sessionmaker(engine, session_class)
     app[AUTH] = Authenticator(app[SESSIONS])
+    app[COOKIES] = CookieStore(app[SESSIONS])
+    app[UPLOADS] = Uploads(app[CONFIG].upload_dir or app[CONFIG].data_dir / "uploads", app[SESSIONS], app[NODE])
+    if bus is not None:
+        await bus.start()
     yield
+    if bus is not None:
+        await bus.stop()
     await engine.dispose()
 
 
-async def leftover_uploads(app: web.Application) -> AsyncIterator[None]:
-    """Uploads a previous process left: files swept, drives waiting for their chunks again."""
+async def resume_uploads(app: web.Application, *, sweep: bool = False) -> None:
+    """Uploads that dead nodes (or this process before a restart) left: imports under way run
+    again here, raw uploads' drives wait for their chunks again."""
+    work, uploads = app[WORK], app[UPLOADS]
     async with app[SESSIONS].begin() as s:
-        waiting = await recover_uploads(s, app[UPLOADS])
-    if waiting:
-        log.warning("%d drives were uploading when the node stopped; they wait for their chunks again", waiting)
-    yield
+        again = await recover_uploads(s, uploads, work.cluster.alive, sweep=sweep)
+    for drive in again:
+        log.warning("drive %s: its import was under way on a node that stopped; importing again", drive)
+        await work.later(import_again(app, drive), f"import {drive}")
+
+
+async def import_again(app: web.Application, drive: str) -> None:
+    await app[WORK].volumes.import_again(drive, app[UPLOADS].file(drive))
+    await app[UPLOADS].settled(drive)
 
 
 async def hosts(app: web.Application) -> AsyncIterator[None]:
@@ -94,14 +113,21 @@ async def hosts(app: web.Application) -> AsyncIterator[None]:
         async with app[SESSIONS].begin() as s:
             await ensure_local_host(s, config)
     hosts = Hosts(app[SESSIONS], heartbeat=config.heartbeat)
-    work = Work.build(app[SESSIONS], hosts, app[SCHEDULER], context_document=context_document,
+    cluster = Cluster(app[SESSIONS], app[NODE], lease=config.node_lease)
+    work = Work.build(app[SESSIONS], hosts, app[SCHEDULER], cluster, context_document=context_document,
                       data_dir=config.data_dir, shutdown_window=config.shutdown_window, heartbeat=config.heartbeat)
     work.contexts.watch(app[SESSION_CLASS])  # commits that change a document push it again
-    consoles = Consoles(hosts, bind=config.tunnel_bind, ports=config.tunnel_port_range,
+    consoles = Consoles(hosts, app[SESSIONS], bind=config.tunnel_bind, ports=config.tunnel_port_range,
                         idle_timeout=config.tunnel_idle, token_ttl=config.console_token_ttl)
     work.servers.stop_listeners.append(consoles.close)  # a stopped server's tunnels close
     app[HOSTS], app[WORK], app[CONSOLES] = hosts, work, consoles
     await work.start()
+
+    async def vanished(_nodes: set[str]) -> None:
+        await resume_uploads(app)
+
+    cluster.vanished.append(vanished)
+    await resume_uploads(app, sweep=True)
     consoles.start()
     yield
     await consoles.stop()
@@ -118,11 +144,9 @@ def create_app(config: Config) -> web.Application:
         client_max_size=config.max_body,
     )
     app[CONFIG] = config
-    app[COOKIES] = CookieStore()
-    app[UPLOADS] = Uploads(config.data_dir / "uploads")
+    app[NODE] = new_node_id()
     app[CAPABILITIES] = Capabilities.from_config(config.capabilities)
     app.cleanup_ctx.append(database)
-    app.cleanup_ctx.append(leftover_uploads)
     app.cleanup_ctx.append(hosts)
     for module in (accounts, availability, servers, server_actions, uploads, drives, libdrives, networks, tags, jobs,
                    keypairs, profile, global_context, locations, capabilities, console):

@@ -47,6 +47,10 @@ class Config(BaseSettings):
     mem_overcommit: float = 1.0
     shutdown_window: float = 60.0        # seconds of ACPI presses before a shutdown gives up
     heartbeat: float = 5.0
+    # Several API nodes on one PostgreSQL (orchestrator/work/leases.py): a node that has not renewed
+    # its lease for this many seconds is dead, and the others take its hosts and jobs over.
+    node_lease: float = 10.0
+    upload_dir: Path | None = None       # chunked uploads in progress, shared by all API nodes (data_dir/uploads)
     # Consoles (VNC and serial tunnels)
     public_host: str | None = None       # host name in vnc:// and csconsole:// URLs (default: the listen host)
     tunnel_bind: str = "127.0.0.1"       # where tunnel listeners bind (0.0.0.0 to serve other machines)

@@ -25,7 +25,7 @@ async def login(request: web.Request) -> web.Response:
     if not isinstance(email, str) or not isinstance(password, str):
         raise invalid("username and password are required", "username")
     user = await request.app[AUTH].verify(email, password, request.remote)
-    sid, session = request.app[COOKIES].login(user)
+    sid, session = await request.app[COOKIES].login(user)
     response = respond({"uuid": user})
     response.set_cookie("sessionid", sid, max_age=SESSION_AGE, path="/", httponly=True, samesite="Lax",
                         secure=request.secure)
@@ -34,7 +34,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
-    request.app[COOKIES].logout(request.cookies.get("sessionid"))
+    await request.app[COOKIES].logout(request.cookies.get("sessionid"))
     response = respond({})
     response.del_cookie("sessionid", path="/")
     response.del_cookie("csrftoken", path="/")
@@ -42,9 +42,9 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def authenticate_asynchronous(request: web.Request) -> web.Response:
-    response = respond({})
+    response, token = respond({}), await request.app[COOKIES].issue_async(caller(request))
     # Only the browser sends it back (JavaScript never reads it), only over HTTPS when it came so.
-    response.set_cookie("async_auth", request.app[COOKIES].issue_async(caller(request)), max_age=ASYNC_AGE, path="/",
+    response.set_cookie("async_auth", token, max_age=ASYNC_AGE, path="/",
                         httponly=True, samesite="Lax", secure=request.secure)
     return response
 

@@ -200,7 +200,7 @@ async def upload_chunk(request: web.Request) -> web.Response:
                     for k in ("chunk_number", "chunk_size"))
     async with session(request) as s:
         drive = await get_owned(s, one(request), "Drive")
-    return respond({"link": request.app[UPLOADS].link(drive.uuid, number, size)})
+    return respond({"link": await request.app[UPLOADS].link(drive.uuid, number, size)})
 
 
 CHUNK_FIELD = Field("chunk", Int(minimum=0), required=True)
@@ -225,7 +225,7 @@ async def _delete(request: web.Request, s: AsyncSession, drives: list[Drive]) ->
 
     async def after() -> None:
         for uuid in ids:  # an upload in progress ends with its drive: links, chunk file
-            uploads.forget(uuid)
+            await uploads.forget(uuid)
         await work.later(work.volumes.delete(volumes), "delete volumes")
 
     return after

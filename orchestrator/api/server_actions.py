@@ -99,7 +99,7 @@ async def open_tunnel(request: web.Request, kind: str) -> Tunnel:
 async def open_vnc(request: web.Request) -> web.Response:
     tunnel = await open_tunnel(request, "vnc")
     host = public_host(request)
-    token = request.app[CONSOLES].grant(tunnel)
+    token = await request.app[CONSOLES].grant(tunnel)
     # Extra keys are ignored by existing clients; the page is noVNC talking to our WebSocket.
     page = (f"{request.scheme}://{request.host}/console/novnc/vnc_lite.html?"
             + urlencode({"path": f"console/websockify?token={token}", "autoconnect": "true"}))

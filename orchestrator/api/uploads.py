@@ -63,7 +63,7 @@ async def upload(request: web.Request) -> web.Response:
                                 name=name, size=size, media="disk", storage_type=storage_type, affinities=[],
                                 allow_multimount=False, iops=None, meta={})
         uuid = drive.uuid
-    target = Path(request.app[CONFIG].data_dir, "uploads", f"{uuid}.img")
+    target = Path(request.app[UPLOADS].directory, f"{uuid}.img")
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         received = await _receive(request, target, length)
@@ -116,7 +116,7 @@ async def init_upload(request: web.Request) -> web.Response:
         uuid = drive.uuid
         await s.flush()
         await set_resource_tags(s, "drives", uuid, tags, owner)
-    request.app[UPLOADS].start(uuid, owner, size)
+    await request.app[UPLOADS].start(uuid, owner, size)
     async with session(request) as s:
         created = DRIVE.dump(await get_owned(s, owned_row(Drive, RELATED, owner, uuid), "Drive"))
     return respond({"objects": [created]}, 201, {"Location": created["resource_uri"]})
@@ -126,11 +126,11 @@ async def init_upload(request: web.Request) -> web.Response:
 @public  # the one-time link is the credential (spec §24.2)
 async def chunk_by_link(request: web.Request) -> web.Response:
     """``POST <link>``: the body is the chunk (no authentication: the link is the credential)."""
-    link = request.app[UPLOADS].redeem(request.match_info["token"])
+    link = await request.app[UPLOADS].redeem(request.match_info["token"])
     async with session(request) as s:
         drive = await s.get(Drive, link.drive)
     if drive is None or drive.status != "uploading":  # deleted since the link was made
-        request.app[UPLOADS].forget(link.drive)
+        await request.app[UPLOADS].forget(link.drive)
         raise DomainError(Kind.NOT_FOUND, "This upload link is unknown, used or expired")
     await _store(request, link.drive, link.offset, link.length, request.content.iter_chunked(1 << 20))
     return respond({})
@@ -142,11 +142,11 @@ async def _own_upload(request: web.Request) -> Upload:
     uuid, owner, uploads = request.match_info["uuid"], caller(request), request.app[UPLOADS]
     async with session(request) as s:
         drive = await s.scalar(select(Drive).where(Drive.uuid == uuid, Drive.owner_uuid == owner))
+    upload = await uploads.find(uuid)
     if drive is None:
-        if uuid in uploads.active and uploads.active[uuid].owner == owner:
-            uploads.forget(uuid)  # the caller's drive was deleted (a server's recurse delete, say)
+        if upload is not None and upload.owner == owner:
+            await uploads.forget(uuid)  # the caller's drive was deleted (a server's recurse delete, say)
         raise notexist("Drive")
-    upload = uploads.active.get(uuid)
     if upload is None or upload.owner != owner or drive.status != "uploading":
         raise forbidden(f"Drive {uuid} is not waiting for an upload")
     return upload
@@ -230,9 +230,10 @@ async def _store(request: web.Request, drive: str, offset: int, length: int, bod
     async with session(request) as s:
         for job in await started(s, "drive_upload", drive):
             job.progress = min(99, 100 * upload.done // upload.size)
-    if upload.complete and (complete := uploads.finish(drive)) is not None:
+    if upload.complete and (complete := await uploads.finish(drive)) is not None:
         work = request.app[WORK]
         await work.now(work.volumes.import_upload(drive, complete), f"import {drive}")
+        await uploads.settled(drive)
 
 
 # --- download (spec §24.4) ----------------------------------------------------------------------------

@@ -339,3 +339,79 @@ class KeyPair(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     tag_links: Mapped[list[TagLink]] = _tag_links("KeyPair")
+
+
+# --- several API nodes on one database (issue 13) -----------------------------------------------------------
+# What any node must see of what another node made: cookie sessions, one-time tokens and links, uploads in
+# progress, and which node runs what (its lease).  Every expiry is enforced in the query that reads the row.
+
+
+class WebSession(Base):
+    """A cookie login (``sessionid``, spec §3) with its CSRF token; the id is kept as its SHA-256."""
+
+    __tablename__ = "web_sessions"
+    sid_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_uuid: Mapped[str] = mapped_column(ForeignKey("users.uuid", ondelete="CASCADE"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    expires: Mapped[datetime] = mapped_column(index=True)
+
+
+class OneTimeToken(Base):
+    """A short-lived secret (its SHA-256): an ``async_auth`` cookie, a browser console token, a chunk
+    upload link.  ``data`` is what it grants, by ``kind``."""
+
+    __tablename__ = "one_time_tokens"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # async_auth | console | chunk
+    subject: Mapped[str] = mapped_column(String(64), index=True)  # the user, server or drive it is about
+    data: Mapped[dict[str, Any]]
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    expires: Mapped[datetime] = mapped_column(index=True)
+
+
+class UploadState(Base):
+    """A chunked upload in progress (spec §24.2): the drive's chunk file waits in the shared upload
+    directory; ``importing_node`` is set while a node imports the complete file."""
+
+    __tablename__ = "uploads"
+    drive_uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner_uuid: Mapped[str] = mapped_column(String(36), index=True)
+    size: Mapped[int]
+    finished: Mapped[bool] = mapped_column(default=False)
+    importing_node: Mapped[str | None] = mapped_column(String(64))
+
+
+class UploadPiece(Base):
+    """A byte range of an upload that has arrived."""
+
+    __tablename__ = "upload_pieces"
+    drive_uuid: Mapped[str] = mapped_column(ForeignKey("uploads.drive_uuid", ondelete="CASCADE"), primary_key=True)
+    offset: Mapped[int] = mapped_column(primary_key=True)
+    length: Mapped[int]
+
+
+class ApiNode(Base):
+    """A running API node: alive while ``expires`` (which it renews) is in the future."""
+
+    __tablename__ = "api_nodes"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started: Mapped[datetime] = mapped_column(default=utcnow)
+    expires: Mapped[datetime] = mapped_column(index=True)
+
+
+class HostLease(Base):
+    """The one node that polls a host's statistics, hears its events and reconciles its domains."""
+
+    __tablename__ = "host_leases"
+    host: Mapped[str] = mapped_column(String(64), primary_key=True)
+    node: Mapped[str] = mapped_column(String(64))
+    expires: Mapped[datetime]
+    stats: Mapped[dict[str, Any]] = mapped_column(default=dict)  # domain.stats by server, as last polled
+
+
+class JobLease(Base):
+    """The node that runs a started job; another node takes it over once that node's lease expired."""
+
+    __tablename__ = "job_leases"
+    job_uuid: Mapped[str] = mapped_column(ForeignKey("jobs.uuid", ondelete="CASCADE"), primary_key=True)
+    node: Mapped[str] = mapped_column(String(64), index=True)

@@ -29,6 +29,7 @@ from sqlalchemy import (
     cast,
     func,
     select,
+    text,
     type_coerce,
     union_all,
     update,
@@ -87,6 +88,9 @@ def choose(hosts: Sequence[HostLoad], fits: Iterable[str], avoid_hosts: Sequence
     return None
 
 
+PLACEMENT_LOCK = 0x5354524154  # the advisory lock all API nodes' placements take ("STRAT")
+
+
 @dataclass
 class Scheduler:
     cpu_overcommit: float = 4.0
@@ -94,7 +98,8 @@ class Scheduler:
     # storage_type → pool name (spec §21); a type not listed uses each host's first pool.
     storage_pools: dict[str, str] = field(default_factory=dict)
     # Keeps one API node's placements from interleaving (and a lost claim race from retrying
-    # against itself); across API nodes the guarded UPDATE of the claim is what keeps capacity.
+    # against itself); across API nodes on PostgreSQL an advisory lock does (avoid reads the hosts
+    # of servers another node may be placing), and the guarded UPDATE of the claim keeps capacity.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _facts: dict[str, tuple[float, float, dict[str, dict[str, Any]]]] = field(default_factory=dict, repr=False)
 
@@ -103,6 +108,8 @@ class Scheduler:
         """One transaction that places (reads loads, records claims) with no other placement of
         this API node interleaved: every caller that places takes this, and only this."""
         async with self.lock, sessions.begin() as s:
+            if s.bind.dialect.name == "postgresql":  # and none of another API node's either
+                await s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PLACEMENT_LOCK})
             yield s
 
     async def loads(self, s: AsyncSession, states: tuple[str, ...] = ("up",),

@@ -8,24 +8,26 @@ server stops, and after an idle period without connections.
 
 Browser consoles get a short-lived token bound to one server, one user and one VNC tunnel;
 the WebSocket endpoint (``orchestrator/web/console.py``) redeems it.  Tokens are kept
-hashed and never logged.
+hashed in the database and never logged: a token made through one API node opens the console
+through any other (which opens its own tunnel to the guest).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import logging
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cachetools import TTLCache
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from agents.client import AgentCallError, AgentGone
+from orchestrator.db.models import Server
+from orchestrator.domain import tokens
 from orchestrator.hosts.pool import CHUNK, Hosts, Streams
 
 log = logging.getLogger(__name__)
@@ -47,22 +49,16 @@ class Tunnel:
     bridges: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
-@dataclass
-class ConsoleToken:
-    server_uuid: str
-    owner: str
-    port: int                  # the VNC tunnel it is bound to
-
-
 class Consoles:
-    def __init__(self, hosts: Hosts, *, bind: str, ports: range, idle_timeout: float, token_ttl: float) -> None:
+    def __init__(self, hosts: Hosts, sessions: async_sessionmaker, *, bind: str, ports: range, idle_timeout: float,
+                 token_ttl: float) -> None:
         self.hosts = hosts
+        self.sessions = sessions
+        self.token_ttl = token_ttl
         self.bind = bind
         self.ports = ports
         self.idle_timeout = idle_timeout
         self.tunnels: dict[tuple[str, str], Tunnel] = {}
-        # Browser console tokens (their SHA-256) until redeemed or expired.
-        self.tokens: TTLCache[str, ConsoleToken] = TTLCache(maxsize=100_000, ttl=token_ttl)
         self._next_port = ports.start
         self._reaper: asyncio.Task[None] | None = None
 
@@ -98,9 +94,10 @@ class Consoles:
             for task in list(tunnel.bridges):
                 task.cancel()
             await asyncio.gather(*tunnel.bridges, return_exceptions=True)
-            for token, grant in list(self.tokens.items()):
-                if grant.port == tunnel.port:
-                    del self.tokens[token]
+            if kind in (None, "vnc") and key[1] == "vnc":  # its browser tokens end with it, on every node
+                async with self.sessions.begin() as s:
+                    await tokens.revoke_hashes(s, [t.token_hash for t in await tokens.live(s, "console", tunnel.owner)
+                                                   if t.data.get("server") == server_uuid])
 
     async def _target(self, kind: str, server_uuid: str, host: str) -> Callable[[], Awaitable[Streams]]:
         """How to reach the guest's VNC display or serial socket on its host."""
@@ -178,27 +175,28 @@ class Consoles:
 
     TOKENS_PER_USER = 20  # live browser console links per user; a new one retires the oldest
 
-    def grant(self, tunnel: Tunnel) -> str:
-        mine = [digest for digest, grant in list(self.tokens.items()) if grant.owner == tunnel.owner]
-        for digest in mine[: max(0, len(mine) - self.TOKENS_PER_USER + 1)]:  # oldest first (one TTL)
-            self.tokens.pop(digest, None)
-        token = secrets.token_urlsafe(24)
-        self.tokens[_digest(token)] = ConsoleToken(tunnel.server_uuid, tunnel.owner, tunnel.port)
-        return token
+    async def grant(self, tunnel: Tunnel) -> str:
+        async with self.sessions.begin() as s:
+            mine = await tokens.live(s, "console", tunnel.owner)  # oldest first
+            await tokens.revoke_hashes(s, [t.token_hash for t in mine[: max(0, len(mine) - self.TOKENS_PER_USER + 1)]])
+            return await tokens.issue(s, "console", tunnel.owner, self.token_ttl, {"server": tunnel.server_uuid})
 
-    def redeem(self, token: str) -> Tunnel | None:
-        """The VNC tunnel a valid, unexpired token opens (tokens are single-use)."""
-        grant = self.tokens.pop(_digest(token), None)
-        if grant is None:
+    async def redeem(self, token: str) -> Tunnel | None:
+        """The VNC tunnel a valid, unexpired token opens (tokens are single-use); on a node other
+        than the one that made it, a tunnel of this node's own."""
+        async with self.sessions.begin() as s:
+            grant = await tokens.redeem(s, "console", token)
+            server = await s.get(Server, grant.data.get("server", "")) if grant is not None else None
+        if grant is None or server is None or server.owner_uuid != grant.subject or server.host is None:
             return None
-        tunnel = self.tunnels.get((grant.server_uuid, "vnc"))
-        if tunnel is None or tunnel.port != grant.port or tunnel.owner != grant.owner:
+        tunnel = self.tunnels.get((server.uuid, "vnc"))
+        if tunnel is not None and tunnel.owner == grant.subject:
+            return tunnel
+        try:
+            return await self.open("vnc", server.uuid, server.owner_uuid, server.host, server.vnc_password)
+        except (OSError, ConnectionError, AgentCallError, AgentGone) as err:
+            log.info("console token for %s: no tunnel: %s", server.uuid, err)
             return None
-        return tunnel
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 async def bridge(reader: Any, writer: Any, up_reader: Any, up_writer: Any, touched: Callable[[], None]) -> None:

@@ -236,12 +236,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if policy == "public":
         return await handler(request)
     if policy == "async_auth":
-        user = request.app[COOKIES].async_user(request.cookies.get("async_auth"))
+        user = await request.app[COOKIES].async_user(request.cookies.get("async_auth"))
         if user is None:
             raise unauthorized("A fresh async_auth cookie is required (do=authenticate_asynchronous)")
         request[USER] = user
         return await handler(request)
-    login = None if "Authorization" in request.headers else request.app[COOKIES].session(
+    login = None if "Authorization" in request.headers else await request.app[COOKIES].session(
         request.cookies.get("sessionid"))
     if login is not None:  # session cookie (spec §3 item 3): writes need the CSRF token too
         if not CookieStore.csrf_ok(login, request.method, request.headers.get("X-CSRFToken")):

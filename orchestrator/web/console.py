@@ -28,7 +28,7 @@ routes = web.RouteTableDef()
 @public
 async def websockify(request: web.Request) -> web.StreamResponse:
     check_origin(request)
-    tunnel = request.app[CONSOLES].redeem(request.query.get("token", ""))
+    tunnel = await request.app[CONSOLES].redeem(request.query.get("token", ""))
     if tunnel is None:
         raise web.HTTPForbidden(reason="Invalid or expired console token")
     try:  # straight to the guest's display (through its host's SSH for remote hosts)

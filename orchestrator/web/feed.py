@@ -4,11 +4,16 @@ The store tells: session events note every server, drive and job that a flush cr
 changed or deleted (ORM bulk deletes included), and a commit publishes one frame per object to
 that owner's subscribers, i.e. the WebSockets open at ``/websocket``.  A rollback publishes
 nothing.  Frames carry the collection and URI; clients GET the object (after a deletion: 404).
+
+With several API nodes on PostgreSQL, each commit's changes also go to the other nodes by
+``NOTIFY`` (``orchestrator/db/notify.py``), which publish them to their own subscribers: a change
+made through one node reaches a WebSocket open on any other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -16,6 +21,7 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from orchestrator.db.models import Drive, Job, Server
+from orchestrator.db.notify import MAX_PAYLOAD, Bus
 from orchestrator.domain.uris import uri
 
 WATCHED: dict[type, str] = {Server: "servers", Drive: "drives", Job: "jobs"}
@@ -23,9 +29,31 @@ Change = tuple[str, str, str]  # (owner uuid, collection, object uuid)
 
 
 class Feed:
-    def __init__(self, backlog: int = 1000) -> None:
+    def __init__(self, backlog: int = 1000, node: str = "", bus: Bus | None = None) -> None:
         self.backlog = backlog
         self.subscribers: dict[str, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
+        self.node, self.bus = node, bus
+        if bus is not None:
+            bus.listeners.append(self._heard)
+
+    def _heard(self, payload: str | None) -> None:
+        """Another node's commit (this node's own were published at once)."""
+        if payload is None:
+            return
+        node, changes = json.loads(payload)
+        if node != self.node:
+            self.publish(dict.fromkeys(tuple(c) for c in changes))
+
+    def _tell_others(self, changes: dict[Change, None]) -> None:
+        assert self.bus is not None
+        batch: list[Change] = []
+        for change in changes:
+            batch.append(change)
+            if len(batch) >= MAX_PAYLOAD // 100:  # uuids are 36 characters: two and a collection fit in 100
+                self.bus.send(json.dumps([self.node, batch]))
+                batch = []
+        if batch:
+            self.bus.send(json.dumps([self.node, batch]))
 
     def subscribe(self, user: str) -> asyncio.Queue[dict[str, Any]]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self.backlog)
@@ -46,7 +74,7 @@ class Feed:
 
     def watch(self, session_class: type[Session]) -> None:
         def note(session: Session, changes: list[Change]) -> None:
-            if self.subscribers:  # nobody listens: nothing to remember
+            if self.subscribers or self.bus is not None:  # nobody listens: nothing to remember
                 pending = session.info.setdefault("feed", {})
                 pending.update(dict.fromkeys(c for c in changes if c[0] is not None))
 
@@ -58,7 +86,8 @@ class Feed:
         @event.listens_for(session_class, "do_orm_execute")
         def _bulk(state: ORMExecuteState) -> None:
             model = state.bind_mapper.class_ if state.bind_mapper is not None else None
-            if not (state.is_delete or state.is_update) or model not in WATCHED or not self.subscribers:
+            if not (state.is_delete or state.is_update) or model not in WATCHED or not (
+                    self.subscribers or self.bus is not None):
                 return
             rows = state.session.execute(select(model.owner_uuid, model.uuid).where(state.statement.whereclause))
             note(state.session, [(owner, WATCHED[model], uuid) for owner, uuid in rows])
@@ -68,6 +97,8 @@ class Feed:
             changes = session.info.pop("feed", None)
             if changes:
                 self.publish(changes)
+                if self.bus is not None:
+                    self._tell_others(changes)
 
         @event.listens_for(session_class, "after_rollback")
         def _rolled_back(session: Session) -> None:

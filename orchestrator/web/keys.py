@@ -32,6 +32,7 @@ CONSOLES: web.AppKey[Consoles] = web.AppKey("consoles")
 SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler")
 
 FEED: web.AppKey[Feed] = web.AppKey("feed")               # change notifications (spec §9.3)
+NODE: web.AppKey[str] = web.AppKey("node")  # this API node's id in the leases (orchestrator/work/leases.py)
 COOKIES: web.AppKey[CookieStore] = web.AppKey("cookies")  # login sessions, async_auth (spec §3)
 UPLOADS: web.AppKey[Uploads] = web.AppKey("uploads")      # chunked uploads in progress (spec §24)
 

@@ -14,6 +14,7 @@ from orchestrator.domain.placement import Scheduler
 from orchestrator.hosts.pool import Hosts
 from orchestrator.work.clones import CloneWork
 from orchestrator.work.contexts import BuildDocument, ContextWork
+from orchestrator.work.leases import Cluster
 from orchestrator.work.servers import ServerWork
 from orchestrator.work.tasks import Tasks
 from orchestrator.work.volumes import VolumeWork
@@ -28,19 +29,20 @@ class Work:
     clones: CloneWork
     contexts: ContextWork
     watch: HostWatch
+    cluster: Cluster
 
     @classmethod
-    def build(cls, sessions: async_sessionmaker, hosts: Hosts, scheduler: Scheduler, *, context_document: BuildDocument,
-              data_dir: Path, shutdown_window: float, heartbeat: float) -> Work:
+    def build(cls, sessions: async_sessionmaker, hosts: Hosts, scheduler: Scheduler, cluster: Cluster, *,
+              context_document: BuildDocument, data_dir: Path, shutdown_window: float, heartbeat: float) -> Work:
         tasks = Tasks()
         reasons = Reasons.under([data_dir])  # failed jobs may show paths in the data directory, no others
         scratch = data_dir / "transit"  # where images in transit between hosts wait
         volumes = VolumeWork(sessions, hosts, reasons)
         contexts = ContextWork(sessions, hosts, tasks, context_document)
         servers = ServerWork(sessions, hosts, tasks, scheduler, reasons, contexts, shutdown_window=shutdown_window)
-        clones = CloneWork(sessions, hosts, tasks, volumes, servers, scratch)
-        watch = HostWatch(sessions, hosts, tasks, servers, volumes, clones, contexts, heartbeat=heartbeat)
-        return cls(tasks, volumes, servers, clones, contexts, watch)
+        clones = CloneWork(sessions, hosts, tasks, volumes, servers, scratch, cluster)
+        watch = HostWatch(sessions, hosts, tasks, servers, volumes, clones, contexts, cluster, heartbeat=heartbeat)
+        return cls(tasks, volumes, servers, clones, contexts, watch, cluster)
 
     async def later(self, step: Coroutine[Any, Any, Any], name: str | None = None) -> None:
         """Run ``step`` in the background (after the request's commit), supervised."""
@@ -52,7 +54,10 @@ class Work:
         await self.tasks.run(step, name)
 
     async def start(self) -> None:
+        await self.cluster.join()  # leases first: a lone node holds its hosts before they connect
         await self.watch.start()
+        await self.tasks.spawn(self.cluster.run(), "leases")
 
     async def stop(self) -> None:
         await self.tasks.close()
+        await self.cluster.leave()

@@ -18,6 +18,7 @@ from orchestrator.db.models import Server as ServerRow
 from orchestrator.domain.jobs import finish, finish_parent, running_clones, still_cloning
 from orchestrator.domain.placement import shares_pool
 from orchestrator.hosts.pool import Hosts
+from orchestrator.work.leases import Cluster
 from orchestrator.work.servers import ServerWork
 from orchestrator.work.tasks import Tasks
 from orchestrator.work.volumes import HOST_FAILURES, VolumeWork
@@ -27,8 +28,9 @@ log = logging.getLogger(__name__)
 
 class CloneWork:
     def __init__(self, sessions: async_sessionmaker, hosts: Hosts, tasks: Tasks, volumes: VolumeWork,
-                 servers: ServerWork, scratch: Path) -> None:
+                 servers: ServerWork, scratch: Path, cluster: Cluster) -> None:
         self.sessions = sessions
+        self.cluster = cluster
         self.hosts = hosts
         self.tasks = tasks
         self.volumes = volumes
@@ -118,17 +120,21 @@ class CloneWork:
             return await self.volumes.import_file(target, local)
 
     async def resume(self, host: str) -> None:
-        """Drive clones a dead API node left ``started``: copy again once both hosts are up."""
+        """Drive clones a dead API node left ``started``: copy again once both hosts are up (one node
+        takes each: the others see it leased to a live node)."""
         async with self.sessions() as s:
             orphans = []
+            elsewhere = await self.cluster.busy_elsewhere(s)
             for job in await running_clones(s):
-                if job.uuid in self.busy:
+                if job.uuid in self.busy or ("job", job.uuid) in elsewhere:
                     continue
                 drives = [await s.get(Drive, u) for u in (job.source_uuid, job.target_uuid) if u is not None]
                 hosts = {d.host for d in drives if d is not None and d.host is not None}
                 if host in hosts and all(self.hosts.is_up(h) for h in hosts):
                     orphans.append((job.uuid, await s.get(Drive, job.target_uuid) if job.target_uuid else None))
         for job_uuid, target in orphans:
+            if not await self.cluster.take_job(job_uuid):
+                continue  # another node resumes it
             if target is not None and target.host is not None:  # a partial copy goes first
                 with contextlib.suppress(AgentCallError, AgentGone):
                     await self.hosts.call(target.host, "volume.delete", pool=target.pool, name=target.volume)

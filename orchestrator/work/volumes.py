@@ -82,6 +82,15 @@ class VolumeWork:
             await finish_started(s, "drive_upload", drive_uuid)
         await self.settle(drive_uuid)
 
+    async def import_again(self, drive_uuid: str, source: Path) -> None:
+        """An import a dead API node had begun: what it may have made of the volume goes first."""
+        async with self.sessions() as s:
+            drive = await s.get(Drive, drive_uuid)
+        if drive is not None and drive.host is not None and drive.volume is not None:
+            with contextlib.suppress(*HOST_FAILURES):
+                await self.hosts.call(drive.host, "volume.delete", pool=drive.pool, name=drive.volume)
+        await self.import_upload(drive_uuid, source)
+
     async def _failed(self, drive_uuid: str, operation: str, reason: str) -> None:
         """The volume was never made: the job says why, the drive goes."""
         async with self.sessions.begin() as s:

@@ -1,6 +1,9 @@
 """Keeping the store in line with the hosts: what a connection reports (up, down, lifecycle
 events), reconciliation after every (re)connection, and the periodic host sync and statistics
-poll whose counters GETs read without an RPC."""
+poll whose counters GETs read without an RPC.
+
+With several API nodes, each host's lease holder (``orchestrator/work/leases.py``) alone does all of
+this for that host; the others read the statistics it stores on the lease row."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from agents.client import AgentCallError, AgentGone
-from orchestrator.db.models import Drive, Host, Server, utcnow
+from orchestrator.db.models import Drive, Host, HostLease, Server, utcnow
 from orchestrator.domain.drives import IDLE
 from orchestrator.domain.lifecycle import ACTIVE, REVIVED_BY_RUNNING, Status
 from orchestrator.domain.placement import recount
@@ -23,6 +26,7 @@ from orchestrator.hosts.connection import Event, Listener
 from orchestrator.hosts.pool import Hosts
 from orchestrator.work.clones import CloneWork
 from orchestrator.work.contexts import ContextWork
+from orchestrator.work.leases import Cluster
 from orchestrator.work.servers import ServerWork
 from orchestrator.work.tasks import Tasks
 from orchestrator.work.volumes import VolumeWork
@@ -32,8 +36,10 @@ log = logging.getLogger(__name__)
 
 class HostWatch(Listener):
     def __init__(self, sessions: async_sessionmaker, hosts: Hosts, tasks: Tasks, servers: ServerWork,
-                 volumes: VolumeWork, clones: CloneWork, contexts: ContextWork, *, heartbeat: float = 5.0) -> None:
+                 volumes: VolumeWork, clones: CloneWork, contexts: ContextWork, cluster: Cluster, *,
+                 heartbeat: float = 5.0) -> None:
         self.sessions = sessions
+        self.cluster = cluster
         self.hosts = hosts
         self.tasks = tasks
         self.servers = servers
@@ -41,11 +47,13 @@ class HostWatch(Listener):
         self.clones = clones
         self.contexts = contexts
         self.heartbeat = heartbeat
-        # Latest domain.stats per running server, polled per host.
+        # Latest domain.stats per running server, polled per host by its lease holder.
         self.stats: dict[str, dict[str, Any]] = {}
 
     async def start(self) -> None:
         self.hosts.listener = self
+        self.cluster.acquired.append(self._acquired)
+        self.cluster.vanished.append(self._vanished)
         await self.hosts.sync()
         await self.tasks.spawn(self._watch(), "host watch")
 
@@ -59,21 +67,50 @@ class HostWatch(Listener):
                 log.exception("host watch failed; trying again")
 
     async def poll_stats(self) -> None:
-        """Runtime counters of the running servers, and each host's facts (pool space left)."""
-        fresh: dict[str, dict[str, Any]] = {}
+        """Runtime counters of the running servers, and each host's facts (pool space left), of the
+        hosts this node holds; then every host's counters as their holders stored them."""
         for name in self.hosts.up_hosts():
+            if not self.cluster.holds(name):
+                continue
             with contextlib.suppress(AgentCallError, AgentGone, TimeoutError):
-                fresh.update(await self.hosts.call(name, "domain.stats", timeout=10))
+                stats = await self.hosts.call(name, "domain.stats", timeout=10)
                 facts = await self.hosts.call(name, "host.facts", timeout=10)
                 async with self.sessions.begin() as s:
                     host = await s.get(Host, name)
                     if host is not None and host.facts != facts:
                         host.facts = facts
+                    lease = await s.get(HostLease, name)
+                    if lease is not None and lease.node == self.cluster.node:
+                        lease.stats = stats
+        async with self.sessions() as s:
+            fresh: dict[str, dict[str, Any]] = {}
+            for stats in (await s.scalars(select(HostLease.stats).where(HostLease.expires > utcnow()))).all():
+                fresh.update(stats or {})
         self.stats = fresh
+
+    # --- leases -------------------------------------------------------------------------------------
+
+    async def _acquired(self, host: str) -> None:
+        if self.hosts.is_up(host):
+            await self.tasks.spawn(self._reconcile_logged(host), f"reconcile {host}")
+
+    async def _vanished(self, _nodes: set[str]) -> None:
+        """A node died: what it ran on the hosts this node holds is finished or rolled back."""
+        for host in sorted(self.cluster.held):
+            if self.hosts.is_up(host):
+                await self.tasks.spawn(self._reconcile_logged(host), f"reconcile {host}")
+
+    async def _reconcile_logged(self, host: str) -> None:
+        try:
+            await self.reconcile(host)
+        except (AgentCallError, AgentGone, TimeoutError) as err:
+            log.warning("host %s: reconciliation failed: %s", host, err)
 
     # --- what connections report ------------------------------------------------------------------
 
     async def host_up(self, host: str, facts: dict[str, Any]) -> None:
+        if not self.cluster.holds(host):
+            return
         async with self.sessions.begin() as s:
             row = await s.get(Host, host)
             if row is None:
@@ -84,6 +121,8 @@ class HostWatch(Listener):
         await self.reconcile(host)
 
     async def host_down(self, host: str) -> None:
+        if not self.cluster.holds(host):
+            return
         async with self.sessions.begin() as s:
             row = await s.get(Host, host)
             if row is not None and row.state == "up":
@@ -97,7 +136,7 @@ class HostWatch(Listener):
     async def agent_event(self, host: str, event: Event) -> None:
         params = event.get("params", {})
         state, uuid = params.get("state"), params.get("uuid")
-        if event.get("event") != "domain.lifecycle" or state is None:
+        if event.get("event") != "domain.lifecycle" or state is None or not self.cluster.holds(host):
             return
         if state == "stopped":
             await self.servers.finish_stop(uuid, host)
@@ -117,6 +156,7 @@ class HostWatch(Listener):
         domains = {d["uuid"]: d for d in await self.hosts.call(host, "domain.list")}
         volumes = {v["name"] for v in await self.hosts.call(host, "volume.list")}
         async with self.sessions.begin() as s:
+            elsewhere = await self.cluster.busy_elsewhere(s)  # what live nodes run now: theirs to finish
             await recount(s, host)  # the claim counters, from the servers the database places there
             servers = (await s.scalars(select(Server).where(Server.host == host))).all()
             known = {server.uuid for server in servers}
@@ -128,7 +168,10 @@ class HostWatch(Listener):
                         await record_running(s, server)
                     if domain.get("active_since"):
                         server.active_since = datetime.fromisoformat(domain["active_since"])
-                elif server.status != Status.STARTING or domain is None or server.uuid not in self.servers.booting:
+                elif server.status == Status.STARTING and (server.uuid in self.servers.booting
+                                                           or ("server_start", server.uuid) in elsewhere):
+                    continue  # a boot under way, here or on another live node
+                else:
                     gone.append(server.uuid)
             # A guest of a server the database says is stopped (its boot finished after the API node
             # that asked for it died, and the claim was released): it must not outlive its claim.
@@ -146,6 +189,8 @@ class HostWatch(Listener):
             with contextlib.suppress(AgentCallError, AgentGone):
                 await self.hosts.call(host, "domain.undefine", uuid=uuid)
         for drive in unsettled:
+            if {("drive_create", drive.uuid), ("drive_resize", drive.uuid)} & elsewhere:
+                continue  # a live node creates or resizes it now
             if drive.status == "creating" and drive.volume not in volumes:
                 await self.tasks.spawn(self.volumes.create(drive.uuid))
             elif drive.status == "resizing":
