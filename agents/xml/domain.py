@@ -135,6 +135,9 @@ class Disk(Device, tag="disk"):
     driver_type: Literal["raw", "qcow2"] = Attr("driver/@type", default="qcow2")
     cache: str | None = Attr("driver/@cache", default=None)
     source: str = Attr("source/@file")
+    # The image a qcow2 overlay reads through to, as libvirt reports it in the live XML (libvirt
+    # reads the chain from the overlay's header, so Strato never writes it).
+    backing: str | None = Attr("backingStore/source/@file", default=None)
     target: str = Attr("target/@dev")
     bus: Literal["ide", "virtio", "scsi", "sata"] = Attr("target/@bus")
     readonly: bool = Flag("readonly")
