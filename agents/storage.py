@@ -199,6 +199,7 @@ class Storage:
 
     def resize(self, pool: str | None, name: str, size: int) -> wire.Volume:
         pool_name, vol = self._volume(pool, name)
+        self._cancel(vol.path())  # a flatten would put back the old size (it retries afterwards)
         capacity = vol.info()[1]
         if size < capacity:
             raise AgentError("invalid", f"volume {name!r} is {capacity} bytes; shrinking is refused")
@@ -254,6 +255,7 @@ class Storage:
         try:
             if _image_info(path, shared=True).get("backing-filename"):
                 user = self._running_user(path)
+                log.info("flattening %s by %s", name, "a copy" if user is None else "libvirt's block pull")
                 if user is None:
                     self._flatten_offline(job, path, rate)
                 else:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from agents.client import AgentCallError, AgentGone
 from orchestrator.db.models import Drive
+from orchestrator.domain.cow import forget_base, unused_bases
 from orchestrator.domain.drives import Volume, discard_failed, refresh_mount_status, round_size
 from orchestrator.domain.jobs import Reasons, finish_started
 from orchestrator.hosts.pool import Hosts
@@ -139,6 +140,34 @@ class VolumeWork:
                 await self.hosts.call(host, "volume.delete", pool=pool, name=name)
             except (AgentCallError, AgentGone) as err:
                 log.error("volume %s/%s on %s not deleted: %s", pool, name, host, err)
+        await self.collect_bases()  # a deleted overlay may have been the last user of its base
+
+    async def collect_bases(self) -> None:
+        """Delete the copy-on-write bases no drive or base reads through any more: the volume
+        first, then its row (a host that is down keeps both until its next reconciliation)."""
+        while True:
+            async with self.sessions() as s:
+                unused = await unused_bases(s)
+            deleted = []
+            for base in unused:
+                try:
+                    async with self.lock(base.host):  # a clone reusing a library base holds it too
+                        async with self.sessions() as s:
+                            if base.uuid not in {b.uuid for b in await unused_bases(s)}:
+                                continue
+                        await self.hosts.call(base.host, "volume.delete", pool=base.pool, name=base.volume)
+                except AgentCallError as err:
+                    if err.kind != "notfound":
+                        log.error("base %s on %s not deleted: %s", base.volume, base.host, err)
+                        continue
+                except AgentGone:
+                    continue
+                deleted.append(base.uuid)
+            if not deleted:
+                return
+            async with self.sessions.begin() as s:
+                for uuid in deleted:
+                    await forget_base(s, uuid)
 
     async def path_of(self, drive: Drive) -> dict[str, Any]:
         """The volume's listing entry on its host (path, format, capacity)."""

@@ -352,7 +352,7 @@ async def test_volume_lifecycle(agent_env: AgentEnv) -> None:
     client = agent_env.client
     vol = await client.call("volume.create", name="blank", size=8 << 20)
     assert vol == {"pool": "default", "name": "blank", "path": str(agent_env.pool_dir / "blank"),
-                   "capacity": 8 << 20, "format": "qcow2"}
+                   "capacity": 8 << 20, "format": "qcow2", "backing": None}
     grown = await client.call("volume.resize", name="blank", size=16 << 20)
     assert grown["capacity"] == 16 << 20
     with pytest.raises(AgentCallError) as err:
