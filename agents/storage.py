@@ -233,12 +233,12 @@ class Storage:
         if not os.path.exists(base_path):
             os.link(src_path, base_path)
         base_info = _image_info(base_path)
-        if not keep_source and info.get("full-backing-filename") != base_path:
+        if not keep_source and info.get("backing-filename") != base:
             if not os.path.samefile(src_path, base_path):
                 raise AgentError("invalid", f"base {base!r} exists and is not volume {source!r}")
-            _replace_with_overlay(src_path, base_path, base_info["format"], capacity)
+            _replace_with_overlay(src_path, base, base_info["format"], capacity)
         clone_path = os.path.join(directory, name)
-        _replace_with_overlay(clone_path, base_path, base_info["format"], max(capacity, size or 0))
+        _replace_with_overlay(clone_path, base, base_info["format"], max(capacity, size or 0))
         lv.refresh(0)
         return wire.CowCloned(source=self.describe(pool_name, lv.storageVolLookupByName(source)),
                               clone=self.describe(pool_name, lv.storageVolLookupByName(name)),
@@ -307,6 +307,8 @@ class Storage:
                     raise AgentError("invalid", "cancelled")
                 if job.proc.returncode != 0:
                     raise AgentError("internal", f"qemu-img failed: {err.decode(errors='replace').strip()}")
+                if self._running_user(path) is not None:  # a guest opened it meanwhile: its writes count
+                    raise AgentError("invalid", "cancelled: a guest started on the volume")
                 os.replace(flat, path)
         finally:
             if os.path.exists(flat):
@@ -351,11 +353,15 @@ def _image_info(path: str, shared: bool = False) -> dict[str, Any]:
     return json.loads(out)
 
 
-def _replace_with_overlay(path: str, base_path: str, base_format: str, capacity: int) -> None:
-    """``path`` becomes (atomically) a new qcow2 overlay on ``base_path``."""
+def _replace_with_overlay(path: str, base: str, base_format: str, capacity: int) -> None:
+    """``path`` becomes (atomically) a new qcow2 overlay on the volume ``base`` beside it.
+
+    The backing file is named relative to the overlay (QEMU resolves it in the overlay's
+    directory): a pool shared by hosts that mount it at different paths, or a chain copied
+    into another directory, still finds its bases."""
     partial = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.cow")
     try:
-        _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", base_format, "-b", base_path, partial,
+        _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", base_format, "-b", base, partial,
               str(capacity)])
         os.replace(partial, path)
     finally:

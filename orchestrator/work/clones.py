@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -119,7 +120,7 @@ class CloneWork:
             listing = {v["name"]: v for v in await self.hosts.call(source.host, "volume.list", pool=source.pool)}
             if base not in listing:
                 return
-            reads_base = (listing.get(source.volume or "", {}).get("backing") or "").endswith("/" + base)
+            reads_base = os.path.basename(listing.get(source.volume or "", {}).get("backing") or "") == base
             if reads_base and source.owner_uuid is not None:
                 async with self.sessions.begin() as s:
                     row = await s.get(Drive, source.uuid)
@@ -209,9 +210,22 @@ class CloneWork:
     async def _transfer(self, source: Drive, target: Drive) -> dict[str, Any]:
         """Copy a volume between storage hosts: fetch the image file, import it on the target."""
         assert source.host is not None
-        path = (await self.volumes.path_of(source))["path"]
-        async with self.hosts.fetched(source.host, path, self.scratch) as local:
-            return await self.volumes.import_file(target, local)
+        async with self.volumes.readable(source, self.scratch) as (local, fmt, overlay):
+            if not overlay:
+                return await self.volumes.import_file(target, local)
+            # A copy-on-write clone: its chain, made one standalone image first (imports refuse
+            # backing files).
+            standalone = self.scratch / f"standalone-{target.uuid}.qcow2"
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    "qemu-img", "convert", "-q", "-U", "-f", fmt, "-O", "qcow2", str(local), str(standalone),
+                    stderr=asyncio.subprocess.PIPE)
+                _, err = await proc.communicate()
+                if proc.returncode != 0:
+                    raise OSError(f"qemu-img convert failed: {err.decode(errors='replace').strip()}")
+                return await self.volumes.import_file(target, standalone)
+            finally:
+                standalone.unlink(missing_ok=True)
 
     async def resume(self, host: str) -> None:
         """Drive clones a dead API node left ``started``: copy again once both hosts are up."""

@@ -38,6 +38,7 @@ class FlattenWork:
         self.rate = rate
         self._queued: set[str] = set()  # drives with a flatten task in this process
         self._paused: dict[str, int] = {}  # drives a boot holds, how many boots
+        self._calling: set[str] = set()  # drives whose volume.flatten call is out now
         self._slots: dict[str, asyncio.Lock] = {}  # one flatten at a time per host
 
     async def schedule(self, drive_uuids: Iterable[str]) -> None:
@@ -58,11 +59,17 @@ class FlattenWork:
             self._paused[uuid] = self._paused.get(uuid, 0) + 1
         try:
             async with self.sessions() as s:
-                volumes = [(d.host, d.pool, d.volume) for d in [await s.get(Drive, u) for u in drive_uuids]
-                           if d is not None and d.base_uuid is not None and d.host and d.volume]
-            for host, pool, volume in volumes:
-                with contextlib.suppress(AgentCallError, AgentGone):
-                    await self.hosts.call(host, "volume.flatten_cancel", pool=pool, name=volume)
+                volumes = {d.uuid: (d.host, d.pool, d.volume) for d in [await s.get(Drive, u) for u in drive_uuids]
+                           if d is not None and d.base_uuid is not None and d.host and d.volume}
+            for uuid, (host, pool, volume) in volumes.items():
+                # Until the flatten call returned: a cancel that reached the agent before the
+                # flatten did found nothing to stop, and is sent again.
+                for _attempt in range(600):
+                    with contextlib.suppress(AgentCallError, AgentGone):
+                        await self.hosts.call(host, "volume.flatten_cancel", pool=pool, name=volume)
+                    if uuid not in self._calling:
+                        break
+                    await asyncio.sleep(0.1)
             yield
         finally:
             for uuid in drive_uuids:
@@ -85,8 +92,12 @@ class FlattenWork:
                     async with self._slots.setdefault(drive.host, asyncio.Lock()):
                         if uuid in self._paused:
                             continue
-                        volume = await self.hosts.call(drive.host, "volume.flatten", timeout=24 * 3600,
-                                                       pool=drive.pool, name=drive.volume, rate=self.rate)
+                        self._calling.add(uuid)
+                        try:
+                            volume = await self.hosts.call(drive.host, "volume.flatten", timeout=24 * 3600,
+                                                           pool=drive.pool, name=drive.volume, rate=self.rate)
+                        finally:
+                            self._calling.discard(uuid)
                 except AgentGone as err:  # the host's next reconciliation resumes it
                     log.info("drive %s: flatten interrupted: %s", uuid, err)
                     return

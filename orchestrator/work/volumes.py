@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +172,30 @@ class VolumeWork:
             async with self.sessions.begin() as s:
                 for uuid in deleted:
                     await forget_base(s, uuid)
+
+    @contextlib.asynccontextmanager
+    async def readable(self, drive: Drive, scratch: Path) -> AsyncIterator[tuple[Path, str, bool]]:
+        """A local path of the drive's image, its format and whether it is an overlay, with its
+        copy-on-write bases beside it (they are named relative to it): the pool's own files on
+        the local host, else the chain fetched into a directory of ``scratch`` under the same
+        names (removed afterwards)."""
+        assert drive.host is not None
+        listing = {v["name"]: v for v in await self.hosts.call(drive.host, "volume.list", pool=drive.pool)}
+        chain = [listing.get(drive.volume or "")]
+        while chain[-1] is not None and chain[-1].get("backing"):
+            chain.append(listing.get(os.path.basename(chain[-1]["backing"])))
+        if None in chain:
+            raise AgentCallError("notfound", f"a volume of drive {drive.uuid} is missing on its host", None)
+        directory = scratch / f"chain-{uuid.uuid4().hex}"
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                paths = [await stack.enter_async_context(self.hosts.fetched(drive.host, v["path"], directory,
+                                                                            v["name"])) for v in chain if v]
+                top = chain[0]
+                assert top is not None
+                yield paths[0], top["format"], len(chain) > 1
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
 
     async def path_of(self, drive: Drive) -> dict[str, Any]:
         """The volume's listing entry on its host (path, format, capacity)."""
