@@ -6,6 +6,7 @@ Names and sizes arrive checked by their `agents/wire.py` types (`VolumeName`, `S
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -209,8 +210,12 @@ class Storage:
 
     def delete(self, pool: str | None, name: str) -> wire.Empty:
         _pool_name, vol = self._volume(pool, name)
-        self._cancel(vol.path())  # a flatten of a deleted volume has nothing left to do
+        path = vol.path()
+        self._cancel(path)  # a flatten of a deleted volume has nothing left to do
         vol.delete(0)
+        for partial in (".flat", ".cow"):  # what an agent killed mid-flatten or mid-clone left
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(os.path.dirname(path), f".{name}{partial}"))
         return wire.Empty()
 
     # -- copy-on-write clones (directory pools) ----------------------------------------------
