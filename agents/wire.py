@@ -416,6 +416,9 @@ class PoolFacts(Message, kw_only=True):
     capacity: int
     allocation: int
     available: int
+    # The storage backend: which instant clone the API node uses in it (copy-on-write overlays
+    # in a "dir" pool, `orchestrator/work/clones.py`); another backend names its own.
+    kind: str = "dir"
 
 
 class HostFacts(Message, kw_only=True):
