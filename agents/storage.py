@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import logging
 import os
@@ -300,6 +301,14 @@ class Storage:
         argv = ["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "qcow2"]
         if rate is not None:
             argv += ["-r", str(rate)]
+        # The partial file is locked while it is written: another agent on this libvirtd (a second
+        # API node's) flattening the same volume waits for its turn instead of writing it too.
+        holder = os.open(flat, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(holder)
+            raise AgentError("invalid", "cancelled: another agent is flattening it") from None
         try:
             with self._flatten_lock:
                 if job.cancelled:
@@ -315,9 +324,13 @@ class Storage:
                 if self._running_user(path) is not None:  # a guest opened it meanwhile: its writes count
                     raise AgentError("invalid", "cancelled: a guest started on the volume")
                 os.replace(flat, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                if os.fstat(holder).st_ino == os.stat(flat).st_ino:  # ours, not another agent's
+                    os.unlink(flat)
+            raise
         finally:
-            if os.path.exists(flat):
-                os.unlink(flat)
+            os.close(holder)
 
     def _running_user(self, path: str) -> tuple[libvirt.virDomain, str] | None:
         """The running guest of this agent whose disk is ``path``, and that disk's target."""
