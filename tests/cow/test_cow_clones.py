@@ -151,7 +151,7 @@ def test_a_library_clone_boots_at_once_and_keeps_what_its_deleted_source_had(nod
 
 
 def test_a_clone_deleted_while_it_is_flattened(node: Node) -> None:
-    data = marker_disk("source", 16 * MiB)
+    data = marker_disk("source")
     source = upload(node.api, "flat-source.img", data)
     before = sorted(p.name for p in node.pool.iterdir())
     clone = node.clone(source, "short-lived")["uuid"]
@@ -166,7 +166,7 @@ def test_a_clone_deleted_while_it_is_flattened(node: Node) -> None:
 
 
 def test_a_restart_of_the_node_while_flattening(node: Node) -> None:
-    data = marker_disk("restart", 16 * MiB)
+    data = marker_disk("restart")
     source = upload(node.api, "restart-source.img", data)
     clone = node.clone(source, "survivor")["uuid"]
     wait_for(lambda: node.flattening(clone), 30, "the clone's flatten running", 0.05)
@@ -188,13 +188,16 @@ def test_an_overlay_resizes_and_downloads(node: Node) -> None:
     source = upload(node.api, "grow-source.img", data)
     clone = node.clone(source, "grown")["uuid"]
     assert node.backing(clone) is not None
+    grandchild = node.clone(clone, "clone-of-a-clone")["uuid"]  # a chain of two bases
+    assert node.backing(grandchild) is not None and len(node.bases()) == 2
     r = node.api.post(f"drives/{clone}/action/?do=resize", {"size": 16 * MiB})
     assert r.status_code == 202, r.text
     wait_for(lambda: node.api.ok("GET", f"drives/{clone}/")["status"] == "unmounted", 60, "the resize done")
     assert node.api.ok("GET", f"drives/{clone}/")["size"] == 16 * MiB
     image = node.download(clone)
     assert len(image) == 16 * MiB and image[:len(data)] == data and image[len(data):] == bytes(16 * MiB - len(data))
-    wait_for(lambda: node.flattened(source, clone) and node.bases() == [], 60, "flattened")
+    wait_for(lambda: node.flattened(source, clone, grandchild) and node.bases() == [], 90, "flattened")
     assert node.download(clone) == image
-    for drive in (source, clone):
+    assert node.download(grandchild) == data and node.download(source) == data
+    for drive in (source, clone, grandchild):
         assert node.api.delete(f"drives/{drive}/").status_code == 204
