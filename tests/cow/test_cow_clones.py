@@ -27,7 +27,7 @@ pytestmark = pytest.mark.libvirt
 
 GUEST = ROOT / "build" / "guest" / "strato-guest.img"
 MiB = 2**20
-RATE = 4 * MiB  # bytes/s of flattening: a few seconds for the drives below
+RATE = 6 * MiB  # bytes/s of flattening: a second or more for the drives below
 
 
 @dataclass
