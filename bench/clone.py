@@ -77,6 +77,7 @@ def clone_once(api: Api, source: str, pool: Path, n: int) -> tuple[float, float,
                  and not any(p.name.startswith("base-") for p in pool.iterdir()), 1800, "the flatten", 0.1)
         flat = time.perf_counter() - start
     assert api.delete(f"drives/{uuid}/").status_code == 204
+    wait_for(lambda: not (pool / f"{uuid}.qcow2").exists(), 120, "the clone's volume deleted", 0.1)
     return usable, free, flat
 
 
