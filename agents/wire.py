@@ -203,6 +203,39 @@ class VolumeClone(Message, kw_only=True):
     size: Size | None = None
 
 
+class VolumeCowClone(Message, kw_only=True):
+    """Copy-on-write clone in a directory pool: `source`'s image as it is now becomes the read-only
+    `base` (a new name for the same file), `name` becomes a qcow2 overlay on it, grown to `size`,
+    and, unless `keep_source` (a library drive, which nobody writes), `source` becomes another
+    overlay on it, so nothing written to either side later is seen by the other. An existing
+    `base` is reused (a library drive's base, or a retry after an interruption)."""
+
+    pool: str | None = None
+    source: VolumeName
+    name: VolumeName
+    base: VolumeName
+    size: Size | None = None
+    keep_source: bool = False
+
+
+class VolumeFlatten(Message, kw_only=True):
+    """Copy everything the volume reads from its backing chain into itself, so it needs no base:
+    a running guest's disk by libvirt's block pull, a volume no guest uses by `qemu-img convert`
+    into a new file that replaces it. `rate` caps the bytes per second (None: unlimited). Ends
+    with an `invalid` error ("cancelled") when `volume.flatten_cancel` or `volume.delete` stopped it."""
+
+    pool: str | None = None
+    name: VolumeName
+    rate: Size | None = None
+
+
+class VolumeFlattenCancel(Message, kw_only=True):
+    """volume.flatten_cancel: stop the volume's flatten, if one runs (the volume stays as it was)."""
+
+    pool: str | None = None
+    name: VolumeName
+
+
 class VolumeResize(Message, kw_only=True):
     """Grow only (smaller → invalid)."""
 
@@ -317,6 +350,13 @@ class Volume(Message, kw_only=True):
     capacity: int  # virtual size
     format: str | None
     kind: Literal["file", "rbd"] = "file"
+    backing: str | None = None  # the path of the image it is an overlay on (copy-on-write clones)
+
+
+class CowCloned(Message, kw_only=True):
+    source: Volume
+    clone: Volume
+    base: Volume
 
 
 class Vnc(Message, kw_only=True):
@@ -443,6 +483,9 @@ METHODS: dict[str, Method] = {
     "volume.create": Method(VolumeCreate, Volume),
     "volume.import": Method(VolumeImport, Volume),
     "volume.clone": Method(VolumeClone, Volume),
+    "volume.cow_clone": Method(VolumeCowClone, CowCloned),
+    "volume.flatten": Method(VolumeFlatten, Volume),
+    "volume.flatten_cancel": Method(VolumeFlattenCancel, Empty),
     "volume.resize": Method(VolumeResize, Volume),
     "volume.delete": Method(VolumeDelete, Empty),
     "volume.export": Method(VolumeExport, Empty),

@@ -8,7 +8,7 @@ file or the flags are refused.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import (
@@ -46,6 +46,11 @@ class Config(BaseSettings):
     cpu_overcommit: float = 4.0
     mem_overcommit: float = 1.0
     shutdown_window: float = 60.0        # seconds of ACPI presses before a shutdown gives up
+    # Clones within one pool: "cow" (copy-on-write where the pool type offers it, flattened in the
+    # background at flatten_rate bytes/s, unlimited when unset) or "copy" (the whole volume, the
+    # source busy until it is done).
+    clone_mode: Literal["cow", "copy"] = "cow"
+    flatten_rate: int | None = Field(default=None, gt=0)
     heartbeat: float = 5.0
     # Several API nodes on one PostgreSQL (orchestrator/work/leases.py): a node that has not renewed
     # its lease for this many seconds is dead, and the others take its hosts and jobs over.

@@ -148,6 +148,9 @@ class Disk(Device, tag="disk"):
     auth_username: str | None = Attr("source/auth/@username", default=None)
     secret_type: Literal["ceph"] | None = Attr("source/auth/secret/@type", default=None)
     secret_uuid: str | None = Attr("source/auth/secret/@uuid", default=None)
+    # The image a qcow2 overlay reads through to, as libvirt reports it in the live XML (libvirt
+    # reads the chain from the overlay's header, so Strato never writes it).
+    backing: str | None = Attr("backingStore/source/@file", default=None)
     target: str = Attr("target/@dev")
     bus: Literal["ide", "virtio", "scsi", "sata"] = Attr("target/@bus")
     readonly: bool = Flag("readonly")

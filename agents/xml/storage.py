@@ -20,6 +20,7 @@ class Volume(Element, tag="volume"):
     allocation: int | None = Attr("allocation", default=None)
     path: str | None = Attr("target/path", default=None)
     format: Literal["raw", "qcow2", "iso"] | None = Attr("target/format/@type", default="qcow2")
+    backing: str | None = Attr("backingStore/path", default=None)  # an overlay's base (read only)
 
 
 RBD_NS = "http://libvirt.org/schemas/storagepool/rbd/1.0"

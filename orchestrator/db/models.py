@@ -162,6 +162,21 @@ class Server(Base):
     job_links: Mapped[list[JobLink]] = _job_links("Server")
 
 
+class VolumeBase(Base):
+    """A read-only image that copy-on-write overlays read through to (a drive's image as it was
+    when it was cloned). Its users are the drives and bases whose ``base_uuid`` / ``parent_uuid``
+    name it; one that has none is deleted (``orchestrator/domain/cow.py``)."""
+
+    __tablename__ = "volume_bases"
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    host: Mapped[str] = mapped_column(String(64))
+    pool: Mapped[str | None] = mapped_column(String(256))
+    volume: Mapped[str] = mapped_column(String(256))
+    parent_uuid: Mapped[str | None] = mapped_column(String(36), index=True)  # the base it is an overlay on
+    origin_uuid: Mapped[str | None] = mapped_column(String(36), index=True)  # the library drive it shares
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Drive(Base):
     __tablename__ = "drives"
     uuid: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
@@ -181,6 +196,9 @@ class Drive(Base):
     host: Mapped[str | None] = mapped_column(String(64))     # storage host whose agent holds the volume
     pool: Mapped[str | None] = mapped_column(String(256))    # storage pool holding the volume
     volume: Mapped[str | None] = mapped_column(String(256))  # volume name inside that pool
+    # A copy-on-write clone's volume (and its source's) is a qcow2 overlay on this read-only base
+    # until it is flattened (orchestrator/work/flatten.py); None: a standalone volume.
+    base_uuid: Mapped[str | None] = mapped_column(String(36), index=True)
     created: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     attachments: Mapped[list[ServerDrive]] = relationship(
         order_by=ServerDrive.server_uuid, lazy="raise", viewonly=True

@@ -96,16 +96,16 @@ class Hosts:
                     await sftp.remove(remote)
 
     @asynccontextmanager
-    async def fetched(self, host: str, path: str, scratch: Path) -> AsyncIterator[Path]:
+    async def fetched(self, host: str, path: str, scratch: Path, name: str | None = None) -> AsyncIterator[Path]:
         """A local path to read the file ``path`` of ``host``: itself on the local host, else a
-        copy fetched into the ``scratch`` directory (removed afterwards)."""
+        copy fetched into the ``scratch`` directory (as ``name``, or a name of its own; removed afterwards)."""
         connection = self._connection(host)
         if connection.address.is_local:
             yield Path(path)
             return
         assert connection.ssh is not None
         scratch.mkdir(parents=True, exist_ok=True)
-        local = scratch / f"fetched-{uuid.uuid4().hex}"
+        local = scratch / (name or f"fetched-{uuid.uuid4().hex}")
         try:
             async with connection.ssh.start_sftp_client() as sftp:
                 await sftp.get(path, str(local))

@@ -12,8 +12,9 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from orchestrator.domain.jobs import Reasons
 from orchestrator.domain.placement import Scheduler
 from orchestrator.hosts.pool import Hosts
-from orchestrator.work.clones import CloneWork
+from orchestrator.work.clones import CloneMode, CloneWork
 from orchestrator.work.contexts import BuildDocument, ContextWork
+from orchestrator.work.flatten import FlattenWork
 from orchestrator.work.leases import Cluster
 from orchestrator.work.servers import ServerWork
 from orchestrator.work.tasks import Tasks
@@ -33,14 +34,17 @@ class Work:
 
     @classmethod
     def build(cls, sessions: async_sessionmaker, hosts: Hosts, scheduler: Scheduler, cluster: Cluster, *,
-              context_document: BuildDocument, data_dir: Path, shutdown_window: float, heartbeat: float) -> Work:
+              context_document: BuildDocument, data_dir: Path, shutdown_window: float, heartbeat: float,
+              clone_mode: CloneMode = "cow", flatten_rate: int | None = None) -> Work:
         tasks = Tasks()
         reasons = Reasons.under([data_dir])  # failed jobs may show paths in the data directory, no others
         scratch = data_dir / "transit"  # where images in transit between hosts wait
         volumes = VolumeWork(sessions, hosts, reasons)
         contexts = ContextWork(sessions, hosts, tasks, context_document)
-        servers = ServerWork(sessions, hosts, tasks, scheduler, reasons, contexts, shutdown_window=shutdown_window)
-        clones = CloneWork(sessions, hosts, tasks, volumes, servers, scratch, cluster)
+        flattens = FlattenWork(sessions, hosts, tasks, volumes, flatten_rate)
+        servers = ServerWork(sessions, hosts, tasks, scheduler, reasons, contexts, shutdown_window=shutdown_window,
+                             flattens=flattens)
+        clones = CloneWork(sessions, hosts, tasks, volumes, servers, scratch, cluster, flattens, clone_mode)
         watch = HostWatch(sessions, hosts, tasks, servers, volumes, clones, contexts, cluster, heartbeat=heartbeat)
         return cls(tasks, volumes, servers, clones, contexts, watch, cluster)
 

@@ -1,34 +1,49 @@
 """Drive clones after the request that planned them (``orchestrator/domain/cloning.py``) committed:
-copy the source volume into the destination, then settle both drives and the jobs."""
+make the destination's volume from the source's, then settle both drives and the jobs.
+
+Per pool type, a clone within one pool can be instant (``INSTANT``): in a directory pool, a
+copy-on-write clone (``volume.cow_clone``: both drives become qcow2 overlays on the source's image
+as it was, flattened later by ``orchestrator/work/flatten.py``), done before the clone request
+answers, so the clone is ``unmounted`` at once and its source free to start. Other clones (another
+host, pool or storage type; ``clone_mode = "copy"``; a pool type without an instant clone) copy
+the whole volume in the background, the source ``cloning_src`` and the clone ``cloning_dst`` until
+it is done."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from agents.client import AgentCallError, AgentGone
-from orchestrator.db.models import Drive, Job, ServerDrive
+from orchestrator.db.models import Drive, Host, Job, ServerDrive
 from orchestrator.db.models import Server as ServerRow
+from orchestrator.domain.cow import base_volume, library_base, record_clone
 from orchestrator.domain.jobs import finish, finish_parent, running_clones, still_cloning
 from orchestrator.domain.placement import shares_pool
 from orchestrator.hosts.pool import Hosts
+from orchestrator.work.flatten import FlattenWork
 from orchestrator.work.leases import Cluster
 from orchestrator.work.servers import ServerWork
 from orchestrator.work.tasks import Tasks
 from orchestrator.work.volumes import HOST_FAILURES, VolumeWork
 
 log = logging.getLogger(__name__)
+CloneMode = Literal["cow", "copy"]
+Instant = Callable[[str, Drive, Drive], Awaitable[bool]]  # (job, source, target) → done
 
 
 class CloneWork:
     def __init__(self, sessions: async_sessionmaker, hosts: Hosts, tasks: Tasks, volumes: VolumeWork,
-                 servers: ServerWork, scratch: Path, cluster: Cluster) -> None:
+                 servers: ServerWork, scratch: Path, cluster: Cluster, flattens: FlattenWork,
+                 mode: CloneMode = "cow") -> None:
         self.sessions = sessions
         self.cluster = cluster
         self.hosts = hosts
@@ -36,13 +51,104 @@ class CloneWork:
         self.volumes = volumes
         self.servers = servers
         self.scratch = scratch  # where images in transit between hosts wait
+        self.flattens = flattens
+        self.mode = mode
         # Clone jobs this process runs now; a reconciliation resumes only the others (what an
         # API node that died left behind).
         self.busy: set[str] = set()
+        # The instant clone of each pool type (a pool's "kind" in its host's facts; "dir" when
+        # the agent does not say): another storage backend adds its own here.
+        self.instant: dict[str, Instant] = {"dir": self._dir_cow, "rbd": self._pool_clone}
 
     async def run(self, job_uuid: str) -> None:
+        """An instant clone before this returns, where the pool offers one; else a copy in the background."""
         self.busy.add(job_uuid)
-        await self.tasks.spawn(self._run(job_uuid), f"clone {job_uuid}")
+        await self.tasks.run(self._begin(job_uuid), f"clone {job_uuid}")
+
+    async def _begin(self, job_uuid: str) -> None:
+        try:
+            done = await self._instant(job_uuid)
+        except BaseException:
+            self.busy.discard(job_uuid)
+            raise
+        if done:
+            self.busy.discard(job_uuid)
+        else:
+            await self.tasks.spawn(self._run(job_uuid), f"clone {job_uuid}")
+
+    async def _instant(self, job_uuid: str) -> bool:
+        async with self.sessions() as s:
+            job = await s.get(Job, job_uuid)
+            if self.mode != "cow" or job is None or job.source_uuid is None or job.target_uuid is None:
+                return False
+            source, target = await s.get(Drive, job.source_uuid), await s.get(Drive, job.target_uuid)
+            if source is None or target is None or source.host is None or source.volume is None:
+                return False
+            if (target.host, target.pool) != (source.host, source.pool):
+                return False  # another host or pool: only a copy gets there
+            host = await s.scalar(select(Host).where(Host.name == source.host))
+        pools = (host.facts or {}).get("pools", []) if host is not None else []
+        kind = next((p.get("kind", "dir") for p in pools if p.get("name") == source.pool), "dir")
+        instant = self.instant.get(kind)
+        return instant is not None and await instant(job_uuid, source, target)
+
+    async def _dir_cow(self, job_uuid: str, source: Drive, target: Drive) -> bool:
+        """Copy-on-write in a directory pool; False (and the reason logged) when the host cannot."""
+        assert source.host is not None
+        library = source.owner_uuid is None
+        async with self.volumes.lock(source.host):  # also keeps a library base from being collected
+            async with self.sessions() as s:
+                shared = await library_base(s, source) if library else None
+            base = shared.volume if shared is not None else base_volume(job_uuid)
+            try:
+                made = await self.hosts.call(source.host, "volume.cow_clone", timeout=600, pool=source.pool,
+                                             source=source.volume, name=target.volume, base=base,
+                                             size=target.size, keep_source=library)
+            except AgentCallError as err:
+                log.warning("job %s: no copy-on-write clone (%s); copying the whole volume instead", job_uuid, err)
+                await self._keep_partial(job_uuid, source, base, shared is None)
+                return False
+            except AgentGone as err:
+                await self._settle(job_uuid, target, {}, self.volumes.reasons.of(err))
+                return True
+            await self._settle(job_uuid, target, made["clone"], None, cow=base)
+        await self.flattens.schedule([target.uuid] + ([] if library else [source.uuid]))
+        return True
+
+    async def _pool_clone(self, job_uuid: str, source: Drive, target: Drive) -> bool:
+        """A pool whose own clone is copy-on-write (RBD: snapshot + protected clone): done at once."""
+        assert source.host is not None
+        async with self.volumes.lock(source.host):
+            try:
+                volume = await self.hosts.call(source.host, "volume.clone", pool=source.pool,
+                                               source=source.volume, name=target.volume, size=target.size)
+            except AgentCallError as err:
+                log.warning("job %s: no instant clone (%s); trying again in the background", job_uuid, err)
+                return False
+            except AgentGone as err:
+                await self._settle(job_uuid, target, {}, self.volumes.reasons.of(err))
+                return True
+        await self._settle(job_uuid, target, volume, None)
+        return True
+
+    async def _keep_partial(self, job_uuid: str, source: Drive, base: str, own: bool) -> None:
+        """After a failed copy-on-write clone: a source that reads through the new base already
+        keeps it (recorded, flattened later); an unused new base goes."""
+        if not own or source.host is None:
+            return
+        with contextlib.suppress(*HOST_FAILURES):
+            listing = {v["name"]: v for v in await self.hosts.call(source.host, "volume.list", pool=source.pool)}
+            if base not in listing:
+                return
+            reads_base = os.path.basename(listing.get(source.volume or "", {}).get("backing") or "") == base
+            if reads_base and source.owner_uuid is not None:
+                async with self.sessions.begin() as s:
+                    row = await s.get(Drive, source.uuid)
+                    if row is not None:
+                        await record_clone(s, job_uuid, row, row, base)  # the source is its only user
+                await self.flattens.schedule([source.uuid])
+            else:
+                await self.hosts.call(source.host, "volume.delete", pool=source.pool, name=base)
 
     async def _run(self, job_uuid: str) -> None:
         try:
@@ -70,16 +176,28 @@ class CloneWork:
                                                    source=source.volume, name=target.volume, size=target.size)
             else:  # another storage host or pool (avoid, storage type): the image travels as a file
                 volume = await self._transfer(source, target)
-            ok, error = True, None
+            error = None
         except HOST_FAILURES as err:
             log.error("job %s: clone failed: %s", job_uuid, err)
-            ok, error = False, self.volumes.reasons.of(err)
-        auto_start = None
+            error = self.volumes.reasons.of(err)
+        await self._settle(job_uuid, planned, volume, error)
+
+    async def _settle(self, job_uuid: str, planned: Drive | None, volume: dict[str, Any], error: str | None,
+                      cow: str | None = None) -> None:
+        """End the job and settle both drives: the clone made (``volume``; a copy-on-write clone's
+        base named by ``cow``), or, after ``error``, no clone left; ``planned`` is the target as planned,
+        for a clone whose drive was deleted meanwhile."""
+        ok = error is None
+        auto_start, source_uuid, target_uuid = None, None, planned.uuid if planned is not None else None
         async with self.sessions.begin() as s:
             job = await s.get(Job, job_uuid)
-            target = await s.get(Drive, target_uuid)
+            source_uuid = job.source_uuid if job is not None else None
+            target = await s.get(Drive, target_uuid) if target_uuid is not None else None
             if ok and target is not None:
                 target.pool = volume["pool"]
+                source = await s.get(Drive, source_uuid) if cow is not None and source_uuid else None
+                if source is not None and cow is not None:
+                    await record_clone(s, job_uuid, source, target, cow)
             elif target is not None:  # nothing half-done is left: the failed copy goes away
                 await s.execute(delete(ServerDrive).where(ServerDrive.drive_uuid == target_uuid))
                 await s.delete(target)
@@ -95,11 +213,13 @@ class CloneWork:
                 if parent is not None and parent.state == "success" and parent.target_uuid is not None:
                     server = await s.get(ServerRow, parent.target_uuid)
                     auto_start = server.uuid if server is not None and server.auto_start else None
-        await self.volumes.settle(target_uuid)
-        async with self.sessions() as s:
-            cloning = await still_cloning(s, source_uuid)
-        if not cloning:
-            await self.volumes.settle(source_uuid)
+        if target_uuid is not None:
+            await self.volumes.settle(target_uuid)
+        if source_uuid is not None:
+            async with self.sessions() as s:
+                cloning = await still_cloning(s, source_uuid)
+            if not cloning:
+                await self.volumes.settle(source_uuid)
         if auto_start is not None:
             await self.tasks.spawn(self._auto_start(auto_start), f"auto_start {auto_start}")
 
@@ -109,15 +229,28 @@ class CloneWork:
         await self.servers.start(uuid)
 
     async def _transfer(self, source: Drive, target: Drive) -> dict[str, Any]:
-        """Copy a volume between storage hosts or pools: fetch the image file (or the raw image an
-        RBD volume's host writes out), import it on the target."""
+        """Copy a volume between storage hosts or pools: fetch the image file with its copy-on-write
+        bases (or the raw image an RBD volume's host writes out), import it on the target."""
         assert source.host is not None and source.volume is not None
-        volume = await self.volumes.path_of(source)
-        if volume.get("kind") == "rbd":
+        if (await self.volumes.path_of(source)).get("kind") == "rbd":
             async with self.hosts.exported(source.host, source.pool, source.volume, self.scratch) as local:
                 return await self.volumes.import_file(target, local)
-        async with self.hosts.fetched(source.host, volume["path"], self.scratch) as local:
-            return await self.volumes.import_file(target, local)
+        async with self.volumes.readable(source, self.scratch) as (local, fmt, overlay):
+            if not overlay:
+                return await self.volumes.import_file(target, local)
+            # A copy-on-write clone: its chain, made one standalone image first (imports refuse
+            # backing files).
+            standalone = self.scratch / f"standalone-{target.uuid}.qcow2"
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    "qemu-img", "convert", "-q", "-U", "-f", fmt, "-O", "qcow2", str(local), str(standalone),
+                    stderr=asyncio.subprocess.PIPE)
+                _, err = await proc.communicate()
+                if proc.returncode != 0:
+                    raise OSError(f"qemu-img convert failed: {err.decode(errors='replace').strip()}")
+                return await self.volumes.import_file(target, standalone)
+            finally:
+                standalone.unlink(missing_ok=True)
 
     async def resume(self, host: str) -> None:
         """Drive clones a dead API node left ``started``: copy again once both hosts are up (one node

@@ -19,14 +19,13 @@ from orchestrator.work.volumes import VolumeWork
 
 async def export_raw(hosts: Hosts, volumes: VolumeWork, drive: Drive, target: Path) -> Path:
     assert drive.host is not None
-    volume = await volumes.path_of(drive)
     target.parent.mkdir(parents=True, exist_ok=True)
-    if volume.get("kind") == "rbd":
+    if (await volumes.path_of(drive)).get("kind") == "rbd":
         async with hosts.exported(drive.host, drive.pool, drive.volume, target.parent) as raw:  # type: ignore[arg-type]
             raw.replace(target)
         return target
-    async with hosts.fetched(drive.host, volume["path"], target.parent) as source:
-        argv = ["qemu-img", "convert", "-q", "-U", "-f", volume["format"], "-O", "raw", str(source), str(target)]
+    async with volumes.readable(drive, target.parent) as (source, fmt, _overlay):  # a clone's bases come along
+        argv = ["qemu-img", "convert", "-q", "-U", "-f", fmt, "-O", "raw", str(source), str(target)]
         proc = await asyncio.create_subprocess_exec(*argv, stderr=asyncio.subprocess.PIPE)
         _, err = await proc.communicate()
         if proc.returncode != 0:

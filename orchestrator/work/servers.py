@@ -30,6 +30,7 @@ from orchestrator.domain.transitions import COPY_SOURCE, begin_start, record_run
 from orchestrator.hosts.pool import Hosts
 from orchestrator.hosts.spec import server_spec
 from orchestrator.work.contexts import ContextWork
+from orchestrator.work.flatten import FlattenWork
 from orchestrator.work.tasks import Tasks
 from orchestrator.work.volumes import HOST_FAILURES
 
@@ -38,8 +39,10 @@ log = logging.getLogger(__name__)
 
 class ServerWork:
     def __init__(self, sessions: async_sessionmaker, hosts: Hosts, tasks: Tasks, scheduler: Scheduler,
-                 reasons: Reasons, contexts: ContextWork, *, shutdown_window: float = 60.0) -> None:
+                 reasons: Reasons, contexts: ContextWork, *, shutdown_window: float = 60.0,
+                 flattens: FlattenWork | None = None) -> None:
         self.sessions = sessions
+        self.flattens = flattens  # a boot pauses the flattens of its drives (the guest opens them)
         self.reasons = reasons
         self.hosts = hosts
         self.tasks = tasks
@@ -112,7 +115,8 @@ class ServerWork:
         try:
             networks = await self._connect_nics(host, [n["mac"] for n in server.nics], plan)
             await self.contexts.push_one(uuid)  # there before the guest asks
-            domain = await self.hosts.call(host, "domain.start", server=server_spec(server, drives, networks))
+            async with self._flattens_paused(list(drives)):
+                domain = await self.hosts.call(host, "domain.start", server=server_spec(server, drives, networks))
         except (*HOST_FAILURES, ValueError) as err:  # ValueError: a definition the wire refuses
             log.error("server %s did not start on %s: %s", uuid, host, err)
             await self._failed(uuid, host, self.reasons.of(err))
@@ -128,6 +132,9 @@ class ServerWork:
         if not booted:  # stopped (or deleted) while booting: the guest must not outlive its claim
             with contextlib.suppress(AgentCallError, AgentGone):
                 await self.hosts.call(host, "domain.undefine", uuid=uuid)
+
+    def _flattens_paused(self, drive_uuids: list[str]) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext() if self.flattens is None else self.flattens.paused(drive_uuids)
 
     async def _connect_nics(self, host: str, macs: list[str],
                             plan: list[tuple[dict[str, Any] | None, str | None]]) -> list[str | None]:

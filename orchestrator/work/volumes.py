@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from agents.client import AgentCallError, AgentGone
 from orchestrator.db.models import Drive
+from orchestrator.domain.cow import forget_base, unused_bases
 from orchestrator.domain.drives import Volume, discard_failed, refresh_mount_status, round_size
 from orchestrator.domain.jobs import Reasons, finish_started
 from orchestrator.hosts.pool import Hosts
@@ -148,6 +153,58 @@ class VolumeWork:
                 await self.hosts.call(host, "volume.delete", pool=pool, name=name)
             except (AgentCallError, AgentGone) as err:
                 log.error("volume %s/%s on %s not deleted: %s", pool, name, host, err)
+        await self.collect_bases()  # a deleted overlay may have been the last user of its base
+
+    async def collect_bases(self) -> None:
+        """Delete the copy-on-write bases no drive or base reads through any more: the volume
+        first, then its row (a host that is down keeps both until its next reconciliation)."""
+        while True:
+            async with self.sessions() as s:
+                unused = await unused_bases(s)
+            deleted = []
+            for base in unused:
+                try:
+                    async with self.lock(base.host):  # a clone reusing a library base holds it too
+                        async with self.sessions() as s:
+                            if base.uuid not in {b.uuid for b in await unused_bases(s)}:
+                                continue
+                        await self.hosts.call(base.host, "volume.delete", pool=base.pool, name=base.volume)
+                except AgentCallError as err:
+                    if err.kind != "notfound":
+                        log.error("base %s on %s not deleted: %s", base.volume, base.host, err)
+                        continue
+                except AgentGone:
+                    continue
+                deleted.append(base.uuid)
+            if not deleted:
+                return
+            async with self.sessions.begin() as s:
+                for uuid in deleted:
+                    await forget_base(s, uuid)
+
+    @contextlib.asynccontextmanager
+    async def readable(self, drive: Drive, scratch: Path) -> AsyncIterator[tuple[Path, str, bool]]:
+        """A local path of the drive's image, its format and whether it is an overlay, with its
+        copy-on-write bases beside it (they are named relative to it): the pool's own files on
+        the local host, else the chain fetched into a directory of ``scratch`` under the same
+        names (removed afterwards)."""
+        assert drive.host is not None
+        listing = {v["name"]: v for v in await self.hosts.call(drive.host, "volume.list", pool=drive.pool)}
+        chain = [listing.get(drive.volume or "")]
+        while chain[-1] is not None and chain[-1].get("backing"):
+            chain.append(listing.get(os.path.basename(chain[-1]["backing"])))
+        if None in chain:
+            raise AgentCallError("notfound", f"a volume of drive {drive.uuid} is missing on its host", None)
+        directory = scratch / f"chain-{uuid.uuid4().hex}"
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                paths = [await stack.enter_async_context(self.hosts.fetched(drive.host, v["path"], directory,
+                                                                            v["name"])) for v in chain if v]
+                top = chain[0]
+                assert top is not None
+                yield paths[0], top["format"], len(chain) > 1
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
 
     async def path_of(self, drive: Drive) -> dict[str, Any]:
         """The volume's listing entry on its host (path, format, capacity)."""

@@ -198,4 +198,6 @@ class HostWatch(Listener):
             else:
                 await self.volumes.settle(drive.uuid)
         await self.clones.resume(host)
+        await self.clones.flattens.resume(host)  # overlays left unflattened (an API node restarted)
+        await self.volumes.collect_bases()  # bases whose deletion waited for this host
         await self.contexts.push(host=host)  # a restarted agent knows no documents

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -352,7 +353,7 @@ async def test_volume_lifecycle(agent_env: AgentEnv) -> None:
     client = agent_env.client
     vol = await client.call("volume.create", name="blank", size=8 << 20)
     assert vol == {"pool": "default", "name": "blank", "path": str(agent_env.pool_dir / "blank"),
-                   "capacity": 8 << 20, "format": "qcow2", "kind": "file"}
+                   "capacity": 8 << 20, "format": "qcow2", "kind": "file", "backing": None}
     grown = await client.call("volume.resize", name="blank", size=16 << 20)
     assert grown["capacity"] == 16 << 20
     with pytest.raises(AgentCallError) as err:
@@ -373,6 +374,35 @@ async def test_volume_lifecycle(agent_env: AgentEnv) -> None:
     with pytest.raises(AgentCallError) as err:
         await client.call("volume.delete", name="blank")
     assert err.value.kind == "notfound"
+
+
+def _qemu_io(path: Path, command: str) -> str:
+    return subprocess.run(["qemu-io", "-f", "qcow2", "-c", command, str(path)], capture_output=True, text=True,
+                          check=True).stdout
+
+
+async def test_copy_on_write_clone_and_flatten(agent_env: AgentEnv) -> None:
+    """The source's image becomes the base of two overlays; a retry is idempotent; flatten
+    makes a standalone volume with the same bytes; a base of another volume is refused."""
+    client, pool = agent_env.client, agent_env.pool_dir
+    await client.call("volume.create", name="cow-src", size=8 << 20)
+    _qemu_io(pool / "cow-src", "write -P 0x5a 0 1M")
+    made = await client.call("volume.cow_clone", source="cow-src", name="cow-a", base="base-t1", size=16 << 20)
+    assert made["base"]["backing"] is None and made["clone"]["capacity"] == 16 << 20
+    assert made["source"]["backing"] == made["clone"]["backing"] == str(pool / "base-t1")
+    _qemu_io(pool / "cow-src", "write -P 0x11 0 64k")  # the source's write stays its own
+    assert "Pattern verification failed" not in _qemu_io(pool / "cow-a", "read -P 0x5a 0 1M")
+    await client.call("volume.delete", name="cow-a")
+    again = await client.call("volume.cow_clone", source="cow-src", name="cow-a", base="base-t1")
+    assert again["source"]["backing"] == str(pool / "base-t1")  # not an overlay on an overlay
+    with pytest.raises(AgentCallError) as err:
+        await client.call("volume.cow_clone", source="cow-src", name="cow-b", base="cow-a")  # not its image
+    assert err.value.kind == "invalid"
+    flat = await client.call("volume.flatten", name="cow-a")
+    assert flat["backing"] is None and flat["capacity"] == 8 << 20
+    assert "Pattern verification failed" not in _qemu_io(pool / "cow-a", "read -P 0x5a 0 1M")
+    for name in ("cow-a", "cow-src", "base-t1"):
+        await client.call("volume.delete", name=name)
 
 
 async def test_import_detects_format_by_content(agent_env: AgentEnv, boot_volume: str) -> None:

@@ -81,6 +81,7 @@ def test_every_element_class_is_exercised() -> None:
         ("Topology", "dies"), ("Topology", "threads"), ("NumaCell", "unit"), ("PciAddress", "domain"),
         ("PciAddress", "function"), ("DriveAddress", "target"), ("Clock", "offset"), ("MemBalloon", "model"),
         ("Domain", "memory_unit"), ("Domain", "on_poweroff"), ("Domain", "on_reboot"), ("Domain", "on_crash"),
+        ("Disk", "backing"),  # read from libvirt's live XML only: test_a_live_overlay_names_its_backing_file
     }
     instantiated: set[str] = set()
     used: set[tuple[str, str]] = set()
@@ -173,3 +174,15 @@ def test_rbd_pool_and_secret_xml() -> None:
     node = ET.fromstring(secret.to_xml())
     assert (node.get("private"), node.find("usage").get("type"), node.findtext("usage/name")) == ("yes", "ceph",
                                                                                                  "p-ceph")
+def test_a_live_overlay_names_its_backing_file() -> None:
+    """libvirt reports a qcow2 overlay's chain as <backingStore> (a copy-on-write clone)."""
+    live = Domain.from_xml("""<domain type='qemu'><name>x</name><uuid>6f6c1b5e-0b8a-4a57-9b1c-2a7d3f0e9c11</uuid>
+      <memory>1</memory><vcpu>1</vcpu><os/><devices>
+      <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/p/clone.qcow2'/>
+        <backingStore type='file'><format type='qcow2'/><source file='/p/base-1.qcow2'/><backingStore/></backingStore>
+        <target dev='vda' bus='virtio'/></disk>
+      <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/p/flat.qcow2'/>
+        <backingStore/><target dev='vdb' bus='virtio'/></disk></devices></domain>""")
+    assert [(d.source, d.backing) for d in live.disks()] == [("/p/clone.qcow2", "/p/base-1.qcow2"),
+                                                             ("/p/flat.qcow2", None)]
+    assert "backingStore" not in render_full().to_xml()  # Strato never writes it: libvirt reads the chain
