@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from orchestrator.api import (
@@ -28,6 +32,7 @@ from orchestrator.api import (
 from orchestrator.api.context import context_document
 from orchestrator.config import Config
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
+from orchestrator.db.models import User
 from orchestrator.domain import quotas
 from orchestrator.domain.capabilities import Capabilities
 from orchestrator.domain.placement import Scheduler
@@ -60,6 +65,7 @@ from orchestrator.web.middlewares import negotiation_middleware, request_id_midd
 from orchestrator.work.background import Work
 
 log = logging.getLogger(__name__)
+DISABLED_SWEEP = 1.0  # seconds between looks for users disabled from the command line
 
 
 async def database(app: web.Application) -> AsyncIterator[None]:
@@ -109,6 +115,34 @@ async def hosts(app: web.Application) -> AsyncIterator[None]:
     await hosts.stop()
 
 
+async def disabled_users(app: web.Application) -> AsyncIterator[None]:
+    """``strato users disable`` runs in another process: every request reads the flag itself
+    (``Authenticator.enabled``), and this sweep ends within a second what is already open (the
+    user's login sessions, async_auth cookies, change feed sockets, console tunnels and links)."""
+
+    async def sweep() -> None:
+        seen: set[str] = set()  # acted on already
+        while True:
+            await asyncio.sleep(DISABLED_SWEEP)
+            try:
+                async with app[SESSIONS]() as s:
+                    disabled = set((await s.scalars(select(User.uuid).where(User.disabled.is_(True)))).all())
+            except SQLAlchemyError as err:  # the store is away for a moment: next round
+                log.warning("disabled users sweep: %s", err)
+                continue
+            if fresh := disabled - seen:
+                app[COOKIES].forget_users(fresh)
+                app[FEED].hang_up(fresh)
+                await app[CONSOLES].close_owners(fresh)
+            seen = disabled
+
+    task = asyncio.create_task(sweep())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app(config: Config) -> web.Application:
     # Order matters: request ids wrap everything, errors are rendered before them, and content
     # negotiation and OPTIONS come before authentication.
@@ -124,6 +158,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(leftover_uploads)
     app.cleanup_ctx.append(hosts)
+    app.cleanup_ctx.append(disabled_users)
     for module in (accounts, availability, servers, server_actions, uploads, drives, libdrives, networks, tags, jobs,
                    keypairs, profile, global_context, locations, capabilities, console):
         app.add_routes(module.routes)

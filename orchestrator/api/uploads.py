@@ -37,7 +37,7 @@ from orchestrator.domain.jobs import finish_started, started
 from orchestrator.domain.tagging import set_resource_tags
 from orchestrator.domain.uploads import Upload, chunk_span
 from orchestrator.web.auth import public
-from orchestrator.web.keys import CAPABILITIES, CONFIG, HOSTS, SCHEDULER, SESSIONS, UPLOADS, WORK
+from orchestrator.web.keys import AUTH, CAPABILITIES, CONFIG, HOSTS, SCHEDULER, SESSIONS, UPLOADS, WORK
 from orchestrator.work.exports import export_raw
 
 routes = web.RouteTableDef()
@@ -129,7 +129,8 @@ async def chunk_by_link(request: web.Request) -> web.Response:
     link = request.app[UPLOADS].redeem(request.match_info["token"])
     async with session(request) as s:
         drive = await s.get(Drive, link.drive)
-    if drive is None or drive.status != "uploading":  # deleted since the link was made
+    if (drive is None or drive.status != "uploading"  # deleted since the link was made, or its owner disabled
+            or drive.owner_uuid is None or not await request.app[AUTH].enabled(drive.owner_uuid)):
         request.app[UPLOADS].forget(link.drive)
         raise DomainError(Kind.NOT_FOUND, "This upload link is unknown, used or expired")
     await _store(request, link.drive, link.offset, link.length, request.content.iter_chunked(1 << 20))

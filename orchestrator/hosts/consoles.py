@@ -102,6 +102,15 @@ class Consoles:
                 if grant.port == tunnel.port:
                     del self.tokens[token]
 
+    async def close_owners(self, owners: set[str]) -> None:
+        """End these users' tunnels, connections and browser links (they were disabled)."""
+        for (server_uuid, kind), tunnel in list(self.tunnels.items()):
+            if tunnel.owner in owners:
+                await self.close(server_uuid, kind)
+        for digest, grant in list(self.tokens.items()):
+            if grant.owner in owners:
+                self.tokens.pop(digest, None)
+
     async def _target(self, kind: str, server_uuid: str, host: str) -> Callable[[], Awaitable[Streams]]:
         """How to reach the guest's VNC display or serial socket on its host."""
         domains = {d["uuid"]: d for d in await self.hosts.call(host, "domain.list")}

@@ -18,7 +18,7 @@ from aiohttp import WSMsgType, web
 from orchestrator.config import Config
 from orchestrator.hosts.pool import CHUNK
 from orchestrator.web.auth import check_origin, public
-from orchestrator.web.keys import CONFIG, CONSOLES
+from orchestrator.web.keys import AUTH, CONFIG, CONSOLES
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -29,7 +29,7 @@ routes = web.RouteTableDef()
 async def websockify(request: web.Request) -> web.StreamResponse:
     check_origin(request)
     tunnel = request.app[CONSOLES].redeem(request.query.get("token", ""))
-    if tunnel is None:
+    if tunnel is None or not await request.app[AUTH].enabled(tunnel.owner):
         raise web.HTTPForbidden(reason="Invalid or expired console token")
     try:  # straight to the guest's display (through its host's SSH for remote hosts)
         reader, writer = await tunnel.upstream()

@@ -59,3 +59,12 @@ class CookieStore:
 
     def async_user(self, token: str | None) -> str | None:
         return self.async_tokens.get(token or "")
+
+    def forget_users(self, users: set[str]) -> None:
+        """Log these users out everywhere (they were disabled)."""
+        for sid, login in list(self.sessions.items()):
+            if login.user in users:
+                self.sessions.pop(sid, None)
+        for token, user in list(self.async_tokens.items()):
+            if user in users:
+                self.async_tokens.pop(token, None)
