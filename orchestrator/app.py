@@ -53,6 +53,7 @@ from orchestrator.web.keys import (
     CONSOLES,
     COOKIES,
     ENGINE,
+    EXPORTS,
     FEED,
     HOSTS,
     SCHEDULER,
@@ -63,6 +64,7 @@ from orchestrator.web.keys import (
 )
 from orchestrator.web.middlewares import negotiation_middleware, request_id_middleware
 from orchestrator.work.background import Work
+from orchestrator.work.exports import Exports
 
 log = logging.getLogger(__name__)
 DISABLED_SWEEP = 1.0  # seconds between looks for users disabled from the command line
@@ -107,6 +109,8 @@ async def hosts(app: web.Application) -> AsyncIterator[None]:
                         idle_timeout=config.tunnel_idle, token_ttl=config.console_token_ttl)
     work.servers.stop_listeners.append(consoles.close)  # a stopped server's tunnels close
     app[HOSTS], app[WORK], app[CONSOLES] = hosts, work, consoles
+    app[EXPORTS] = Exports(hosts, work.volumes, config.data_dir / "transit", config.max_downloads)
+    app[EXPORTS].sweep()
     await work.start()
     consoles.start()
     yield

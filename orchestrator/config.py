@@ -27,6 +27,7 @@ class Config(BaseSettings):
     db: str | None = None          # SQLAlchemy URL; default: SQLite file in data_dir
     max_body: int = 1024 * 1024    # bytes; uploads have their own path
     max_upload: int = 64 * 1024**3  # bytes: the largest image an upload may create (spec §24)
+    max_downloads: int = 2          # drive downloads one user may run at once (429 beyond)
     # HTTPS (spec §2): served on tls_listen with tls_cert/tls_key, or a self-signed pair made on first run
     # in <data_dir>/tls/.  `listen` stays plain HTTP (keep it on loopback).
     tls_listen: str | None = None
