@@ -33,7 +33,7 @@ from orchestrator.api.context import context_document
 from orchestrator.config import Config
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
 from orchestrator.db.models import User
-from orchestrator.domain import quotas
+from orchestrator.domain import pool_room, quotas
 from orchestrator.domain.capabilities import Capabilities
 from orchestrator.domain.placement import Scheduler
 from orchestrator.domain.uploads import Uploads
@@ -79,6 +79,7 @@ async def database(app: web.Application) -> AsyncIterator[None]:
     app[FEED] = Feed()
     app[FEED].watch(session_class)
     quotas.watch(session_class)  # every commit that grows a user's servers or drives is checked
+    pool_room.watch(session_class, app[CONFIG].storage_overcommit)  # and the pools the drives are in
     app[SESSION_CLASS], app[SESSIONS] = session_class, make_sessionmaker(engine, session_class)
     app[AUTH] = Authenticator(app[SESSIONS])
     yield

@@ -43,6 +43,9 @@ class Config(BaseSettings):
     storage_pools: dict[str, str] = Field(default_factory=dict)  # storage_type → pool name (spec §21)
     cpu_overcommit: float = 4.0
     mem_overcommit: float = 1.0
+    # The virtual sizes of a storage pool's drives add up to at most its capacity times this
+    # (1.0: thin drives can all be filled; above 1, the operator watches the pools fill up).
+    storage_overcommit: float = Field(default=1.0, gt=0)
     shutdown_window: float = 60.0        # seconds of ACPI presses before a shutdown gives up
     heartbeat: float = 5.0
     # Consoles (VNC and serial tunnels)
