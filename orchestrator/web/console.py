@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mimetypes
 import time
 
 from aiohttp import WSMsgType, web
@@ -76,6 +77,12 @@ async def novnc(request: web.Request) -> web.StreamResponse:
         found = False
     if not found:
         raise web.HTTPNotFound()
+    if "Range" in request.headers:
+        # A server may ignore Range (RFC 9110 §14.2), and these files are small: FileResponse would
+        # answer a malformed or unsatisfiable one with a bare 416 after the error middleware ran
+        # (found by tests/fuzz).
+        content_type = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        return web.Response(body=file.read_bytes(), content_type=content_type)
     return web.FileResponse(file)
 
 
