@@ -70,8 +70,9 @@ SETTLED = {"mounted", "unmounted"}
 
 
 def _routes() -> list[tuple[str, str]]:
-    app = create_app(Config(data_dir=tempfile.mkdtemp(prefix="strato-fuzz-routes-")))
-    found = {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD"}
+    with tempfile.TemporaryDirectory(prefix="strato-fuzz-routes-") as scratch:  # the router only: nothing runs
+        app = create_app(Config(data_dir=scratch))
+        found = {(r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD"}
     return sorted(found, key=lambda mp: (mp[1], mp[0]))
 
 
