@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from orchestrator.api import (
@@ -28,8 +32,9 @@ from orchestrator.api import (
 from orchestrator.api.context import context_document
 from orchestrator.config import Config
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
+from orchestrator.db.models import User
 from orchestrator.db.notify import Bus
-from orchestrator.domain import quotas
+from orchestrator.domain import pool_room, quotas
 from orchestrator.domain.capabilities import Capabilities
 from orchestrator.domain.placement import Scheduler
 from orchestrator.domain.uploads import Uploads
@@ -49,6 +54,7 @@ from orchestrator.web.keys import (
     CONSOLES,
     COOKIES,
     ENGINE,
+    EXPORTS,
     FEED,
     HOSTS,
     NODE,
@@ -60,9 +66,11 @@ from orchestrator.web.keys import (
 )
 from orchestrator.web.middlewares import negotiation_middleware, request_id_middleware
 from orchestrator.work.background import Work
+from orchestrator.work.exports import Exports
 from orchestrator.work.leases import Cluster, new_node_id, tag_jobs
 
 log = logging.getLogger(__name__)
+DISABLED_SWEEP = 1.0  # seconds between looks for users disabled from the command line
 
 
 async def database(app: web.Application) -> AsyncIterator[None]:
@@ -77,6 +85,7 @@ async def database(app: web.Application) -> AsyncIterator[None]:
     app[FEED].watch(session_class)
     quotas.watch(session_class)  # every commit that grows a user's servers or drives is checked
     tag_jobs(session_class, app[NODE])  # the jobs this node starts are leased to it
+    pool_room.watch(session_class, app[CONFIG].storage_overcommit)  # and the pools the drives are in
     app[SESSION_CLASS], app[SESSIONS] = session_class, make_sessionmaker(engine, session_class)
     app[AUTH] = Authenticator(app[SESSIONS])
     app[COOKIES] = CookieStore(app[SESSIONS])
@@ -122,6 +131,8 @@ async def hosts(app: web.Application) -> AsyncIterator[None]:
                         idle_timeout=config.tunnel_idle, token_ttl=config.console_token_ttl)
     work.servers.stop_listeners.append(consoles.close)  # a stopped server's tunnels close
     app[HOSTS], app[WORK], app[CONSOLES] = hosts, work, consoles
+    app[EXPORTS] = Exports(hosts, work.volumes, config.data_dir / "transit", config.max_downloads)
+    app[EXPORTS].sweep()
     await work.start()
 
     async def vanished(_nodes: set[str]) -> None:
@@ -134,6 +145,34 @@ async def hosts(app: web.Application) -> AsyncIterator[None]:
     await consoles.stop()
     await work.stop()
     await hosts.stop()
+
+
+async def disabled_users(app: web.Application) -> AsyncIterator[None]:
+    """``strato users disable`` runs in another process: every request reads the flag itself
+    (``Authenticator.enabled``), and this sweep ends within a second what is already open (the
+    user's login sessions, async_auth cookies, change feed sockets, console tunnels and links)."""
+
+    async def sweep() -> None:
+        seen: set[str] = set()  # acted on already
+        while True:
+            await asyncio.sleep(DISABLED_SWEEP)
+            try:
+                async with app[SESSIONS]() as s:
+                    disabled = set((await s.scalars(select(User.uuid).where(User.disabled.is_(True)))).all())
+            except SQLAlchemyError as err:  # the store is away for a moment: next round
+                log.warning("disabled users sweep: %s", err)
+                continue
+            if fresh := disabled - seen:
+                await app[COOKIES].forget_users(fresh)
+                app[FEED].hang_up(fresh)
+                await app[CONSOLES].close_owners(fresh)
+            seen = disabled
+
+    task = asyncio.create_task(sweep())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def create_app(config: Config) -> web.Application:
@@ -149,6 +188,7 @@ def create_app(config: Config) -> web.Application:
     app[CAPABILITIES] = Capabilities.from_config(config.capabilities)
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(hosts)
+    app.cleanup_ctx.append(disabled_users)
     for module in (accounts, availability, servers, server_actions, uploads, drives, libdrives, networks, tags, jobs,
                    keypairs, profile, global_context, locations, capabilities, console):
         app.add_routes(module.routes)

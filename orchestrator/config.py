@@ -27,6 +27,7 @@ class Config(BaseSettings):
     db: str | None = None          # SQLAlchemy URL; default: SQLite file in data_dir
     max_body: int = 1024 * 1024    # bytes; uploads have their own path
     max_upload: int = 64 * 1024**3  # bytes: the largest image an upload may create (spec §24)
+    max_downloads: int = 2          # drive downloads one user may run at once (429 beyond)
     # HTTPS (spec §2): served on tls_listen with tls_cert/tls_key, or a self-signed pair made on first run
     # in <data_dir>/tls/.  `listen` stays plain HTTP (keep it on loopback).
     tls_listen: str | None = None
@@ -45,6 +46,9 @@ class Config(BaseSettings):
     rbd_pools: list[dict[str, Any]] = Field(default_factory=list)
     cpu_overcommit: float = 4.0
     mem_overcommit: float = 1.0
+    # The virtual sizes of a storage pool's drives add up to at most its capacity times this
+    # (1.0: thin drives can all be filled; above 1, the operator watches the pools fill up).
+    storage_overcommit: float = Field(default=1.0, gt=0)
     shutdown_window: float = 60.0        # seconds of ACPI presses before a shutdown gives up
     # Clones within one pool: "cow" (copy-on-write where the pool type offers it, flattened in the
     # background at flatten_rate bytes/s, unlimited when unset) or "copy" (the whole volume, the

@@ -13,6 +13,7 @@ from orchestrator.api.resource import action_route, caller, read_json, respond
 from orchestrator.domain.errors import invalid
 from orchestrator.web.auth import auth_policy, check_origin
 from orchestrator.web.cookies import ASYNC_AGE, CSRF_AGE, SESSION_AGE, WEBSOCKET_PATHS
+from orchestrator.web.feed import HANG_UP
 from orchestrator.web.keys import AUTH, COOKIES, FEED
 
 routes = web.RouteTableDef()
@@ -73,7 +74,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             if getter not in done:
                 getter.cancel()
                 break
-            await ws.send_json(getter.result())
+            if (frame := getter.result()) is HANG_UP:
+                break
+            await ws.send_json(frame)
     finally:
         feed.unsubscribe(user, queue)
         reader.cancel()

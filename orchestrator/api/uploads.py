@@ -30,15 +30,15 @@ from orchestrator.api.resource import (
     respond,
     session,
 )
-from orchestrator.db.models import Drive, new_uuid, utcnow
+from orchestrator.db.models import Drive, utcnow
 from orchestrator.domain.drives import IDLE, active_server, check_size, new_drive, round_size
 from orchestrator.domain.errors import DomainError, Kind, forbidden, invalid, notexist
 from orchestrator.domain.jobs import finish_started, started
 from orchestrator.domain.tagging import set_resource_tags
 from orchestrator.domain.uploads import Upload, chunk_span
 from orchestrator.web.auth import public
-from orchestrator.web.keys import CAPABILITIES, CONFIG, HOSTS, SCHEDULER, SESSIONS, UPLOADS, WORK
-from orchestrator.work.exports import export_raw
+from orchestrator.web.errors import HttpError
+from orchestrator.web.keys import AUTH, CAPABILITIES, CONFIG, EXPORTS, SCHEDULER, SESSIONS, UPLOADS, WORK
 
 routes = web.RouteTableDef()
 
@@ -129,7 +129,8 @@ async def chunk_by_link(request: web.Request) -> web.Response:
     link = await request.app[UPLOADS].redeem(request.match_info["token"])
     async with session(request) as s:
         drive = await s.get(Drive, link.drive)
-    if drive is None or drive.status != "uploading":  # deleted since the link was made
+    if (drive is None or drive.status != "uploading"  # deleted since the link was made, or its owner disabled
+            or drive.owner_uuid is None or not await request.app[AUTH].enabled(drive.owner_uuid)):
         await request.app[UPLOADS].forget(link.drive)
         raise DomainError(Kind.NOT_FOUND, "This upload link is unknown, used or expired")
     await _store(request, link.drive, link.offset, link.length, request.content.iter_chunked(1 << 20))
@@ -239,6 +240,9 @@ async def _store(request: web.Request, drive: str, offset: int, length: int, bod
 # --- download (spec §24.4) ----------------------------------------------------------------------------
 
 
+DOWNLOAD_RETRY = 5  # seconds a client over its download cap is told to wait
+
+
 @routes.get(path("drives/{uuid}/download"))
 async def download(request: web.Request) -> web.StreamResponse:
     async with session(request) as s:
@@ -248,14 +252,14 @@ async def download(request: web.Request) -> web.StreamResponse:
         busy = await active_server(s, drive.uuid)
         if busy is not None:
             raise forbidden(f"Drive {drive.uuid} is attached to server {busy}, which is not stopped")
-    target = Path(request.app[CONFIG].data_dir, "transit", f"download-{drive.uuid}-{new_uuid()}.raw")
-    try:
-        await export_raw(request.app[HOSTS], request.app[WORK].volumes, drive, target)
+    exports, user = request.app[EXPORTS], caller(request)
+    if exports.full(user):
+        raise HttpError(Kind.THROTTLED, f"At most {exports.per_user} downloads at once; retry when one has ended",
+                        {"Retry-After": str(DOWNLOAD_RETRY)})
+    async with exports.reading(drive, user) as image:
         # Not aiohttp's FileResponse: it prepares again after the handler returns, and by then this
-        # scratch file is gone.
-        return await _send_range(request, target, drive.uuid)
-    finally:
-        target.unlink(missing_ok=True)
+        # scratch file may be gone.
+        return await _send_range(request, image, drive.uuid)
 
 
 async def _send_range(request: web.Request, file: Path, name: str) -> web.StreamResponse:

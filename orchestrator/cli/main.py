@@ -19,6 +19,7 @@ from orchestrator.cli.admin import load_config, run_admin, with_session
 from orchestrator.cli.doctor import diagnose
 from orchestrator.cli.library import Entry, import_image
 from orchestrator.cli.networks import add_commands as add_network_commands
+from orchestrator.cli.users import delete_user, set_disabled
 from orchestrator.config import Config
 from orchestrator.db.models import ApiToken, User
 from orchestrator.hosts.registry import (
@@ -89,6 +90,24 @@ def users_create(args: argparse.Namespace) -> int:
     except IntegrityError:
         print(f"strato: user {args.email} exists already", file=sys.stderr)
         return 1
+    return 0
+
+
+def users_disable(args: argparse.Namespace) -> int:
+    return run_admin(args, lambda session: set_disabled(session, args.email, True))
+
+
+def users_enable(args: argparse.Namespace) -> int:
+    return run_admin(args, lambda session: set_disabled(session, args.email, False))
+
+
+def users_delete(args: argparse.Namespace) -> int:
+    try:
+        result = asyncio.run(delete_user(load_config(args), args.email, args.purge))
+    except ValueError as e:
+        print(f"strato: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2))
     return 0
 
 
@@ -228,6 +247,16 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("email")
     u.add_argument("--password", help="default: $STRATO_PASSWORD or a prompt")
     u.set_defaults(func=users_create)
+    for name, func, text in (("disable", users_disable, "refuse the user's logins, sessions, tokens and consoles"),
+                             ("enable", users_enable, "undo disable")):
+        u = users.add_parser(name, parents=[common], help=text)
+        u.add_argument("email")
+        u.set_defaults(func=func)
+    u = users.add_parser("delete", parents=[common], help="delete a user who owns nothing (or everything, --purge)")
+    u.add_argument("email")
+    u.add_argument("--purge", action="store_true", help="first stop and delete the user's servers, drives (their "
+                   "volumes on the hosts), IPs, tags and keys; VLANs return to the operator")
+    u.set_defaults(func=users_delete)
     tokens = sub.add_parser("tokens").add_subparsers(dest="action", required=True)
     t = tokens.add_parser("create", parents=[common], help="create a Bearer API token for a user")
     t.add_argument("email")

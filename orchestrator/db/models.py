@@ -11,7 +11,7 @@ import uuid as uuidlib
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text, TypeDecorator, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 
@@ -51,6 +51,8 @@ class User(Base):
     # Upstream profile keys without behaviour here (first_name, language, …): accepted and echoed (spec §36).
     profile: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set by ``strato users disable``: every credential of the user is refused (its servers stay as they are).
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Quota(Base):

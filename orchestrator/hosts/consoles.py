@@ -99,6 +99,15 @@ class Consoles:
                     await tokens.revoke_hashes(s, [t.token_hash for t in await tokens.live(s, "console", tunnel.owner)
                                                    if t.data.get("server") == server_uuid])
 
+    async def close_owners(self, owners: set[str]) -> None:
+        """End these users' tunnels, connections and browser links (they were disabled)."""
+        for (server_uuid, kind), tunnel in list(self.tunnels.items()):
+            if tunnel.owner in owners:
+                await self.close(server_uuid, kind)
+        async with self.sessions.begin() as s:  # and their browser links, on every node
+            for owner in owners:
+                await tokens.revoke(s, "console", owner)
+
     async def _target(self, kind: str, server_uuid: str, host: str) -> Callable[[], Awaitable[Streams]]:
         """How to reach the guest's VNC display or serial socket on its host."""
         domains = {d["uuid"]: d for d in await self.hosts.call(host, "domain.list")}

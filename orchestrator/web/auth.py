@@ -149,7 +149,10 @@ class Authenticator:
         cache_key = hmac.new(self._key, f"{email}\x00{password}".encode("utf-8", "replace"), "sha256").hexdigest()
         cached = self._cache.get(cache_key)
         if cached is not None:
-            return cached
+            if await self.enabled(cached):
+                return cached
+            # Disabled since: the full check below refuses it, with the work of a wrong password.
+            self._cache.pop(cache_key, None)
         user_key, address_key = email.casefold()[:320], remote or "?"
         wait = max(self.per_user.wait(user_key), self.per_address.wait(address_key))
         if wait > 0:
@@ -171,12 +174,13 @@ class Authenticator:
             pass  # no such user can exist (and the database could not take the text)
         else:
             async with self._sessions() as session:
-                row = (await session.execute(select(User.uuid, User.password_hash)
+                row = (await session.execute(select(User.uuid, User.password_hash, User.disabled)
                                              .where(User.email == email))).first()
         # Argon2 takes tens of milliseconds and 64 MiB: off the event loop, and for unknown users too.
         stored = row.password_hash if row is not None else DUMMY_HASH
         matches = await asyncio.to_thread(check_password, password.encode("utf-8", "replace").decode(), stored)
-        if row is None or not matches:
+        # A disabled user is told exactly what a wrong password hears, after the same work.
+        if row is None or not matches or row.disabled:
             self.per_user.failed(user_key)
             self.per_address.failed(address_key)
             raise unauthorized("Wrong e-mail or password")
@@ -184,9 +188,18 @@ class Authenticator:
         self._cache[cache_key] = row.uuid
         return row.uuid
 
+    async def enabled(self, user: str) -> bool:
+        """The user exists and is not disabled: read from the store on every use of a remembered
+        credential (sessions, cookies, console tokens, cached Basic pairs), so ``strato users
+        disable`` takes effect on the next request."""
+        async with self._sessions() as session:
+            found = await session.scalar(select(User.uuid).where(User.uuid == user, User.disabled.is_(False)))
+        return found is not None
+
     async def _bearer(self, token: str) -> str:
         async with self._sessions() as session:
-            user = await session.scalar(select(ApiToken.user_uuid).where(ApiToken.token_hash == hash_token(token)))
+            user = await session.scalar(select(ApiToken.user_uuid).join(User, User.uuid == ApiToken.user_uuid).where(
+                ApiToken.token_hash == hash_token(token), User.disabled.is_(False)))
         if user is None:
             raise unauthorized("Unknown API token")
         return user
@@ -237,12 +250,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     if policy == "async_auth":
         user = await request.app[COOKIES].async_user(request.cookies.get("async_auth"))
-        if user is None:
+        if user is None or not await request.app[AUTH].enabled(user):
             raise unauthorized("A fresh async_auth cookie is required (do=authenticate_asynchronous)")
         request[USER] = user
         return await handler(request)
     login = None if "Authorization" in request.headers else await request.app[COOKIES].session(
         request.cookies.get("sessionid"))
+    if login is not None and not await request.app[AUTH].enabled(login.user):
+        await request.app[COOKIES].logout(request.cookies.get("sessionid"))
+        raise unauthorized()
     if login is not None:  # session cookie (spec §3 item 3): writes need the CSRF token too
         if not CookieStore.csrf_ok(login, request.method, request.headers.get("X-CSRFToken")):
             raise forbidden("CSRF token missing or incorrect (X-CSRFToken header)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mimetypes
 import time
 
 from aiohttp import WSMsgType, web
@@ -18,7 +19,7 @@ from aiohttp import WSMsgType, web
 from orchestrator.config import Config
 from orchestrator.hosts.pool import CHUNK
 from orchestrator.web.auth import check_origin, public
-from orchestrator.web.keys import CONFIG, CONSOLES
+from orchestrator.web.keys import AUTH, CONFIG, CONSOLES
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -29,7 +30,7 @@ routes = web.RouteTableDef()
 async def websockify(request: web.Request) -> web.StreamResponse:
     check_origin(request)
     tunnel = await request.app[CONSOLES].redeem(request.query.get("token", ""))
-    if tunnel is None:
+    if tunnel is None or not await request.app[AUTH].enabled(tunnel.owner):
         raise web.HTTPForbidden(reason="Invalid or expired console token")
     try:  # straight to the guest's display (through its host's SSH for remote hosts)
         reader, writer = await tunnel.upstream()
@@ -76,6 +77,12 @@ async def novnc(request: web.Request) -> web.StreamResponse:
         found = False
     if not found:
         raise web.HTTPNotFound()
+    if "Range" in request.headers:
+        # A server may ignore Range (RFC 9110 §14.2), and these files are small: FileResponse would
+        # answer a malformed or unsatisfiable one with a bare 416 after the error middleware ran
+        # (found by tests/fuzz).
+        content_type = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        return web.Response(body=file.read_bytes(), content_type=content_type)
     return web.FileResponse(file)
 
 

@@ -71,3 +71,10 @@ class CookieStore:
         async with self.sessions() as s:
             row = await tokens.look(s, "async_auth", token)
         return None if row is None else row.subject
+
+    async def forget_users(self, users: set[str]) -> None:
+        """Log these users out everywhere (they were disabled)."""
+        async with self.sessions.begin() as s:
+            await s.execute(delete(WebSession).where(WebSession.user_uuid.in_(users)))
+            for user in users:
+                await tokens.revoke(s, "async_auth", user)

@@ -26,6 +26,7 @@ from orchestrator.domain.uris import uri
 
 WATCHED: dict[type, str] = {Server: "servers", Drive: "drives", Job: "jobs"}
 Change = tuple[str, str, str]  # (owner uuid, collection, object uuid)
+HANG_UP: dict[str, Any] = {}  # queued (by identity) to end a subscriber's socket: its user was disabled
 
 
 class Feed:
@@ -64,6 +65,13 @@ class Feed:
         self.subscribers[user].discard(queue)
         if not self.subscribers[user]:
             del self.subscribers[user]
+
+    def hang_up(self, users: set[str]) -> None:
+        for user in users:
+            for queue in self.subscribers.get(user, ()):
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(HANG_UP)
 
     def publish(self, changes: dict[Change, None]) -> None:
         for owner, collection, uuid in changes:

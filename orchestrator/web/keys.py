@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from orchestrator.web.cookies import CookieStore
     from orchestrator.web.feed import Feed
     from orchestrator.work.background import Work
+    from orchestrator.work.exports import Exports
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 ENGINE = web.AppKey("engine", AsyncEngine)
@@ -29,6 +30,7 @@ CAPABILITIES: web.AppKey[Capabilities] = web.AppKey("capabilities")
 HOSTS: web.AppKey[Hosts] = web.AppKey("hosts")
 WORK: web.AppKey[Work] = web.AppKey("work")  # background steps after commit
 CONSOLES: web.AppKey[Consoles] = web.AppKey("consoles")
+EXPORTS: web.AppKey[Exports] = web.AppKey("exports")  # drive downloads' shared scratch copies
 SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler")
 
 FEED: web.AppKey[Feed] = web.AppKey("feed")               # change notifications (spec §9.3)

@@ -25,6 +25,8 @@ from typing import Any
 from hypothesis import strategies as st
 
 from orchestrator.api.fields import Bool, Field, Int, Meta, Nested, Output, Ref, RefList, Resource, Str, StrList
+from orchestrator.api.profile import Decimal
+from orchestrator.api.tags import AnyRefList
 from orchestrator.domain.uris import API_ROOT
 
 INT64 = 2**63
@@ -84,7 +86,8 @@ def valid(kind: Any, field: Field | None, pool: Pool) -> st.SearchStrategy[Any]:
     if isinstance(kind, Bool):
         return st.booleans()
     if isinstance(kind, Meta):
-        return st.dictionaries(text(32), st.one_of(text(), st.integers(-5, 5), st.booleans()), max_size=4)
+        return st.dictionaries(text(32, controls=False), st.one_of(text(controls=False), st.integers(-5, 5),
+                                                                   st.booleans()), max_size=4)
     if isinstance(kind, StrList):
         return st.lists(st.sampled_from(kind.choices) if kind.choices else text(16), max_size=3)
     if isinstance(kind, Ref):
@@ -92,8 +95,14 @@ def valid(kind: Any, field: Field | None, pool: Pool) -> st.SearchStrategy[Any]:
     if isinstance(kind, RefList):
         return st.lists(reference(kind.collection, pool), max_size=3)
     if isinstance(kind, Nested):
-        one = object_of(kind.fields, pool, spoil=False).map(lambda pair: pair[0])
+        one = object_of(kind.fields, pool, spoil=False, fair=True).map(lambda pair: pair[0])
         return st.lists(one, max_size=3) if kind.many else one
+    if isinstance(kind, AnyRefList):  # a tag's resources: references to objects of any type
+        taggable = st.sampled_from(["servers", "drives"]).flatmap(lambda c: reference(c, pool))
+        return st.lists(taggable, max_size=3)
+    if isinstance(kind, Decimal):
+        return st.one_of(st.integers(0, 10**6), st.floats(0, 1e6, allow_nan=False),
+                         st.decimals(0, 10**6, places=2, allow_nan=False).map(str))
     return JUNK
 
 
@@ -137,6 +146,37 @@ def field_value(f: Field, pool: Pool) -> st.SearchStrategy[Any]:
     return st.one_of(valid(f.kind, f, pool), valid(f.kind, f, pool), boundary(f.kind, f))
 
 
+HAS_EDGES = (Str, Int, Meta)  # kinds with bounds; the others' edges are their valid values
+
+
+def fair_value(f: Field, pool: Pool) -> st.SearchStrategy[Any]:
+    """A value the field's kind accepts, or one at the edge of its bounds (just inside or just
+    beyond): never a wrong type, so a refusal is about this field's value and names it."""
+    edge = [boundary(f.kind, f)] if isinstance(f.kind, HAS_EDGES) and f.choices is None else []
+    return st.one_of(valid(f.kind, f, pool), valid(f.kind, f, pool), *edge)
+
+
+def write_body(fields: tuple[Field, ...], pool: Pool, *, seed: dict[str, Any] | None,
+               ) -> st.SearchStrategy[tuple[dict[str, Any], list[str]]]:
+    """(body, the fields drawn): an accepted body (``seed``; none for an edit) with one to three
+    writable fields drawn by :func:`fair_value`, and now and then a read-only key (ignored)."""
+    writable = [f for f in fields if not f.readonly and not isinstance(f.kind, Output)]
+    readonly = [f for f in fields if f.readonly]
+
+    @st.composite
+    def build(draw: st.DrawFn) -> tuple[dict[str, Any], list[str]]:
+        body: dict[str, Any] = dict(seed or {})
+        chosen = draw(st.lists(st.sampled_from(writable), min_size=1, max_size=3, unique_by=lambda f: f.name))
+        for f in chosen:
+            body[f.name] = draw(fair_value(f, pool))
+        if readonly and draw(st.integers(0, 4)) == 0:
+            f = draw(st.sampled_from(readonly))
+            body[f.name] = draw(valid(f.kind, f, pool))
+        return body, [f.name for f in chosen]
+
+    return build()
+
+
 # Bodies known to be accepted, so that many generated requests get past validation into the store.
 SEEDS: dict[str, dict[str, Any]] = {
     "servers": {"name": "fz", "cpu": 1000, "mem": 2**29, "vnc_password": "pw"},
@@ -147,9 +187,11 @@ SEEDS: dict[str, dict[str, Any]] = {
 
 
 def object_of(fields: tuple[Field, ...], pool: Pool, *, spoil: bool, create: bool = True,
-              seed: dict[str, Any] | None = None) -> st.SearchStrategy[tuple[dict[str, Any], str | None]]:
+              seed: dict[str, Any] | None = None, fair: bool = False,
+              ) -> st.SearchStrategy[tuple[dict[str, Any], str | None]]:
     """(body, the field made hostile or None) from one field table; ``seed``: an accepted body that
-    the generated fields then partly replace."""
+    the generated fields then partly replace; ``fair``: values from :func:`fair_value` only."""
+    value = fair_value if fair else field_value
     writable = [f for f in fields if not f.readonly and not isinstance(f.kind, Output)]
     readonly = [f for f in fields if f.readonly]
 
@@ -160,11 +202,11 @@ def object_of(fields: tuple[Field, ...], pool: Pool, *, spoil: bool, create: boo
         for f in writable:
             wanted = draw(st.floats(0, 1)) < (0.9 if f.required and create and not seeded else 0.3)
             if wanted:
-                body[f.name] = draw(field_value(f, pool))
+                body[f.name] = draw(value(f, pool))
         for f in readonly:  # ignored on input (spec §5.3)
             if draw(st.floats(0, 1)) < 0.1:
-                body[f.name] = draw(JUNK)
-        if draw(st.floats(0, 1)) < 0.1:
+                body[f.name] = draw(valid(f.kind, f, pool) if fair else JUNK)
+        if not fair and draw(st.floats(0, 1)) < 0.1:
             body[draw(text(12))] = draw(JUNK)  # unknown keys are ignored
         spoiled = None
         if spoil and writable and draw(st.booleans()):
