@@ -95,7 +95,8 @@ async def hosts(app: web.Application) -> AsyncIterator[None]:
             await ensure_local_host(s, config)
     hosts = Hosts(app[SESSIONS], heartbeat=config.heartbeat)
     work = Work.build(app[SESSIONS], hosts, app[SCHEDULER], context_document=context_document,
-                      data_dir=config.data_dir, shutdown_window=config.shutdown_window, heartbeat=config.heartbeat)
+                      data_dir=config.data_dir, shutdown_window=config.shutdown_window, heartbeat=config.heartbeat,
+                      job_max_age=config.job_max_age)
     work.contexts.watch(app[SESSION_CLASS])  # commits that change a document push it again
     consoles = Consoles(hosts, bind=config.tunnel_bind, ports=config.tunnel_port_range,
                         idle_timeout=config.tunnel_idle, token_ttl=config.console_token_ttl)

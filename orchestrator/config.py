@@ -44,6 +44,9 @@ class Config(BaseSettings):
     mem_overcommit: float = 1.0
     shutdown_window: float = 60.0        # seconds of ACPI presses before a shutdown gives up
     heartbeat: float = 5.0
+    # Finished jobs untouched for this many seconds are removed in the background (running ones never);
+    # `strato jobs purge --older-than` does it by hand.
+    job_max_age: float = 7 * 24 * 3600.0
     # Consoles (VNC and serial tunnels)
     public_host: str | None = None       # host name in vnc:// and csconsole:// URLs (default: the listen host)
     tunnel_bind: str = "127.0.0.1"       # where tunnel listeners bind (0.0.0.0 to serve other machines)

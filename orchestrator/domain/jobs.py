@@ -11,8 +11,9 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -83,6 +84,22 @@ async def finish_started(s: AsyncSession, operation: str, source_uuid: str, erro
         finish(job, error)
         if error is not None and operation not in LISTED:
             s.add(JobLink(job_uuid=job.uuid, res_uuid=source_uuid))
+
+
+async def purge(s: AsyncSession, older_than: timedelta, now: datetime) -> int:
+    """Remove the finished jobs untouched for ``older_than`` (with their children and links); a job
+    still ``started``, or whose family still has one, is never removed.  Returns how many went."""
+    cutoff = now - older_than
+    old = select(Job.uuid).where(Job.parent_uuid.is_(None), Job.state != "started", Job.last_modified < cutoff)
+    busy = select(Job.parent_uuid).where(Job.parent_uuid.is_not(None), Job.state == "started")
+    roots = list((await s.scalars(old.where(Job.uuid.not_in(busy)))).all())
+    if not roots:
+        return 0
+    family = roots + list((await s.scalars(select(Job.uuid).where(Job.parent_uuid.in_(roots)))).all())
+    await s.execute(delete(JobLink).where(JobLink.job_uuid.in_(family)))
+    await s.execute(delete(Job).where(Job.parent_uuid.in_(roots)))
+    await s.execute(delete(Job).where(Job.uuid.in_(roots)))
+    return len(roots)
 
 
 _PATH = re.compile(r"(?<![\w.~])/[^\s'\"`,;:()\[\]{}<>]+")

@@ -14,6 +14,7 @@ from orchestrator.domain.placement import Scheduler
 from orchestrator.hosts.pool import Hosts
 from orchestrator.work.clones import CloneWork
 from orchestrator.work.contexts import BuildDocument, ContextWork
+from orchestrator.work.purge import JobPurge
 from orchestrator.work.servers import ServerWork
 from orchestrator.work.tasks import Tasks
 from orchestrator.work.volumes import VolumeWork
@@ -28,10 +29,12 @@ class Work:
     clones: CloneWork
     contexts: ContextWork
     watch: HostWatch
+    purge: JobPurge
 
     @classmethod
     def build(cls, sessions: async_sessionmaker, hosts: Hosts, scheduler: Scheduler, *, context_document: BuildDocument,
-              data_dir: Path, shutdown_window: float, heartbeat: float) -> Work:
+              data_dir: Path, shutdown_window: float, heartbeat: float,
+              job_max_age: float) -> Work:
         tasks = Tasks()
         reasons = Reasons.under([data_dir])  # failed jobs may show paths in the data directory, no others
         scratch = data_dir / "transit"  # where images in transit between hosts wait
@@ -40,7 +43,7 @@ class Work:
         servers = ServerWork(sessions, hosts, tasks, scheduler, reasons, contexts, shutdown_window=shutdown_window)
         clones = CloneWork(sessions, hosts, tasks, volumes, servers, scratch)
         watch = HostWatch(sessions, hosts, tasks, servers, volumes, clones, contexts, heartbeat=heartbeat)
-        return cls(tasks, volumes, servers, clones, contexts, watch)
+        return cls(tasks, volumes, servers, clones, contexts, watch, JobPurge(sessions, job_max_age))
 
     async def later(self, step: Coroutine[Any, Any, Any], name: str | None = None) -> None:
         """Run ``step`` in the background (after the request's commit), supervised."""
@@ -53,6 +56,7 @@ class Work:
 
     async def start(self) -> None:
         await self.watch.start()
+        await self.tasks.spawn(self.purge.run(), "job purge")
 
     async def stop(self) -> None:
         await self.tasks.close()
