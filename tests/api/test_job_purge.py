@@ -58,8 +58,8 @@ def test_jobs_purge_removes_finished_jobs_only(node: tuple[StratoServer, Api]) -
     assert out.startswith("1 finished job(s) older than 0:00:00 removed"), out
     assert api.get(f"jobs/{done['uuid']}/").status_code == 404
     assert api.ok("GET", f"jobs/{running['uuid']}/")["state"] == "started"
-    bad = subprocess.run([sys.executable, "-m", "orchestrator.cli", "jobs", "purge", "--older-than", "soon", "--data-dir",
-                          str(strato.data_dir)], cwd=ROOT, capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "orchestrator.cli", "jobs", "purge", "--older-than", "soon",
+                          "--data-dir", str(strato.data_dir)], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "is not a duration" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
