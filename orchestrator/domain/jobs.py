@@ -86,6 +86,15 @@ async def finish_started(s: AsyncSession, operation: str, source_uuid: str, erro
             s.add(JobLink(job_uuid=job.uuid, res_uuid=source_uuid))
 
 
+def record_fault(s: AsyncSession, owner: str, server_uuid: str, reason: str) -> Job:
+    """A server stopped without being asked (its QEMU died, its host lost it): a ``server_fault``
+    job, ``failed`` with the reason, listed in the server's ``jobs`` (Nova's instance faults)."""
+    job = new_job(s, owner, "server_fault", "servers", server_uuid)
+    finish(job, reason)
+    s.add(JobLink(job_uuid=job.uuid, res_uuid=server_uuid))
+    return job
+
+
 async def purge(s: AsyncSession, older_than: timedelta, now: datetime) -> int:
     """Remove the finished jobs untouched for ``older_than`` (with their children and links); a job
     still ``started``, or whose family still has one, is never removed.  Returns how many went."""

@@ -28,6 +28,8 @@ from orchestrator.work.tasks import Tasks
 from orchestrator.work.volumes import VolumeWork
 
 log = logging.getLogger(__name__)
+UNASKED_STOPS = ("crashed", "failed")  # libvirt's stop details that no request and no guest shutdown cause
+LOST = ("The server stopped unexpectedly: its guest was no longer running when its host reconnected")
 
 
 class HostWatch(Listener):
@@ -100,7 +102,10 @@ class HostWatch(Listener):
         if event.get("event") != "domain.lifecycle" or state is None:
             return
         if state == "stopped":
-            await self.servers.finish_stop(uuid, host)
+            reason = params.get("reason")
+            fault = (f"The server stopped unexpectedly: its QEMU process on the host ended ({reason})"
+                     if reason in UNASKED_STOPS else None)
+            await self.servers.finish_stop(uuid, host, fault)
             return
         async with self.sessions.begin() as s:
             server = await s.get(Server, uuid)
@@ -120,7 +125,7 @@ class HostWatch(Listener):
             await recount(s, host)  # the claim counters, from the servers the database places there
             servers = (await s.scalars(select(Server).where(Server.host == host))).all()
             known = {server.uuid for server in servers}
-            gone = []
+            gone, lost = [], set()
             for server in servers:
                 domain = domains.get(server.uuid)
                 if domain is not None and domain["state"] == "running":
@@ -130,6 +135,8 @@ class HostWatch(Listener):
                         server.active_since = datetime.fromisoformat(domain["active_since"])
                 elif server.status != Status.STARTING or domain is None or server.uuid not in self.servers.booting:
                     gone.append(server.uuid)
+                    if domain is None:
+                        lost.add(server.uuid)
             # A guest of a server the database says is stopped (its boot finished after the API node
             # that asked for it died, and the claim was released): it must not outlive its claim.
             stray = set((await s.scalars(select(Server.uuid).where(
@@ -140,7 +147,7 @@ class HostWatch(Listener):
             unsettled = (await s.scalars(select(Drive).where(Drive.host == host, Drive.status.in_(
                 ("creating", "unavailable", "resizing"))))).all()
         for uuid in gone:
-            await self.servers.finish_stop(uuid, host)
+            await self.servers.finish_stop(uuid, host, LOST if uuid in lost else None)
         for uuid in stray:
             log.warning("host %s runs domain %s of a stopped server; removing it", host, uuid)
             with contextlib.suppress(AgentCallError, AgentGone):

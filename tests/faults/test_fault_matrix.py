@@ -1,0 +1,92 @@
+"""The fault matrix on real hosts (issue 11): for each fault, the API's answer, the job's end state
+(``GET /jobs/``: ``failed`` with a reason its owner can read), the server or drive state once the
+host recovered, and that no volume is lost or leaked (the pool's files counted before and after).
+
+Every fault hits only what this package made: its private libvirtd (``conftest.py``), its tmpfs
+pool, its own guests' QEMU processes, its own agent processes and sshd sessions.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from tests.api.test_faults import Feed
+from tests.faults.conftest import FaultNode, reason_is_clean
+from tests.strato_process import ROOT, Api, upload, wait_for
+
+GUEST = ROOT / "build" / "guest" / "strato-guest.img"
+
+
+def jobs_on(api: Api, collection: str, uuid: str, operation: str) -> list[dict[str, Any]]:
+    return [j for j in api.ok("GET", "jobs/?limit=0")["objects"]
+            if j["operation"] == operation and f"/{collection}/{uuid}/" in "".join(j["resources"])]
+
+
+def ended(api: Api, collection: str, uuid: str, operation: str, known: set[str] = frozenset(),
+          timeout: float = 120) -> dict[str, Any]:
+    """The job of this operation on the object that ended, other than the ``known`` ones."""
+    return wait_for(lambda: [j for j in jobs_on(api, collection, uuid, operation)
+                             if j["state"] != "started" and j["uuid"] not in known], timeout,
+                    f"the {operation} job on {uuid} to end")[0]
+
+
+def status(api: Api, collection: str, uuid: str) -> str:
+    return api.ok("GET", f"{collection}/{uuid}/")["status"]
+
+
+def wait_status(api: Api, collection: str, uuid: str, wanted: str, timeout: float = 120) -> None:
+    wait_for(lambda: status(api, collection, uuid) == wanted, timeout, f"{collection} {uuid} {wanted}")
+
+
+def guest_server(api: Api, drive: str, name: str) -> str:
+    body = {"name": name, "cpu": 1000, "mem": 64 * 2**20, "vnc_password": "secret",
+            "drives": [{"drive": drive, "device": "virtio", "dev_channel": "0:0", "boot_order": 1}]}
+    return api.ok("POST", "servers/", body, 201)["objects"][0]["uuid"]
+
+
+def start_and_check(api: Api, server: str) -> None:
+    """The server starts (its start job a success), then stops again."""
+    known = {j["uuid"] for j in jobs_on(api, "servers", server, "server_start")}
+    assert api.post(f"servers/{server}/action/?do=start").status_code == 202
+    job = ended(api, "servers", server, "server_start", known)
+    assert job["state"] == "success", job
+    wait_status(api, "servers", server, "running")
+    assert api.post(f"servers/{server}/action/?do=stop").status_code == 202
+    wait_status(api, "servers", server, "stopped")
+
+
+def random_image(size: int) -> bytes:
+    return os.urandom(size)
+
+
+# --- (d) QEMU killed under a running guest ---------------------------------------------------------
+
+
+def test_qemu_killed_under_a_running_guest(fault_node: FaultNode) -> None:
+    node, api = fault_node, fault_node.api
+    drive = upload(api, "guest.img", GUEST.read_bytes())
+    server = guest_server(api, drive, "crashes")
+    files = node.pool_files()
+    start_and_check(api, server)
+    assert api.post(f"servers/{server}/action/?do=start").status_code == 202
+    wait_status(api, "servers", server, "running")
+    feed = Feed(api)
+    try:
+        os.kill(node.qemu_pid(server), signal.SIGKILL)  # this guest's own QEMU, nothing else
+        wait_status(api, "servers", server, "stopped", 60)
+        fault = ended(api, "servers", server, "server_fault", timeout=30)
+        assert fault["state"] == "failed", fault
+        assert "stopped unexpectedly" in fault["data"]["error"], fault
+        reason_is_clean(fault["data"]["error"], node.server.data_dir)
+        shown = api.ok("GET", f"servers/{server}/")
+        assert shown["runtime"] is None and fault["uuid"] in [j["uuid"] for j in shown["jobs"]], shown
+        wait_for(lambda: fault["resource_uri"] in [f["resource_uri"] for f in feed.frames], 30, "the fault on the feed")
+        assert f"/api/2.0/servers/{server}/" in [f["resource_uri"] for f in feed.frames]
+    finally:
+        feed.close()
+    assert status(api, "drives", drive) == "mounted"  # attached, as before the start
+    assert node.pool_files() == files
+    start_and_check(api, server)  # recovered: it starts again
+    api.ok("DELETE", f"servers/{server}/", status=204)
