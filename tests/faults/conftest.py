@@ -59,6 +59,8 @@ class PrivateLibvirtd:
             f.write(f'\nhost_uuid = "{uuid.uuid4()}"\n')
         with (self.root / "etc" / "qemu.conf").open("a") as f:
             f.write('\nstdio_handler = "file"\n')  # no virtlogd in the namespace
+            # Display ports of its own: two daemons handing out the same range race for a port.
+            f.write("remote_display_port_min = 61000\nremote_display_port_max = 61999\n")
         script = [f"mount --bind {shlex.quote(str(self.root / sub))} {target}"
                   for sub, target in zip(("run", "lib", "etc", "cache", "log"), BINDS, strict=True)]
         script.append(f"exec /usr/sbin/libvirtd -p {shlex.quote(str(self.root / 'libvirtd.pid'))}")

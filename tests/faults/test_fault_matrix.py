@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Any
 
 from tests.api.test_faults import Feed
@@ -90,3 +91,41 @@ def test_qemu_killed_under_a_running_guest(fault_node: FaultNode) -> None:
     assert node.pool_files() == files
     start_and_check(api, server)  # recovered: it starts again
     api.ok("DELETE", f"servers/{server}/", status=204)
+
+
+# --- (a) libvirtd stopped mid-start --------------------------------------------------------------
+
+
+def test_libvirtd_stopped_mid_start(fault_node: FaultNode) -> None:
+    """libvirtd hangs while the agent asks it to start a guest, then dies: the start fails with a
+    reason, the host goes down and comes back by itself once libvirtd runs again, and the server
+    starts then."""
+    node, api = fault_node, fault_node.api
+    drive = upload(api, "guest-a.img", GUEST.read_bytes())
+    server = guest_server(api, drive, "mid-start")
+    files = node.pool_files()
+    node.libvirtd.signal(signal.SIGSTOP)  # the agent's next libvirt call waits on it...
+    try:
+        r = api.post(f"servers/{server}/action/?do=start")
+        assert r.status_code == 202, r.text
+        time.sleep(3)  # ...the start is in flight in the agent
+        node.libvirtd.kill()  # ...and libvirtd dies under it
+    finally:
+        if node.libvirtd.proc is not None and node.libvirtd.proc.poll() is None:
+            node.libvirtd.signal(signal.SIGCONT)
+    job = ended(api, "servers", server, "server_start", timeout=90)
+    assert job["state"] == "failed", job
+    reason_is_clean(job["data"]["error"], node.server.data_dir)
+    wait_status(api, "servers", server, "stopped", 60)
+    assert api.ok("GET", f"servers/{server}/")["runtime"] is None
+    node.wait_host("down", 60)
+    # While libvirtd is gone a start is refused at once (no host to run it), never accepted silently.
+    r = api.post(f"servers/{server}/action/?do=start")
+    assert r.status_code >= 400 and r.status_code != 500, r.text
+    node.libvirtd.start()
+    node.wait_host("up", 120)
+    assert node.pool_files() == files
+    assert status(api, "drives", drive) == "mounted"
+    start_and_check(api, server)
+    api.ok("DELETE", f"servers/{server}/?recurse=all_drives", status=204)
+    wait_for(lambda: len(node.pool_files()) == len(files) - 1, 30, "the drive's volume deleted")
