@@ -130,6 +130,8 @@ class Reasons:
 
     def of(self, err: BaseException | str) -> str:
         text = err if isinstance(err, str) else getattr(err, "message", None) or str(err) or type(err).__name__
+        if isinstance(err, ConnectionError):  # the host's agent or its channel went away mid-operation
+            text = f"The connection to the host was lost during the operation ({text}); try again"
         text = " ".join(str(text).split())  # one line, whatever the host printed
         text = _PATH.sub(lambda m: m[0] if self._own(m[0]) else "[host path]", text)
         return text if len(text) <= MAX_REASON else text[:MAX_REASON - 1] + "…"

@@ -57,6 +57,8 @@ class HostWatch(Listener):
             try:
                 await self.hosts.sync()
                 await self.poll_stats()
+                for host in self.hosts.up_hosts():
+                    await self.volumes.retry_deletes(host)
             except Exception:
                 log.exception("host watch failed; trying again")
 
@@ -159,5 +161,6 @@ class HostWatch(Listener):
                 await self.tasks.spawn(self.volumes.resize(drive.uuid))  # growing to the recorded size is idempotent
             else:
                 await self.volumes.settle(drive.uuid)
+        await self.volumes.retry_deletes(host)
         await self.clones.resume(host)
         await self.contexts.push(host=host)  # a restarted agent knows no documents

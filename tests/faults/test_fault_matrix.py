@@ -90,7 +90,8 @@ def test_qemu_killed_under_a_running_guest(fault_node: FaultNode) -> None:
     assert status(api, "drives", drive) == "mounted"  # attached, as before the start
     assert node.pool_files() == files
     start_and_check(api, server)  # recovered: it starts again
-    api.ok("DELETE", f"servers/{server}/", status=204)
+    api.ok("DELETE", f"servers/{server}/?recurse=all_drives", status=204)
+    wait_for(lambda: len(node.pool_files()) == len(files) - 1, 30, "the drive's volume deleted")
 
 
 # --- (a) libvirtd stopped mid-start --------------------------------------------------------------
@@ -129,3 +130,36 @@ def test_libvirtd_stopped_mid_start(fault_node: FaultNode) -> None:
     start_and_check(api, server)
     api.ok("DELETE", f"servers/{server}/?recurse=all_drives", status=204)
     wait_for(lambda: len(node.pool_files()) == len(files) - 1, 30, "the drive's volume deleted")
+
+
+# --- (e) agent killed mid-clone ------------------------------------------------------------------
+
+
+def test_agent_killed_mid_clone(fault_node: FaultNode) -> None:
+    """The agent dies while libvirtd copies a volume for it: the clone job fails (or, had the copy
+    answered first, succeeds), and once the next agent is up no half copy is left in the pool."""
+    node, api = fault_node, fault_node.api
+    source = upload(api, "to-copy.img", random_image(48 * 2**20))
+    files = node.pool_files()
+    copy = api.ok("POST", f"drives/{source}/action/?do=clone", {"name": "copy"}, 202)["objects"][0]["uuid"]
+    wait_for(lambda: f"{copy}.qcow2" in os.listdir(node.pool), 60, "the copy begun", interval=0.005)
+    agents = node.agent_pids()
+    assert len(agents) == 1, agents
+    os.kill(agents[0], signal.SIGKILL)
+    job = ended(api, "drives", copy, "drive_clone", timeout=90)
+    reason = job["data"].get("error", "")
+    node.wait_host("up", 90)
+    if job["state"] == "failed":  # the kill came first: the copy is rolled back
+        reason_is_clean(reason, node.server.data_dir)
+        assert api.get(f"drives/{copy}/").status_code == 404
+        wait_for(lambda: node.pool_files() == files, 60, f"no half copy left: {node.pool_files()} vs {files}")
+    else:
+        assert status(api, "drives", copy) == "unmounted"
+        assert node.pool_files() == sorted([*files, f"{copy}.qcow2"])
+    assert status(api, "drives", source) == "unmounted"
+    again = api.ok("POST", f"drives/{source}/action/?do=clone", {"name": "again"}, 202)["objects"][0]["uuid"]
+    assert ended(api, "drives", again, "drive_clone")["state"] == "success"
+    for uuid in {source, again, copy}:
+        api.delete(f"drives/{uuid}/")
+    wait_for(lambda: len(node.pool_files()) == len(files) - 1, 30, "the drives' volumes deleted")
+    assert job["state"] == "failed", f"the copy finished before the agent was killed: {job}"
