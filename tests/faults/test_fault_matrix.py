@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
+from tests.api.conftest import assert_error
 from tests.api.test_faults import Feed
+from tests.api.test_upload_hardening import resumable
 from tests.faults.conftest import FaultNode, reason_is_clean
 from tests.strato_process import ROOT, Api, upload, wait_for
 
@@ -163,3 +167,117 @@ def test_agent_killed_mid_clone(fault_node: FaultNode) -> None:
         api.delete(f"drives/{uuid}/")
     wait_for(lambda: len(node.pool_files()) == len(files) - 1, 30, "the drives' volumes deleted")
     assert job["state"] == "failed", f"the copy finished before the agent was killed: {job}"
+
+
+# --- (b) pool directory removed ------------------------------------------------------------------
+
+
+def test_pool_directory_removed(fault_node: FaultNode) -> None:
+    """The pool's directory disappears (an unmounted share, an operator's mistake): creates, clones
+    and starts fail with a reason and leave nothing behind; once the directory is back, all works
+    and every volume is still there."""
+    node, api = fault_node, fault_node.api
+    drive = upload(api, "guest-b.img", GUEST.read_bytes())
+    server = guest_server(api, drive, "no-pool")
+    files = node.pool_files()
+    away = node.pool.with_name("pool.away")
+    node.pool.rename(away)
+    try:
+        created = api.ok("POST", "drives/", {"name": "new", "size": 16 * 2**20, "media": "disk"}, 201)["objects"][0]
+        job = ended(api, "drives", created["uuid"], "drive_create", timeout=60)
+        assert job["state"] == "failed", job
+        reason_is_clean(job["data"]["error"], node.server.data_dir)
+        assert api.get(f"drives/{created['uuid']}/").status_code == 404
+        copy = api.ok("POST", f"drives/{drive}/action/?do=clone", {"name": "c"}, 202)["objects"][0]["uuid"]
+        job = ended(api, "drives", copy, "drive_clone", timeout=60)
+        assert job["state"] == "failed", job
+        reason_is_clean(job["data"]["error"], node.server.data_dir)
+        assert api.get(f"drives/{copy}/").status_code == 404
+        assert api.post(f"servers/{server}/action/?do=start").status_code == 202
+        job = ended(api, "servers", server, "server_start", timeout=60)
+        assert job["state"] == "failed", job
+        reason_is_clean(job["data"]["error"], node.server.data_dir)
+        wait_status(api, "servers", server, "stopped", 60)
+    finally:
+        if node.pool.exists():  # made again meanwhile: empty, or the test's failure says what it holds
+            node.pool.rmdir()
+        away.rename(node.pool)
+    assert node.pool_files() == files
+    assert status(api, "drives", drive) == "mounted"
+    start_and_check(api, server)
+    copy = api.ok("POST", f"drives/{drive}/action/?do=clone", {"name": "c"}, 202)["objects"][0]["uuid"]
+    assert ended(api, "drives", copy, "drive_clone")["state"] == "success"
+    api.ok("DELETE", f"servers/{server}/?recurse=all_drives", status=204)
+    api.ok("DELETE", f"drives/{copy}/", status=204)
+    wait_for(lambda: len(node.pool_files()) == len(files) - 1, 30, "the drives' volumes deleted")
+
+
+# --- (c) disk full -------------------------------------------------------------------------------
+
+
+def free_space(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def fill(path: Path, leave: int) -> Path:
+    """A file taking all the free space of ``path``'s file system but ``leave`` bytes."""
+    filler = path / "filler"
+    subprocess.run(["fallocate", "-l", str(free_space(path) - leave), str(filler)], check=True)
+    return filler
+
+
+def refused(api: Api, body: dict[str, Any]) -> tuple[Any] | None:
+    """The answer to a drive create that was refused; a drive made (the host's space not seen yet) goes."""
+    r = api.post("drives/", body)
+    if r.status_code == 201:
+        uuid = r.json()["objects"][0]["uuid"]
+        wait_for(lambda: status(api, "drives", uuid) != "creating", 30, "created")
+        api.delete(f"drives/{uuid}/")
+        return None
+    return (r,)
+
+
+def placed(api: Api, body: dict[str, Any]) -> str | None:
+    r = api.post("initupload/", body)
+    return r.json()["objects"][0]["uuid"] if r.status_code == 201 else None
+
+
+def test_disk_full(fault_node: FaultNode) -> None:
+    """A full pool: a new drive is refused at once (503, nothing made); an upload placed while there
+    was room and imported once the pool filled up fails with the host's reason and leaves no partial
+    file; with room again uploads work."""
+    node, api = fault_node, fault_node.api
+    mount, files = node.pool.parent, node.pool_files()
+    drives = {d["uuid"] for d in api.ok("GET", "drives/?limit=0")["objects"]}
+    filler = fill(mount, 2 * 2**20)
+    try:
+        r = wait_for(lambda: refused(api, {"name": "big", "size": 16 * 2**20, "media": "disk"}), 30,
+                     "the full pool seen", interval=1)[0]
+        assert_error(r, 503, None, "backend")
+        assert "enough resources" in r.json()[0]["error_message"], r.text
+        assert {d["uuid"] for d in api.ok("GET", "drives/?limit=0")["objects"]} == drives
+        filler.unlink()
+        image = random_image(24 * 2**20)
+        drive = wait_for(lambda: placed(api, {"name": "fills", "size": len(image), "media": "disk"}), 30,
+                         "room seen again", interval=1)
+        filler = fill(mount, 8 * 2**20)  # the pool fills up while the image arrives
+        chunk = 8 * 2**20
+        for number in range(len(image) // chunk):
+            r = resumable(api, drive, number + 1, image[number * chunk:(number + 1) * chunk], chunk)
+            assert r.status_code in (200, 201), r.text
+        job = ended(api, "drives", drive, "drive_upload", timeout=60)
+        assert job["state"] == "failed" and "No space left on device" in job["data"]["error"], job
+        reason_is_clean(job["data"]["error"], node.server.data_dir)
+        assert api.get(f"drives/{drive}/").status_code == 404
+        assert node.pool_files() == files  # no partial import left
+    finally:
+        filler.unlink(missing_ok=True)
+    image = random_image(24 * 2**20)
+    raw = {"Content-Type": "application/octet-stream"}
+    again = wait_for(lambda: (r := api.post("drives/upload/fits.img/", raw=image, headers=raw)).status_code == 201
+                     and r.text.strip(), 30, "room seen", interval=1)
+    assert status(api, "drives", again) == "unmounted"
+    assert node.pool_files() == sorted([*files, f"{again}.qcow2"])
+    api.ok("DELETE", f"drives/{again}/", status=204)
+    wait_for(lambda: node.pool_files() == files, 30, "the volume deleted")
