@@ -29,6 +29,7 @@ from typing import Any
 import libvirt
 import pytest
 
+from tests.cloud.conftest import Sshd, make_sshd
 from tests.strato_process import ROOT, Api, StratoServer, qemu_reachable_dir, remove_libvirt_objects, wait_for
 
 BINDS = ("/run/libvirt", "/var/lib/libvirt", "/etc/libvirt", "/var/cache/libvirt", "/var/log/libvirt")
@@ -191,5 +192,52 @@ def fault_node() -> Iterator[FaultNode]:
             libvirtd.stop()
         if mounted:
             subprocess.run(["umount", "-l", str(mount)], check=False)
+        if os.environ.get("STRATO_KEEP_TEST_DIR") is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class SshNode:
+    """``strato serve`` with one remote host ``ssh1`` reached over a real sshd on loopback."""
+
+    server: StratoServer
+    sshd: Sshd
+    api: Api
+    pool: Path
+
+    def pool_files(self) -> list[str]:
+        return sorted(os.listdir(self.pool))
+
+    def host_state(self) -> str:
+        return {h["name"]: h["state"] for h in json.loads(self.server.cli("hosts", "list"))}["ssh1"]
+
+
+@pytest.fixture(scope="package")
+def ssh_node() -> Iterator[SshNode]:
+    root = qemu_reachable_dir("faultssh")
+    prefix = f"stfs{uuid.uuid4().hex[:6]}-"
+    server = StratoServer(root / "data", extra_env={"STRATO_LOCAL_HOST": "false", "STRATO_HEARTBEAT": "1",
+                                                   "STRATO_AGENT_PREFIX": prefix})
+    sshd = make_sshd(root)
+    pool, console, sockets = server.data_dir / "pools" / "ssh1", server.data_dir / "console", server.data_dir / "s"
+    try:
+        for d in (pool, console, sockets):
+            d.mkdir(parents=True)
+        for d in (root / "data", root / "data" / "pools", pool, console, sockets):
+            d.chmod(0o755)
+        sshd.start()
+        api = server.add_user("sam@example.com", "sam-pw")
+        command = (f"env PYTHONPATH={ROOT} {sys.executable} -m agents.cli --stdio --prefix {prefix} "
+                   f"--pool default={pool} --virt-type qemu --console-log-dir {console} --socket-dir {sockets}")
+        server.cli("hosts", "add", "ssh1", "--ssh", f"root@127.0.0.1:{sshd.port}", "--key", str(sshd.client_key),
+                   "--known-hosts", str(sshd.known_hosts), "--agent-command", command)
+        server.start()
+        node = SshNode(server, sshd, api, pool)
+        wait_for(lambda: node.host_state() == "up", 90, f"ssh1 up; see {server.log}")
+        yield node
+    finally:
+        server.stop()
+        sshd.stop()
+        remove_libvirt_objects(prefix)
         if os.environ.get("STRATO_KEEP_TEST_DIR") is None:
             shutil.rmtree(root, ignore_errors=True)

@@ -18,7 +18,7 @@ from typing import Any
 from tests.api.conftest import assert_error
 from tests.api.test_faults import Feed
 from tests.api.test_upload_hardening import resumable
-from tests.faults.conftest import FaultNode, reason_is_clean
+from tests.faults.conftest import FaultNode, SshNode, reason_is_clean
 from tests.strato_process import ROOT, Api, upload, wait_for
 
 GUEST = ROOT / "build" / "guest" / "strato-guest.img"
@@ -281,3 +281,48 @@ def test_disk_full(fault_node: FaultNode) -> None:
     assert node.pool_files() == sorted([*files, f"{again}.qcow2"])
     api.ok("DELETE", f"drives/{again}/", status=204)
     wait_for(lambda: node.pool_files() == files, 30, "the volume deleted")
+
+
+# --- (f) the SSH connection of a remote host cut mid-operation -------------------------------------
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def test_ssh_connection_cut_mid_clone(ssh_node: SshNode) -> None:
+    """The sshd session carrying a remote host's agent dies while that agent copies a volume: the
+    clone fails saying the connection was lost, the API node reconnects by itself, and the copy the
+    host finished meanwhile is deleted (nothing leaked, nothing lost)."""
+    node, api = ssh_node, ssh_node.api
+    source = upload(api, "remote.img", random_image(48 * 2**20))
+    files = node.pool_files()
+    copy = api.ok("POST", f"drives/{source}/action/?do=clone", {"name": "copy"}, 202)["objects"][0]["uuid"]
+    wait_for(lambda: f"{copy}.qcow2" in os.listdir(node.pool), 60, "the copy begun", interval=0.005)
+    assert node.sshd.proc is not None
+    sessions = children_of(node.sshd.proc.pid)  # this test's sshd's sessions, nothing else
+    assert sessions
+    for pid in sessions:
+        os.kill(pid, signal.SIGKILL)
+    job = ended(api, "drives", copy, "drive_clone", timeout=90)
+    assert job["state"] == "failed", f"the copy finished before the connection was cut: {job}"
+    assert "connection to the host was lost" in job["data"]["error"], job
+    reason_is_clean(job["data"]["error"], node.server.data_dir)
+    assert api.get(f"drives/{copy}/").status_code == 404
+    wait_for(lambda: node.host_state() == "up", 90, "the host reconnected")
+    wait_for(lambda: node.pool_files() == files, 60, f"no copy left: {node.pool_files()} vs {files}")
+    assert status(api, "drives", source) == "unmounted"
+    again = api.ok("POST", f"drives/{source}/action/?do=clone", {"name": "again"}, 202)["objects"][0]["uuid"]
+    assert ended(api, "drives", again, "drive_clone")["state"] == "success"
+    api.ok("DELETE", f"drives/{again}/", status=204)
+    api.ok("DELETE", f"drives/{source}/", status=204)
+    wait_for(lambda: len(node.pool_files()) == len(files) - 1, 30, "the drives' volumes deleted")
