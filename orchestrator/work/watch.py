@@ -137,7 +137,7 @@ class HostWatch(Listener):
                         server.active_since = datetime.fromisoformat(domain["active_since"])
                 elif server.status != Status.STARTING or domain is None or server.uuid not in self.servers.booting:
                     gone.append(server.uuid)
-                    if domain is None:
+                    if domain is None or domain["state"] == "stopped":  # its guest ended while nobody listened
                         lost.add(server.uuid)
             # A guest of a server the database says is stopped (its boot finished after the API node
             # that asked for it died, and the claim was released): it must not outlive its claim.

@@ -74,7 +74,6 @@ def test_qemu_killed_under_a_running_guest(fault_node: FaultNode) -> None:
     drive = upload(api, "guest.img", GUEST.read_bytes())
     server = guest_server(api, drive, "crashes")
     files = node.pool_files()
-    start_and_check(api, server)
     assert api.post(f"servers/{server}/action/?do=start").status_code == 202
     wait_status(api, "servers", server, "running")
     feed = Feed(api)
@@ -92,6 +91,18 @@ def test_qemu_killed_under_a_running_guest(fault_node: FaultNode) -> None:
     finally:
         feed.close()
     assert status(api, "drives", drive) == "mounted"  # attached, as before the start
+    assert node.pool_files() == files
+
+    # The same while no agent listens (killed just before): the host's reconnection finds it stopped.
+    assert api.post(f"servers/{server}/action/?do=start").status_code == 202
+    wait_status(api, "servers", server, "running")
+    [agent] = node.agent_pids()
+    os.kill(agent, signal.SIGKILL)
+    os.kill(node.qemu_pid(server), signal.SIGKILL)
+    node.wait_host("up", 90)
+    wait_status(api, "servers", server, "stopped", 60)
+    later = ended(api, "servers", server, "server_fault", {fault["uuid"]}, timeout=30)
+    assert later["state"] == "failed" and "no longer running when its host reconnected" in later["data"]["error"], later
     assert node.pool_files() == files
     start_and_check(api, server)  # recovered: it starts again
     api.ok("DELETE", f"servers/{server}/?recurse=all_drives", status=204)
