@@ -127,6 +127,8 @@ async def run_stdio(config: AgentConfig) -> int:
         if not serving.done():
             log.error("the libvirt connection to %s closed (%s): exiting", config.uri, why[0] if why else "?")
             serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
             return 1
         serving.result()
         return 0
