@@ -7,6 +7,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -69,6 +70,8 @@ def test_serve_purges_old_finished_jobs_in_the_background(node: tuple[StratoServ
     strato.env["STRATO_JOB_MAX_AGE"] = "2"
     strato.start()
     strato.wait_host_up()
-    running, done = a_running_job(api), finished_job(api)
+    running, drive = a_running_job(api), make_drive(api)["uuid"]
+    [done] = jobs_of(api, drive)  # just made (it may be purged two seconds after it ends)
     wait_for(lambda: api.get(f"jobs/{done['uuid']}/").status_code == 404, 30, "the finished job purged")
+    time.sleep(3)  # older than job_max_age now, and purged at least twice since: still there, as it runs
     assert api.ok("GET", f"jobs/{running['uuid']}/")["state"] == "started"
