@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -118,16 +119,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = load_config(args)
     try:
-        asyncio.run(run_stdio(config))
+        return asyncio.run(run_stdio(config))
     except KeyboardInterrupt:
         return 130
-    except AgentError as err:  # a host this agent must not run on as configured (ensure_pools)
+    except AgentError as err:  # libvirtd unreachable, or a host this agent must not run on as configured
         log.error("refusing to start: %s", err.message)
         return 1
-    return 0
 
 
-async def run_stdio(config: AgentConfig) -> None:
+async def run_stdio(config: AgentConfig) -> int:
+    """Serve until stdin ends (0), or until libvirtd closes the connection (1): a connection that
+    died stays dead, so the agent exits and whoever runs it starts a fresh one (the API node does,
+    with backoff), which waits for libvirtd to be back."""
     loop = asyncio.get_running_loop()
     reader, writer = await _stdio_streams(loop)
     # Opened on the loop thread: libvirtaio registers the connection's socket with this loop.
@@ -138,12 +141,40 @@ async def run_stdio(config: AgentConfig) -> None:
         raise
     agent.domains.watch(lambda name, params: writer.write(encode({"event": name, "params": params})))
     agent.serve_running_contexts()
+    closed = asyncio.Event()
+    why: list[str] = []
+
+    def on_close(_conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
+        why.append(_CLOSE_REASONS.get(reason, f"reason {reason}"))
+        closed.set()
+
+    conn.registerCloseCallback(on_close, None)
     log.info("ready: uri=%s virt_type=%s prefix=%s", config.uri, agent.domains.host.virt_type, config.prefix)
+    serving = asyncio.create_task(serve(agent, reader, writer))
+    lost = asyncio.create_task(closed.wait())
     try:
-        await serve(agent, reader, writer)
+        await asyncio.wait({serving, lost}, return_when=asyncio.FIRST_COMPLETED)
+        if not serving.done():
+            log.error("the libvirt connection to %s closed (%s): exiting", config.uri, why[0] if why else "?")
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+            return 1
+        serving.result()
+        return 0
     finally:
+        lost.cancel()
         await agent.contexts.close()
-        conn.close()
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.unregisterCloseCallback()
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+        await asyncio.sleep(0.1)  # libvirtaio removes the closed connection's handles on this loop
+
+
+_CLOSE_REASONS = {libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "an error", libvirt.VIR_CONNECT_CLOSE_REASON_EOF:
+                  "libvirtd went away", libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "libvirtd stopped answering",
+                  libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "closed by the agent"}
 
 
 class _FileReader:
@@ -187,7 +218,10 @@ def _open(config: AgentConfig, loop: asyncio.AbstractEventLoop) -> tuple[Agent, 
     libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
     # libvirt prints every error to stderr by default; errors reach the caller as responses.
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    conn = libvirt.open(config.uri)
+    try:
+        conn = libvirt.open(config.uri)
+    except libvirt.libvirtError as err:
+        raise AgentError("libvirt", f"cannot connect to libvirtd at {config.uri}: {err}") from None
     conn.setKeepAlive(5, 3)
     facts = HostFacts.read(conn)
     policy = HostPolicy(
@@ -201,9 +235,11 @@ def _open(config: AgentConfig, loop: asyncio.AbstractEventLoop) -> tuple[Agent, 
     storage = Storage(conn, config.prefix, list(config.pools), list(config.rbd_pools))
     try:
         storage.ensure_pools()
-    except AgentError:
+    except (AgentError, libvirt.libvirtError) as err:
         conn.close()  # before the loop ends: libvirtaio's handles go with the connection
-        raise
+        if isinstance(err, AgentError):
+            raise
+        raise AgentError("libvirt", f"the storage pools cannot be made ready: {err}") from None
     for directory in (policy.console_log_dir, policy.socket_dir):
         os.makedirs(directory, exist_ok=True)
     vxlan = wire.VxlanEndpoint(address=config.vxlan_local, port=config.vxlan_port) if config.vxlan_local else None

@@ -13,6 +13,11 @@ libvirt network PREFIX + "net-" + N; it is one of three kinds:
               enslaved to the bridge and floods to every peer endpoint given (unicast head-end
               replication, no learning), so guests on other hosts share the L2 segment.
 
+Ownership: the agent defines each network with a UUID derived from its libvirt name
+(`owned_uuid`), so a network of that name with another UUID was made by someone else (another
+installation that picked the same prefix, an operator): the agent refuses to start, change,
+reserve on or remove it, with an error that says so, and never redefines or undefines it.
+
 Every method blocks (libvirt, `ip`, `bridge`); the protocol layer runs them in threads.
 """
 
@@ -22,6 +27,7 @@ import hashlib
 import logging
 import subprocess
 import threading
+import uuid
 
 import libvirt
 
@@ -33,6 +39,12 @@ log = logging.getLogger(__name__)
 
 VXLAN_OVERHEAD = 50
 ZERO_MAC = "00:00:00:00:00:00"
+OWNERSHIP = uuid.UUID("5d3c1f0e-8a51-4a0e-9f4c-6b1e2d7a9c31")  # namespace of the UUIDs agents give networks
+
+
+def owned_uuid(libvirt_name: str) -> str:
+    """The UUID an agent defines the network ``libvirt_name`` with: the mark that it made it."""
+    return str(uuid.uuid5(OWNERSHIP, libvirt_name))
 
 
 class Networks:
@@ -49,13 +61,14 @@ class Networks:
 
     def build(self, spec: wire.Network) -> Network:
         name = self.libvirt_name(spec.name)
+        mark = owned_uuid(name)
         if spec.kind == "nat":
-            return Network(name=name, forward="nat", stp=False,
+            return Network(name=name, uuid=mark, forward="nat", stp=False,
                            ip=IpDef(address=spec.address, prefix=spec.prefix, dhcp=Dhcp()))  # type: ignore[arg-type]
         if spec.kind == "bridge":
-            return Network(name=name, forward="bridge", bridge=spec.bridge)
+            return Network(name=name, uuid=mark, forward="bridge", bridge=spec.bridge)
         vxlan = spec.vni is not None and self.vxlan is not None
-        return Network(name=name, stp=False, mtu=1500 - VXLAN_OVERHEAD if vxlan else None)
+        return Network(name=name, uuid=mark, stp=False, mtu=1500 - VXLAN_OVERHEAD if vxlan else None)
 
     def ensure(self, spec: wire.Network) -> wire.NetworkEnsured:
         """Define and start the network unless it exists (an existing definition is kept: its
@@ -72,6 +85,7 @@ class Networks:
                     net = self._lookup_optional(name)
                     if net is None:
                         raise
+            self._refuse_foreign(net)
             if not net.isActive():
                 try:
                     net.create()
@@ -89,6 +103,8 @@ class Networks:
         lv_name = self.libvirt_name(name)
         with self.lock:
             net = self._lookup_optional(lv_name)
+            if net is not None:
+                self._refuse_foreign(net)
             _run(["ip", "link", "del", _vxlan_dev(lv_name)], check=False)
             if net is not None:
                 if net.isActive():
@@ -99,7 +115,7 @@ class Networks:
     def list(self) -> list[wire.NetworkInfo]:
         out = []
         for net in self.conn.listAllNetworks(0):
-            if not net.name().startswith(self.prefix + "net-"):
+            if not net.name().startswith(self.prefix + "net-") or net.UUIDString() != owned_uuid(net.name()):
                 continue
             desc = Network.from_xml(net.XMLDesc(0))
             out.append(wire.NetworkInfo(name=net.name(), bridge=desc.bridge, active=net.isActive() == 1,
@@ -130,6 +146,7 @@ class Networks:
             net = self._lookup_optional(lv_name)
             if net is None:
                 return wire.Empty()
+            self._refuse_foreign(net)
             for host in Network.from_xml(net.XMLDesc(0)).hosts():
                 if host.mac == mac:
                     self._update(net, libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, host)
@@ -189,7 +206,14 @@ class Networks:
         net = self._lookup_optional(name)
         if net is None:
             raise AgentError("notfound", f"no network {name} on this host")
+        self._refuse_foreign(net)
         return net
+
+    def _refuse_foreign(self, net: libvirt.virNetwork) -> None:
+        if net.UUIDString() != owned_uuid(net.name()):
+            raise AgentError("invalid", f"libvirt network {net.name()} exists but was not made by this installation "
+                                        f"(prefix {self.prefix!r}); it is left as it is. Remove or rename it, or give "
+                                        "this installation another agent prefix")
 
 
 def _vxlan_dev(libvirt_name: str) -> str:

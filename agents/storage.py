@@ -133,16 +133,30 @@ class Storage:
             return None
 
     def _pool(self, name: str | None) -> tuple[str, libvirt.virStoragePool]:
+        """A configured pool, active: libvirt stops a pool whose directory vanished (an unmounted
+        share) at its next refresh, and nothing starts it again once the directory is back."""
         name = name or self.default
         if name not in self.pools:
             raise AgentError("notfound", f"no pool {name!r} on this host")
-        return name, self.conn.storagePoolLookupByName(self.prefix + name)
+        lv = self.conn.storagePoolLookupByName(self.prefix + name)
+        if not lv.isActive():
+            try:
+                lv.create(0)
+                log.info("storage pool %s was inactive; started it again", lv.name())
+            except libvirt.libvirtError as err:
+                if not lv.isActive():  # not started by another agent meanwhile
+                    raise AgentError("libvirt", f"storage pool {lv.name()} is not active and cannot be started: "
+                                                f"{err}") from None
+        return name, lv
 
     def pool_facts(self) -> list[wire.PoolFacts]:
         facts = []
         for pool in self.pools.values():
-            _state, capacity, allocation, available = self.conn.storagePoolLookupByName(
-                self.prefix + pool.name).info()
+            self._pool(pool.name)  # active (a pool whose directory was back gets started)
+            # The file system's own figures: libvirt's are as of the pool's last refresh.
+            st = os.statvfs(pool.path)
+            capacity, available = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+            allocation = capacity - st.f_bfree * st.f_frsize
             # The real path: a shared directory mounted through different links is still one pool.
             facts.append(wire.PoolFacts(name=pool.name, path=os.path.realpath(pool.path), capacity=capacity,
                                         allocation=allocation, available=available))
@@ -207,8 +221,13 @@ class Storage:
         partial = os.path.join(self.pools[pool_name].path, f".{name}.importing")
         # The format is the one qemu-img detected from content, passed explicitly so a raw
         # image that happens to look like another format is never reinterpreted.
-        _run(["qemu-img", "convert", "-q", "-f", fmt, "-O", "qcow2", source_path, partial])
-        os.replace(partial, final)
+        try:
+            _run(["qemu-img", "convert", "-q", "-f", fmt, "-O", "qcow2", source_path, partial])
+            os.replace(partial, final)
+        except BaseException:  # a full disk, a bad image: no partial file stays behind
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
+            raise
         lv.refresh(0)
         return self.describe(pool_name, lv.storageVolLookupByName(name))
 

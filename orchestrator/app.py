@@ -125,7 +125,7 @@ async def hosts(app: web.Application) -> AsyncIterator[None]:
     cluster = Cluster(app[SESSIONS], app[NODE], lease=config.node_lease)
     work = Work.build(app[SESSIONS], hosts, app[SCHEDULER], cluster, context_document=context_document,
                       data_dir=config.data_dir, shutdown_window=config.shutdown_window, heartbeat=config.heartbeat,
-                      clone_mode=config.clone_mode, flatten_rate=config.flatten_rate)
+                      clone_mode=config.clone_mode, flatten_rate=config.flatten_rate, job_max_age=config.job_max_age)
     work.contexts.watch(app[SESSION_CLASS])  # commits that change a document push it again
     consoles = Consoles(hosts, app[SESSIONS], bind=config.tunnel_bind, ports=config.tunnel_port_range,
                         idle_timeout=config.tunnel_idle, token_ttl=config.console_token_ttl)

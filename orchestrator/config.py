@@ -60,6 +60,9 @@ class Config(BaseSettings):
     # its lease for this many seconds is dead, and the others take its hosts and jobs over.
     node_lease: float = 10.0
     upload_dir: Path | None = None       # chunked uploads in progress, shared by all API nodes (data_dir/uploads)
+    # Finished jobs untouched for this many seconds are removed in the background (running ones never);
+    # `strato jobs purge --older-than` does it by hand.
+    job_max_age: float = 7 * 24 * 3600.0
     # Consoles (VNC and serial tunnels)
     public_host: str | None = None       # host name in vnc:// and csconsole:// URLs (default: the listen host)
     tunnel_bind: str = "127.0.0.1"       # where tunnel listeners bind (0.0.0.0 to serve other machines)

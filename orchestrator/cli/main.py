@@ -220,6 +220,35 @@ def libdrives_import(args: argparse.Namespace) -> int:
     return 0
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """Seconds from ``90``, ``45s``, ``30m``, ``12h`` or ``7d``."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in DURATION_UNITS else (text, "s")
+    try:
+        seconds = float(number) * DURATION_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 90, 45s, 30m, 12h, 7d)") from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration is not negative")
+    return seconds
+
+
+def jobs_purge(args: argparse.Namespace) -> int:
+    """Remove the finished jobs older than ``--older-than`` (default: the configured job_max_age)."""
+    from datetime import timedelta
+
+    from orchestrator.db.models import utcnow
+    from orchestrator.domain.jobs import purge
+
+    config = load_config(args)
+    age = timedelta(seconds=config.job_max_age if args.older_than is None else args.older_than)
+    removed = asyncio.run(with_session(config, lambda s: purge(s, age, utcnow())))
+    print(f"{removed} finished job(s) older than {age} removed")
+    return 0
+
+
 def doctor(args: argparse.Namespace) -> int:
     findings = asyncio.run(diagnose(load_config(args), args.host))
     for finding in findings:
@@ -242,6 +271,11 @@ def parser() -> argparse.ArgumentParser:
                        "QEMU can reach, free space) and say what to fix; exit status 1 when something needs fixing")
     d.add_argument("--host", help="only this host")
     d.set_defaults(func=doctor)
+    jobs = sub.add_parser("jobs", help="background jobs").add_subparsers(dest="action", required=True)
+    j = jobs.add_parser("purge", parents=[common], help="remove finished jobs (running ones never); serve does "
+                        "this in the background for those older than job_max_age")
+    j.add_argument("--older-than", type=duration, metavar="AGE", help="e.g. 3600, 12h, 7d (default: job_max_age)")
+    j.set_defaults(func=jobs_purge)
     users = sub.add_parser("users").add_subparsers(dest="action", required=True)
     u = users.add_parser("create", parents=[common], help="create a user")
     u.add_argument("email")

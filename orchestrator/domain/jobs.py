@@ -11,8 +11,9 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -85,6 +86,31 @@ async def finish_started(s: AsyncSession, operation: str, source_uuid: str, erro
             s.add(JobLink(job_uuid=job.uuid, res_uuid=source_uuid))
 
 
+def record_fault(s: AsyncSession, owner: str, server_uuid: str, reason: str) -> Job:
+    """A server stopped without being asked (its QEMU died, its host lost it): a ``server_fault``
+    job, ``failed`` with the reason, listed in the server's ``jobs`` (Nova's instance faults)."""
+    job = new_job(s, owner, "server_fault", "servers", server_uuid)
+    finish(job, reason)
+    s.add(JobLink(job_uuid=job.uuid, res_uuid=server_uuid))
+    return job
+
+
+async def purge(s: AsyncSession, older_than: timedelta, now: datetime) -> int:
+    """Remove the finished jobs untouched for ``older_than`` (with their children and links); a job
+    still ``started``, or whose family still has one, is never removed.  Returns how many went."""
+    cutoff = now - older_than
+    old = select(Job.uuid).where(Job.parent_uuid.is_(None), Job.state != "started", Job.last_modified < cutoff)
+    busy = select(Job.parent_uuid).where(Job.parent_uuid.is_not(None), Job.state == "started")
+    roots = list((await s.scalars(old.where(Job.uuid.not_in(busy)))).all())
+    if not roots:
+        return 0
+    family = roots + list((await s.scalars(select(Job.uuid).where(Job.parent_uuid.in_(roots)))).all())
+    await s.execute(delete(JobLink).where(JobLink.job_uuid.in_(family)))
+    await s.execute(delete(Job).where(Job.parent_uuid.in_(roots)))
+    await s.execute(delete(Job).where(Job.uuid.in_(roots)))
+    return len(roots)
+
+
 _PATH = re.compile(r"(?<![\w.~])/[^\s'\"`,;:()\[\]{}<>]+")
 MAX_REASON = 500
 SYSTEM = ("/usr", "/bin", "/sbin")  # programs a message names (qemu-img): nobody's data
@@ -104,6 +130,8 @@ class Reasons:
 
     def of(self, err: BaseException | str) -> str:
         text = err if isinstance(err, str) else getattr(err, "message", None) or str(err) or type(err).__name__
+        if isinstance(err, ConnectionError):  # the host's agent or its channel went away mid-operation
+            text = f"The connection to the host was lost during the operation ({text}); try again"
         text = " ".join(str(text).split())  # one line, whatever the host printed
         text = _PATH.sub(lambda m: m[0] if self._own(m[0]) else "[host path]", text)
         return text if len(text) <= MAX_REASON else text[:MAX_REASON - 1] + "…"

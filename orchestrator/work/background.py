@@ -16,6 +16,7 @@ from orchestrator.work.clones import CloneMode, CloneWork
 from orchestrator.work.contexts import BuildDocument, ContextWork
 from orchestrator.work.flatten import FlattenWork
 from orchestrator.work.leases import Cluster
+from orchestrator.work.purge import JobPurge
 from orchestrator.work.servers import ServerWork
 from orchestrator.work.tasks import Tasks
 from orchestrator.work.volumes import VolumeWork
@@ -31,11 +32,13 @@ class Work:
     contexts: ContextWork
     watch: HostWatch
     cluster: Cluster
+    purge: JobPurge
 
     @classmethod
     def build(cls, sessions: async_sessionmaker, hosts: Hosts, scheduler: Scheduler, cluster: Cluster, *,
               context_document: BuildDocument, data_dir: Path, shutdown_window: float, heartbeat: float,
-              clone_mode: CloneMode = "cow", flatten_rate: int | None = None) -> Work:
+              clone_mode: CloneMode = "cow", flatten_rate: int | None = None,
+              job_max_age: float = 7 * 24 * 3600.0) -> Work:
         tasks = Tasks()
         reasons = Reasons.under([data_dir])  # failed jobs may show paths in the data directory, no others
         scratch = data_dir / "transit"  # where images in transit between hosts wait
@@ -46,7 +49,7 @@ class Work:
                              flattens=flattens)
         clones = CloneWork(sessions, hosts, tasks, volumes, servers, scratch, cluster, flattens, clone_mode)
         watch = HostWatch(sessions, hosts, tasks, servers, volumes, clones, contexts, cluster, heartbeat=heartbeat)
-        return cls(tasks, volumes, servers, clones, contexts, watch, cluster)
+        return cls(tasks, volumes, servers, clones, contexts, watch, cluster, JobPurge(sessions, job_max_age))
 
     async def later(self, step: Coroutine[Any, Any, Any], name: str | None = None) -> None:
         """Run ``step`` in the background (after the request's commit), supervised."""
@@ -61,6 +64,7 @@ class Work:
         await self.cluster.join()  # leases first: a lone node holds its hosts before they connect
         await self.watch.start()
         await self.tasks.spawn(self.cluster.run(), "leases")
+        await self.tasks.spawn(self.purge.run(), "job purge")
 
     async def stop(self) -> None:
         await self.tasks.close()

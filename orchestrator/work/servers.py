@@ -22,7 +22,7 @@ from sqlalchemy.orm import selectinload
 from agents.client import AgentCallError, AgentGone
 from orchestrator.db.models import Drive, Server, ServerDrive, utcnow
 from orchestrator.domain.errors import notexist
-from orchestrator.domain.jobs import Reasons, finish_started
+from orchestrator.domain.jobs import Reasons, finish_started, record_fault
 from orchestrator.domain.lifecycle import BOOTED, Status
 from orchestrator.domain.networks import network_plan, reservations_of
 from orchestrator.domain.placement import Scheduler
@@ -35,6 +35,7 @@ from orchestrator.work.tasks import Tasks
 from orchestrator.work.volumes import HOST_FAILURES
 
 log = logging.getLogger(__name__)
+UP = (Status.RUNNING, Status.PAUSED, Status.UNAVAILABLE)  # a server whose stop nobody asked for is a fault
 
 
 class ServerWork:
@@ -190,8 +191,9 @@ class ServerWork:
         else:
             await self.finish_stop(uuid, host)
 
-    async def finish_stop(self, uuid: str, host: str) -> None:
-        """The domain is off: status ``stopped``, claim released, definition removed."""
+    async def finish_stop(self, uuid: str, host: str, fault: str | None = None) -> None:
+        """The domain is off: status ``stopped``, claim released, definition removed.  ``fault``: it
+        went off unasked (why, for a ``server_fault`` job when the server was up)."""
         async with self.sessions() as s:
             server = await s.get(Server, uuid)
             if server is None or server.host != host:
@@ -206,6 +208,9 @@ class ServerWork:
             server = await s.get(Server, uuid)
             if server is None or server.host != host:
                 return
+            if fault is not None and server.status in UP:
+                log.warning("server %s stopped unexpectedly on %s: %s", uuid, host, fault)
+                record_fault(s, server.owner_uuid, uuid, fault)
             await record_stopped(s, server)
         for listener in self.stop_listeners:
             await listener(uuid)

@@ -39,6 +39,9 @@ class VolumeWork:
         # libvirt refuses a volume build while another runs in the same pool ("pool has
         # asynchronous jobs running"): one volume build at a time per host.
         self._locks: dict[str, asyncio.Lock] = {}
+        # Volumes whose delete failed (the host was unreachable, libvirtd still building the volume):
+        # host → {(pool, name)}, deleted again once the host answers (`retry_deletes`).
+        self.undeleted: dict[str, set[tuple[str | None, str]]] = {}
 
     def lock(self, host: str) -> asyncio.Lock:
         return self._locks.setdefault(host, asyncio.Lock())
@@ -146,13 +149,13 @@ class VolumeWork:
             await refresh_mount_status(s, {drive_uuid})
 
     async def delete(self, volumes: list[Volume]) -> None:
+        """Delete volumes on their hosts; one that cannot go now is deleted again later, so that a
+        volume whose drive is gone never stays behind (a copy cut off by a dying agent included)."""
         for host, pool, name in volumes:
             if host is None or name is None:
                 continue
-            try:
-                await self.hosts.call(host, "volume.delete", pool=pool, name=name)
-            except (AgentCallError, AgentGone) as err:
-                log.error("volume %s/%s on %s not deleted: %s", pool, name, host, err)
+            if not await self._delete(host, pool, name):
+                self.undeleted.setdefault(host, set()).add((pool, name))
         await self.collect_bases()  # a deleted overlay may have been the last user of its base
 
     async def collect_bases(self) -> None:
@@ -205,6 +208,26 @@ class VolumeWork:
                 yield paths[0], top["format"], len(chain) > 1
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+
+    async def retry_deletes(self, host: str) -> None:
+        for pool, name in sorted(self.undeleted.get(host, ()), key=str):
+            if await self._delete(host, pool, name):
+                self.undeleted[host].discard((pool, name))
+                log.info("volume %s/%s on %s deleted on a later attempt", pool, name, host)
+
+    async def _delete(self, host: str, pool: str | None, name: str) -> bool:
+        """Whether the volume is gone now (deleted, or not there)."""
+        try:
+            await self.hosts.call(host, "volume.delete", pool=pool, name=name)
+        except AgentCallError as err:
+            if err.kind == "notfound":
+                return True
+            log.error("volume %s/%s on %s not deleted yet: %s", pool, name, host, err)
+            return False
+        except (AgentGone, TimeoutError) as err:
+            log.error("volume %s/%s on %s not deleted yet: %s", pool, name, host, err)
+            return False
+        return True
 
     async def path_of(self, drive: Drive) -> dict[str, Any]:
         """The volume's listing entry on its host (path, format, capacity)."""

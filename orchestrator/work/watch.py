@@ -32,6 +32,8 @@ from orchestrator.work.tasks import Tasks
 from orchestrator.work.volumes import VolumeWork
 
 log = logging.getLogger(__name__)
+UNASKED_STOPS = ("crashed", "failed")  # libvirt's stop details that no request and no guest shutdown cause
+LOST = ("The server stopped unexpectedly: its guest was no longer running when its host reconnected")
 
 
 class HostWatch(Listener):
@@ -63,6 +65,8 @@ class HostWatch(Listener):
             try:
                 await self.hosts.sync()
                 await self.poll_stats()
+                for host in self.hosts.up_hosts():
+                    await self.volumes.retry_deletes(host)
             except Exception:
                 log.exception("host watch failed; trying again")
 
@@ -139,7 +143,10 @@ class HostWatch(Listener):
         if event.get("event") != "domain.lifecycle" or state is None or not self.cluster.holds(host):
             return
         if state == "stopped":
-            await self.servers.finish_stop(uuid, host)
+            reason = params.get("reason")
+            fault = (f"The server stopped unexpectedly: its QEMU process on the host ended ({reason})"
+                     if reason in UNASKED_STOPS else None)
+            await self.servers.finish_stop(uuid, host, fault)
             return
         async with self.sessions.begin() as s:
             server = await s.get(Server, uuid)
@@ -160,7 +167,7 @@ class HostWatch(Listener):
             await recount(s, host)  # the claim counters, from the servers the database places there
             servers = (await s.scalars(select(Server).where(Server.host == host))).all()
             known = {server.uuid for server in servers}
-            gone = []
+            gone, lost = [], set()
             for server in servers:
                 domain = domains.get(server.uuid)
                 if domain is not None and domain["state"] == "running":
@@ -173,6 +180,8 @@ class HostWatch(Listener):
                     continue  # a boot under way, here or on another live node
                 else:
                     gone.append(server.uuid)
+                    if domain is None or domain["state"] == "stopped":  # its guest ended while nobody listened
+                        lost.add(server.uuid)
             # A guest of a server the database says is stopped (its boot finished after the API node
             # that asked for it died, and the claim was released): it must not outlive its claim.
             stray = set((await s.scalars(select(Server.uuid).where(
@@ -183,7 +192,7 @@ class HostWatch(Listener):
             unsettled = (await s.scalars(select(Drive).where(Drive.host == host, Drive.status.in_(
                 ("creating", "unavailable", "resizing"))))).all()
         for uuid in gone:
-            await self.servers.finish_stop(uuid, host)
+            await self.servers.finish_stop(uuid, host, LOST if uuid in lost else None)
         for uuid in stray:
             log.warning("host %s runs domain %s of a stopped server; removing it", host, uuid)
             with contextlib.suppress(AgentCallError, AgentGone):
@@ -197,6 +206,7 @@ class HostWatch(Listener):
                 await self.tasks.spawn(self.volumes.resize(drive.uuid))  # growing to the recorded size is idempotent
             else:
                 await self.volumes.settle(drive.uuid)
+        await self.volumes.retry_deletes(host)
         await self.clones.resume(host)
         await self.clones.flattens.resume(host)  # overlays left unflattened (an API node restarted)
         await self.volumes.collect_bases()  # bases whose deletion waited for this host

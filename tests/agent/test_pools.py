@@ -14,6 +14,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from agents.client import AgentCallError
 from agents.xml.storage import DirPool
 from tests.agent.conftest import URI, AgentProcess, _open_to_qemu
 from tests.strato_process import remove_libvirt_objects
@@ -104,4 +105,75 @@ async def test_pool_defined_elsewhere_is_refused_not_redefined(base: Path) -> No
     finally:
         await a.stop()
         await b.stop()
+        await asyncio.to_thread(remove_libvirt_objects, prefix, URI)
+
+
+def define_foreign(kind: str, xml: str) -> str:
+    """A libvirt object the test defines itself (as another installation or an operator would):
+    its XML as libvirt holds it, to compare with afterwards."""
+    conn = libvirt.open(URI)
+    try:
+        obj = conn.networkDefineXML(xml) if kind == "network" else conn.storagePoolDefineXML(xml, 0)
+        return obj.XMLDesc(0)
+    finally:
+        conn.close()
+
+
+def described(kind: str, name: str) -> tuple[str, bool]:
+    conn = libvirt.open(URI)
+    try:
+        obj = conn.networkLookupByName(name) if kind == "network" else conn.storagePoolLookupByName(name)
+        return obj.XMLDesc(0), bool(obj.isActive())
+    finally:
+        conn.close()
+
+
+async def test_a_foreign_network_of_the_wanted_name_is_refused_and_left_alone(base: Path) -> None:
+    """A network named as the agent would name its own, that the agent did not make: ensure,
+    reserve and remove are refused with an error saying so, and the network is never redefined,
+    started or undefined."""
+    prefix = f"t{secrets.token_hex(3)}-"
+    name = f"{prefix}net-theirs"
+    before = await asyncio.to_thread(define_foreign, "network", f"<network><name>{name}</name></network>")
+    a = agent(base, prefix, base / "pool", "a")
+    try:
+        client = await a.start()
+        for method, params in (("network.ensure", {"network": {"name": "theirs", "kind": "isolated"}}),
+                               ("network.reserve", {"network": "theirs", "mac": "52:54:00:00:00:01",
+                                                    "ip": "10.9.0.2"}),
+                               ("network.release", {"network": "theirs", "mac": "52:54:00:00:00:01"}),
+                               ("network.remove", {"network": "theirs"})):
+            with pytest.raises(AgentCallError) as refused:
+                await client.call(method, **params)
+            assert refused.value.kind == "invalid", (method, refused.value)
+            assert f"{name} exists but was not made by this installation" in refused.value.message, refused.value
+            assert await asyncio.to_thread(described, "network", name) == (before, False), method
+        assert name not in [n["name"] for n in await client.call("network.list")]
+        # Its own networks still work beside it.
+        ensured = await client.call("network.ensure", network={"name": "mine", "kind": "isolated"})
+        assert ensured["name"] == f"{prefix}net-mine"
+        await client.call("network.remove", network="mine")
+        assert "Traceback" not in a.stderr(), a.stderr()
+    finally:
+        await a.stop()
+        await asyncio.to_thread(remove_networks, prefix)
+        await asyncio.to_thread(remove_libvirt_objects, prefix, URI)
+
+
+async def test_a_foreign_pool_of_the_wanted_name_is_refused_and_left_alone(base: Path) -> None:
+    prefix = f"t{secrets.token_hex(3)}-"
+    theirs = base / "theirs"
+    theirs.mkdir()
+    xml = f"<pool type='dir'><name>{prefix}default</name><target><path>{theirs}</path></target></pool>"
+    before = await asyncio.to_thread(define_foreign, "pool", xml)
+    a = agent(base, prefix, base / "mine", "a")
+    try:
+        with pytest.raises(AssertionError):
+            await a.start()
+        assert a.proc is not None and await a.proc.wait() == 1
+        assert f"storage pool {prefix}default is defined at {theirs}" in a.stderr(), a.stderr()
+        assert "Traceback" not in a.stderr(), a.stderr()
+        assert await asyncio.to_thread(described, "pool", f"{prefix}default") == (before, False)
+    finally:
+        await a.stop()
         await asyncio.to_thread(remove_libvirt_objects, prefix, URI)
