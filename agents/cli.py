@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--socket-dir")
     parser.add_argument("--vxlan-local", metavar="ADDRESS")
     parser.add_argument("--vxlan-port", type=int)
+    parser.add_argument("--migrate-uri", metavar="URI", help="this libvirtd as other hosts reach it")
+    parser.add_argument("--migrate-address", metavar="ADDRESS", help="this host's address for migration streams")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
