@@ -72,7 +72,10 @@ def migrate(conn: libvirt.virConnect, dom: libvirt.virDomain, params: wire.Migra
         libvirt.VIR_MIGRATE_PARAM_DEST_XML: destination_xml(live, params.target_xml),
         libvirt.VIR_MIGRATE_PARAM_DEST_NAME: ET.fromstring(params.target_xml).findtext("name") or dom.name(),
     }
-    flags = MIGRATE_FLAGS
+    # The API node moves only drives that the target sees at the same path (or that it copies);
+    # libvirt cannot tell a shared directory from a local one unless it is NFS, GlusterFS, Ceph…,
+    # and would refuse a shared pool mounted any other way as "unsafe".
+    flags = MIGRATE_FLAGS | libvirt.VIR_MIGRATE_UNSAFE
     if params.copy_drives:
         flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
         typed[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = [

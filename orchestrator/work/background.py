@@ -14,6 +14,7 @@ from orchestrator.domain.placement import Scheduler
 from orchestrator.hosts.pool import Hosts
 from orchestrator.work.clones import CloneWork
 from orchestrator.work.contexts import BuildDocument, ContextWork
+from orchestrator.work.migrations import MigrationWork
 from orchestrator.work.servers import ServerWork
 from orchestrator.work.tasks import Tasks
 from orchestrator.work.volumes import VolumeWork
@@ -27,6 +28,7 @@ class Work:
     servers: ServerWork
     clones: CloneWork
     contexts: ContextWork
+    migrations: MigrationWork
     watch: HostWatch
 
     @classmethod
@@ -39,8 +41,9 @@ class Work:
         contexts = ContextWork(sessions, hosts, tasks, context_document)
         servers = ServerWork(sessions, hosts, tasks, scheduler, reasons, contexts, shutdown_window=shutdown_window)
         clones = CloneWork(sessions, hosts, tasks, volumes, servers, scratch)
-        watch = HostWatch(sessions, hosts, tasks, servers, volumes, clones, contexts, heartbeat=heartbeat)
-        return cls(tasks, volumes, servers, clones, contexts, watch)
+        migrations = MigrationWork(sessions, hosts, tasks, scheduler, reasons, contexts, servers)
+        watch = HostWatch(sessions, hosts, tasks, servers, volumes, clones, contexts, migrations, heartbeat=heartbeat)
+        return cls(tasks, volumes, servers, clones, contexts, migrations, watch)
 
     async def later(self, step: Coroutine[Any, Any, Any], name: str | None = None) -> None:
         """Run ``step`` in the background (after the request's commit), supervised."""

@@ -110,7 +110,7 @@ class ServerWork:
                 Drive.uuid.in_([a.drive_uuid for a in server.drive_links])))).all()}
             plan, host = await network_plan(s, server), server.host
         try:
-            networks = await self._connect_nics(host, [n["mac"] for n in server.nics], plan)
+            networks = await self.connect_nics(host, [n["mac"] for n in server.nics], plan)
             await self.contexts.push_one(uuid)  # there before the guest asks
             domain = await self.hosts.call(host, "domain.start", server=server_spec(server, drives, networks))
         except (*HOST_FAILURES, ValueError) as err:  # ValueError: a definition the wire refuses
@@ -129,7 +129,7 @@ class ServerWork:
             with contextlib.suppress(AgentCallError, AgentGone):
                 await self.hosts.call(host, "domain.undefine", uuid=uuid)
 
-    async def _connect_nics(self, host: str, macs: list[str],
+    async def connect_nics(self, host: str, macs: list[str],
                             plan: list[tuple[dict[str, Any] | None, str | None]]) -> list[str | None]:
         """Each NIC's network made ready on the host (defined, VXLAN peers) and its address
         reserved for its MAC; returns the libvirt network names for the server spec."""

@@ -23,6 +23,7 @@ from orchestrator.hosts.connection import Event, Listener
 from orchestrator.hosts.pool import Hosts
 from orchestrator.work.clones import CloneWork
 from orchestrator.work.contexts import ContextWork
+from orchestrator.work.migrations import MigrationWork
 from orchestrator.work.servers import ServerWork
 from orchestrator.work.tasks import Tasks
 from orchestrator.work.volumes import VolumeWork
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 
 class HostWatch(Listener):
     def __init__(self, sessions: async_sessionmaker, hosts: Hosts, tasks: Tasks, servers: ServerWork,
-                 volumes: VolumeWork, clones: CloneWork, contexts: ContextWork, *, heartbeat: float = 5.0) -> None:
+                 volumes: VolumeWork, clones: CloneWork, contexts: ContextWork, migrations: MigrationWork, *,
+                 heartbeat: float = 5.0) -> None:
         self.sessions = sessions
         self.hosts = hosts
         self.tasks = tasks
@@ -40,12 +42,14 @@ class HostWatch(Listener):
         self.volumes = volumes
         self.clones = clones
         self.contexts = contexts
+        self.migrations = migrations
         self.heartbeat = heartbeat
         # Latest domain.stats per running server, polled per host.
         self.stats: dict[str, dict[str, Any]] = {}
 
     async def start(self) -> None:
         self.hosts.listener = self
+        await self.migrations.interrupted()
         await self.hosts.sync()
         await self.tasks.spawn(self._watch(), "host watch")
 
@@ -54,6 +58,7 @@ class HostWatch(Listener):
             await asyncio.sleep(self.heartbeat)
             try:
                 await self.hosts.sync()
+                await self.migrations.pick_up()
                 await self.poll_stats()
             except Exception:
                 log.exception("host watch failed; trying again")
@@ -100,6 +105,8 @@ class HostWatch(Listener):
         if event.get("event") != "domain.lifecycle" or state is None:
             return
         if state == "stopped":
+            if params.get("reason") == "migrated":  # it runs on the target now (work/migrations.py)
+                return
             await self.servers.finish_stop(uuid, host)
             return
         async with self.sessions.begin() as s:
@@ -109,7 +116,7 @@ class HostWatch(Listener):
                 return
             if state == "running" and server.status in REVIVED_BY_RUNNING:
                 await record_running(s, server)
-            elif state == "paused":
+            elif state == "paused" and uuid not in self.migrations.moving:  # a migration pauses its end
                 server.status = Status.PAUSED
 
     async def reconcile(self, host: str) -> None:

@@ -137,8 +137,21 @@ class Hosts:
         data["hosts"] = [Host(**h) for h in data["hosts"]]
         return cls(**data)
 
-    def ssh_address(self, host: Host) -> str:
-        return f"ssh://root@{host.address}:22"
+    def kill_libvirtd(self, host: Host) -> None:
+        """SIGKILL the host's libvirtd (its guests keep running, as on a real host)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(host.pids["libvirtd"], signal.SIGKILL)
+
+    def start_libvirtd(self, host: Host) -> None:
+        d = host.path
+        (d / "libvirtd.pid").unlink(missing_ok=True)
+        out = run(*host.inside("libvirtd", "-d", "--listen", "-p", str(d / "libvirtd.pid"),
+                               "-f", str(d / "etc" / "libvirtd.conf")), check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"host {host.name}: libvirtd failed: {out.stderr}")
+        host.pids["libvirtd"] = _wait_pidfile(d / "libvirtd.pid")
+        self.save()
+        _wait_libvirtd(host)
 
     def close(self) -> None:
         for host in self.hosts:
