@@ -23,7 +23,7 @@ from orchestrator.db.models import Host, Job, Server, new_uuid
 from orchestrator.domain.lifecycle import Status
 from orchestrator.domain.uris import uri
 
-POLL = 0.5  # seconds between looks at the queued jobs
+POLL = 0.1  # seconds between looks at the queued jobs
 
 
 async def queue(s: Any, server: Server, to: str | None) -> str:

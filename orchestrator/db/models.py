@@ -260,7 +260,7 @@ class Job(Base):
     owner_uuid: Mapped[str] = mapped_column(ForeignKey("users.uuid"), index=True)
     parent_uuid: Mapped[str | None] = mapped_column(ForeignKey("jobs.uuid", ondelete="CASCADE"), index=True)
     operation: Mapped[str] = mapped_column(String(32))
-    state: Mapped[str] = mapped_column(String(16), default="started")  # started | success | failed
+    state: Mapped[str] = mapped_column(String(16), default="started", index=True)  # started | success | failed
     progress: Mapped[int] = mapped_column(Integer, default=0)
     resources: Mapped[list[Any]]  # URIs of the objects involved, as the API shows them
     source_uuid: Mapped[str | None] = mapped_column(String(36))  # what a clone or upload reads / fills

@@ -13,6 +13,7 @@ new host.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -38,6 +39,7 @@ from orchestrator.work.volumes import HOST_FAILURES
 log = logging.getLogger(__name__)
 
 OPERATION = "server_migrate"
+QUEUE_POLL = 0.25  # seconds between looks for queued migrations (started jobs: indexed)
 MIGRATE_TIMEOUT = 3600.0  # seconds one migration may stream (copy-storage of a large drive)
 
 
@@ -53,7 +55,19 @@ class MigrationWork:
         self.servers = servers
         self.moving: set[str] = set()  # servers this API node migrates now
 
-    async def interrupted(self) -> None:
+    async def start(self) -> None:
+        await self._interrupted()
+        await self.tasks.spawn(self._watch_queue(), "migration queue")
+
+    async def _watch_queue(self) -> None:
+        while True:
+            try:
+                await self.pick_up()
+            except Exception:
+                log.exception("looking for queued migrations failed; trying again")
+            await asyncio.sleep(QUEUE_POLL)
+
+    async def _interrupted(self) -> None:
         """At start: migrations a previous API node had picked up and not finished end failed."""
         async with self.sessions.begin() as s:
             for job in (await s.scalars(select(Job).where(Job.operation == OPERATION, Job.state == "started"))).all():

@@ -49,7 +49,7 @@ class HostWatch(Listener):
 
     async def start(self) -> None:
         self.hosts.listener = self
-        await self.migrations.interrupted()
+        await self.migrations.start()
         await self.hosts.sync()
         await self.tasks.spawn(self._watch(), "host watch")
 
@@ -58,7 +58,6 @@ class HostWatch(Listener):
             await asyncio.sleep(self.heartbeat)
             try:
                 await self.hosts.sync()
-                await self.migrations.pick_up()
                 await self.poll_stats()
             except Exception:
                 log.exception("host watch failed; trying again")

@@ -18,10 +18,13 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("avoid", sa.JSON(), nullable=False, server_default="[]"))
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("params", sa.JSON(), nullable=True))
+        # the API node looks for queued migrations among the started jobs several times a second
+        batch_op.create_index("ix_jobs_state", ["state"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_index("ix_jobs_state")
         batch_op.drop_column("params")
     with op.batch_alter_table("servers", schema=None) as batch_op:
         batch_op.drop_column("avoid")
