@@ -18,7 +18,7 @@ from orchestrator.app import create_app
 from orchestrator.cli.admin import load_config, run_admin, with_session
 from orchestrator.cli.doctor import diagnose
 from orchestrator.cli.library import Entry, import_image
-from orchestrator.cli.moving import add_drain_arguments, add_moving_commands, hosts_drain
+from orchestrator.cli.moving import add_drain_arguments, add_evacuate_command, add_moving_commands, hosts_drain
 from orchestrator.cli.networks import add_commands as add_network_commands
 from orchestrator.config import Config
 from orchestrator.db.models import ApiToken, User
@@ -264,6 +264,7 @@ def parser() -> argparse.ArgumentParser:
         h.set_defaults(func=func)
         if name == "drain":
             add_drain_arguments(h)
+    add_evacuate_command(hosts, common)
     add_moving_commands(sub, common)
     libdrives = sub.add_parser("libdrives", help="the drive library").add_subparsers(dest="action", required=True)
     li = libdrives.add_parser("import", parents=[common], help="add an image (qcow2, raw or ISO, told from its "

@@ -26,8 +26,8 @@ from orchestrator.domain.uris import uri
 POLL = 0.1  # seconds between looks at the queued jobs
 
 
-async def queue(s: Any, server: Server, to: str | None) -> str:
-    job = Job(uuid=new_uuid(), owner_uuid=server.owner_uuid, operation="server_migrate", state="started", progress=0,
+async def queue(s: Any, server: Server, to: str | None, operation: str = "server_migrate") -> str:
+    job = Job(uuid=new_uuid(), owner_uuid=server.owner_uuid, operation=operation, state="started", progress=0,
               resources=[uri("servers", server.uuid)], source_uuid=server.uuid, params={"queued": True, "to": to})
     s.add(job)
     return job.uuid
@@ -95,6 +95,23 @@ async def drain(sessions: async_sessionmaker, name: str, parallel: int, timeout:
     return {"host": name, "moved": moved, "cannot_move": cannot}
 
 
+async def evacuate(sessions: async_sessionmaker, name: str, timeout: float) -> dict[str, Any]:
+    """A dead host's servers started on other hosts (their drives on shared storage)."""
+    async with sessions.begin() as s:
+        host = await s.get(Host, name)
+        if host is None:
+            raise ValueError(f"no host {name}")
+        if host.state == "up":
+            raise ValueError(f"host {name} is up: drain it (live migration) instead")
+        host.state = "draining"  # when it comes back it takes nothing new until `hosts resume`
+        servers = (await s.scalars(select(Server).where(Server.host == name).order_by(Server.uuid))).all()
+        jobs = [await queue(s, server, None, "server_evacuate") for server in servers]
+    done = await wait_jobs(sessions, jobs, timeout)
+    results = [outcome(job) for job in done.values()]
+    return {"host": name, "restarted": [r for r in results if r["state"] == "success"],
+            "cannot_move": {r["server"]: r["error"] or "still starting" for r in results if r["state"] != "success"}}
+
+
 async def _with_sessions(args: argparse.Namespace, work: Any) -> Any:
     engine = make_engine(load_config(args).db_url)
     try:
@@ -124,6 +141,15 @@ def hosts_drain(args: argparse.Namespace) -> int:
                 lambda result: not result["cannot_move"])
 
 
+def hosts_evacuate(args: argparse.Namespace) -> int:
+    if not args.cold:
+        print("strato: evacuate restarts the servers of a dead host: say so with --cold "
+              "(a live host: strato hosts drain)", file=sys.stderr)
+        return 2
+    return _run(args, lambda sessions: evacuate(sessions, args.name, args.timeout),
+                lambda result: not result["cannot_move"])
+
+
 def add_moving_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     servers = sub.add_parser("servers", help="servers, as an operator moves them").add_subparsers(
         dest="action", required=True)
@@ -133,6 +159,15 @@ def add_moving_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     m.add_argument("--to", metavar="HOST")
     m.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the job")
     m.set_defaults(func=servers_migrate)
+
+
+def add_evacuate_command(hosts: Any, common: argparse.ArgumentParser) -> None:
+    h = hosts.add_parser("evacuate", parents=[common], help="a dead host: start its servers on other hosts "
+                         "(those whose drives are all on shared storage)")
+    h.add_argument("name")
+    h.add_argument("--cold", action="store_true", help="the servers boot anew (required: their memory is lost)")
+    h.add_argument("--timeout", type=float, default=600.0)
+    h.set_defaults(func=hosts_evacuate)
 
 
 def add_drain_arguments(h: argparse.ArgumentParser) -> None:

@@ -23,12 +23,14 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import selectinload
 
 from agents.client import AgentCallError, AgentGone
-from orchestrator.db.models import Drive, Host, Job, Server
+from orchestrator.db.models import Drive, Host, Job, Server, ServerDrive
+from orchestrator.domain.drives import refresh_mount_status
 from orchestrator.domain.errors import DomainError
 from orchestrator.domain.jobs import Reasons, finish
 from orchestrator.domain.lifecycle import Status
 from orchestrator.domain.networks import network_plan, reservations_of
 from orchestrator.domain.placement import Scheduler, drop_claim, move_claim
+from orchestrator.domain.transitions import record_stopped
 from orchestrator.hosts.pool import Hosts
 from orchestrator.hosts.spec import server_spec
 from orchestrator.work.contexts import ContextWork
@@ -39,6 +41,7 @@ from orchestrator.work.volumes import HOST_FAILURES
 log = logging.getLogger(__name__)
 
 OPERATION = "server_migrate"
+EVACUATE = "server_evacuate"  # a cold restart elsewhere of a server whose host is dead
 QUEUE_POLL = 0.25  # seconds between looks for queued migrations (started jobs: indexed)
 MIGRATE_TIMEOUT = 3600.0  # seconds one migration may stream (copy-storage of a large drive)
 
@@ -70,20 +73,77 @@ class MigrationWork:
     async def _interrupted(self) -> None:
         """At start: migrations a previous API node had picked up and not finished end failed."""
         async with self.sessions.begin() as s:
-            for job in (await s.scalars(select(Job).where(Job.operation == OPERATION, Job.state == "started"))).all():
+            for job in (await s.scalars(select(Job).where(Job.operation.in_((OPERATION, EVACUATE)),
+                                                          Job.state == "started"))).all():
                 if not (job.params or {}).get("queued"):
                     finish(job, "The API node restarted during the migration; the server runs where its host says")
 
     async def pick_up(self) -> None:
         """Start the migrations queued since the last look."""
         async with self.sessions.begin() as s:
-            jobs = (await s.scalars(select(Job).where(Job.operation == OPERATION, Job.state == "started"))).all()
+            jobs = (await s.scalars(select(Job).where(Job.operation.in_((OPERATION, EVACUATE)),
+                                                      Job.state == "started"))).all()
             picked = [job.uuid for job in jobs if (job.params or {}).get("queued")]
             for job in jobs:
                 if job.uuid in picked:
                     job.params = {**(job.params or {}), "queued": False}
+        kinds = {job.uuid: job.operation for job in jobs}
         for uuid in picked:
-            await self.tasks.spawn(self._run(uuid), f"migrate ({uuid})")
+            work = self._run(uuid) if kinds[uuid] == OPERATION else self._evacuate(uuid)
+            await self.tasks.spawn(work, f"{kinds[uuid]} ({uuid})")
+
+    async def _evacuate(self, job_uuid: str) -> None:
+        """The server's host is dead: record it stopped there and start it elsewhere, when every
+        drive is on a pool another host sees (shared storage); otherwise the job says which is not."""
+        async with self.sessions.begin() as s:
+            job = await s.get(Job, job_uuid)
+            server = await s.get(Server, job.source_uuid) if job is not None else None
+            if job is None or server is None or server.host is None:
+                if job is not None:
+                    finish(job, "The server runs on no host")
+                return
+            dead = server.host
+            if self.hosts.is_up(dead):
+                finish(job, f"Host {dead} is connected: migrate its servers (strato hosts drain) instead")
+                return
+            drives = (await s.scalars(select(Drive).join(ServerDrive, ServerDrive.drive_uuid == Drive.uuid)
+                                      .where(ServerDrive.server_uuid == server.uuid))).all()
+            loads = await self.scheduler.loads(s, ("up",))
+            dead_pools = {load.name: load for load in await self.scheduler.loads(s, ("down", "draining", "up"),
+                                                                                  [dead])}.get(dead)
+            keepers: dict[str, str] = {}  # drive → a live host that sees its (shared) pool
+            for d in drives:
+                if d.host != dead:
+                    continue
+                path = dead_pools.pools.get(d.pool or "", {}).get("path") if dead_pools else None
+                keeper = next((load.name for load in loads if path and load.sees(d.pool or "", path)), None)
+                if keeper is not None:
+                    keepers[d.uuid] = keeper
+            stuck = [d.uuid for d in drives if d.host == dead and d.uuid not in keepers]
+            if stuck:
+                finish(job, f"Drives {', '.join(stuck)} are on {dead}'s own storage: the server cannot start elsewhere")
+                return
+            for d in drives:  # a shared pool's volume is served by any host that mounts it
+                if d.uuid in keepers:
+                    d.host, d.status = keepers[d.uuid], "unmounted"
+            await s.flush()
+            await refresh_mount_status(s, set(keepers))
+            await record_stopped(s, server)
+            avoid = list(server.avoid)
+        try:
+            await self.servers.start(server.uuid, avoid)
+        except DomainError as err:
+            async with self.sessions.begin() as s:
+                job = await s.get(Job, job_uuid)
+                if job is not None:
+                    finish(job, f"Stopped on {dead}, not started elsewhere: {err.message}")
+            return
+        async with self.sessions.begin() as s:
+            job = await s.get(Job, job_uuid)
+            row = await s.get(Server, server.uuid)
+            if job is not None:
+                job.params = {**(job.params or {}), "source": dead, "target": row.host if row else None}
+                finish(job)
 
     async def _run(self, job_uuid: str) -> None:
         try:

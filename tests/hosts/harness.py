@@ -142,6 +142,12 @@ class Hosts:
         with contextlib.suppress(ProcessLookupError):
             os.kill(host.pids["libvirtd"], signal.SIGKILL)
 
+    def kill_host(self, host: Host) -> None:
+        """The host dies: every process in it (sshd, libvirtd, QEMU…) killed at once."""
+        for pid in run("ip", "netns", "pids", host.name, check=False).stdout.split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+
     def start_libvirtd(self, host: Host) -> None:
         d = host.path
         (d / "libvirtd.pid").unlink(missing_ok=True)

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -143,6 +142,16 @@ def image(cloud: Cloud) -> str:
     return upload(cloud.api, "strato-guest.img", GUEST_IMAGE.read_bytes())
 
 
+@pytest.fixture(scope="module")
+def mover(cloud: Cloud, image: str) -> str:
+    """A running guest with its drive on the shared pool and its counter on (the module's tests move it)."""
+    drive = clone(cloud.api, image, "shared-guest", storage_type="zadara")
+    uuid = create_server(cloud.api, "mover", drive, counter=True)
+    start(cloud, uuid)
+    wait_ticks(cloud, the_host(cloud, uuid), uuid, 20)
+    return uuid
+
+
 # --- tests --------------------------------------------------------------------------------------
 
 def test_hosts_are_separate_hypervisors(cloud: Cloud) -> None:
@@ -174,44 +183,38 @@ def test_avoiding_servers_run_in_different_libvirtds(cloud: Cloud) -> None:
     assert not any(cloud.running_on(u) for u in servers)
 
 
-def test_live_migration_keeps_the_guest_running(cloud: Cloud, image: str) -> None:
+def test_live_migration_keeps_the_guest_running(cloud: Cloud, mover: str) -> None:
     """A guest on shared storage moves (the scheduler picks the host), then back (--to): its counter goes
     on, the API shows it running throughout, only the new host's libvirtd has it, VNC works there."""
-    drive = clone(cloud.api, image, "shared-guest", storage_type="zadara")
-    uuid = create_server(cloud.api, "mover", drive, counter=True)
-    start(cloud, uuid)
-    try:
-        source = the_host(cloud, uuid)
-        wait_ticks(cloud, source, uuid, 20)
-        with StatusWatch(cloud.api, uuid) as watch:
-            result = migrate(cloud, uuid)
-        assert result["returncode"] == 0 and result["state"] == "success", str(result)
-        target = result["to"]
-        assert result["from"] == source and target != source
-        assert set(watch.seen) == {"running"}, sorted(set(watch.seen))
-        assert cloud.running_on(uuid) == [target] and cloud.defined_on(uuid) == [target]
-        wait_ticks(cloud, target, uuid, ticks(cloud, source, uuid)[-1][0] + 10)
-        assert_counter_continued(cloud, uuid, source, target)
-        assert cloud.hosts_list()[target]["servers"] == 1 and cloud.hosts_list()[source]["servers"] == 0
-        job = cloud.api.ok("GET", f"jobs/{result['job']}/")
-        assert (job["operation"], job["state"]) == ("server_migrate", "success"), job
+    uuid = mover
+    source = the_host(cloud, uuid)
+    with StatusWatch(cloud.api, uuid) as watch:
+        result = migrate(cloud, uuid)
+    assert result["returncode"] == 0 and result["state"] == "success", str(result)
+    target = result["to"]
+    assert result["from"] == source and target != source
+    assert set(watch.seen) == {"running"}, sorted(set(watch.seen))
+    assert cloud.running_on(uuid) == [target] and cloud.defined_on(uuid) == [target]
+    wait_ticks(cloud, target, uuid, ticks(cloud, source, uuid)[-1][0] + 10)
+    assert_counter_continued(cloud, uuid, source, target)
+    assert cloud.hosts_list()[target]["servers"] == 1 and cloud.hosts_list()[source]["servers"] == 0
+    job = cloud.api.ok("GET", f"jobs/{result['job']}/")
+    assert (job["operation"], job["state"]) == ("server_migrate", "success"), job
 
-        # A VNC tunnel opened after the move reaches the guest on its new host.
-        opened = cloud.api.post(f"servers/{uuid}/action/?do=open_vnc")
-        assert opened.status_code == 202, opened.text
-        url = opened.json()["vnc_url"]
-        host, port = url.split("://", 1)[1].rsplit(":", 1)
-        asyncio.run(vnc_frame(host, int(port)))
+    # A VNC tunnel opened after the move reaches the guest on its new host.
+    opened = cloud.api.post(f"servers/{uuid}/action/?do=open_vnc")
+    assert opened.status_code == 202, opened.text
+    url = opened.json()["vnc_url"]
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
+    asyncio.run(vnc_frame(host, int(port)))
 
-        back = migrate(cloud, uuid, "--to", source)
-        assert back["returncode"] == 0 and back["to"] == source, back
-        assert cloud.running_on(uuid) == [source] and cloud.defined_on(uuid) == [source]
-        assert status(cloud.api, uuid) == "running"
-    finally:
-        stop(cloud, [uuid])
+    back = migrate(cloud, uuid, "--to", source)
+    assert back["returncode"] == 0 and back["to"] == source, back
+    assert cloud.running_on(uuid) == [source] and cloud.defined_on(uuid) == [source]
+    assert status(cloud.api, uuid) == "running"
 
 
-def test_drain_moves_every_server_and_copies_local_drives(cloud: Cloud, image: str) -> None:
+def test_drain_moves_every_server_and_copies_local_drives(cloud: Cloud, image: str, mover: str) -> None:
     """Three servers on one host (one with its drive on the host's local pool): drain moves them all."""
     names = [h.name for h in cloud.hosts.hosts]
     local = clone(cloud.api, image, "local-guest")  # next to the upload: a local pool
@@ -227,14 +230,15 @@ def test_drain_moves_every_server_and_copies_local_drives(cloud: Cloud, image: s
         for name in others:
             cloud.server.cli("hosts", "resume", name)
         assert all(cloud.running_on(u) == [home] for u in servers)
+        everyone = set(servers) | ({mover} if cloud.running_on(mover) == [home] else set())
         wait_ticks(cloud, home, servers[0], 20)
 
         with StatusWatch(cloud.api, servers[0]) as watch:
             out = cli(cloud, "hosts", "drain", home, "--parallel", "2")
         assert out.returncode == 0, (out.stdout, out.stderr)
         report = json.loads(out.stdout)
-        assert report["cannot_move"] == {} and {m["server"] for m in report["moved"]} == set(servers), report
-        assert out.stderr.count(f"drain {home}: ") == 3, out.stderr  # progress, one line per server
+        assert report["cannot_move"] == {} and {m["server"] for m in report["moved"]} == everyone, report
+        assert out.stderr.count(f"drain {home}: ") == len(everyone), out.stderr  # progress, one line per server
         assert set(watch.seen) == {"running"}, sorted(set(watch.seen))
         conn = libvirt.open(cloud.host(home).uri)
         try:
@@ -242,7 +246,7 @@ def test_drain_moves_every_server_and_copies_local_drives(cloud: Cloud, image: s
         finally:
             conn.close()
         assert cloud.hosts_list()[home]["state"] == "draining"
-        assert all(len(cloud.running_on(u)) == 1 and cloud.running_on(u)[0] != home for u in servers)
+        assert all(len(cloud.running_on(u)) == 1 and cloud.running_on(u)[0] != home for u in everyone)
 
         # The local drive was copied: its volume is on the new host's pool now, not on the old one's.
         moved_to = the_host(cloud, servers[0])
@@ -255,12 +259,10 @@ def test_drain_moves_every_server_and_copies_local_drives(cloud: Cloud, image: s
         cloud.server.cli("hosts", "resume", home)
 
 
-def test_target_libvirtd_killed_mid_migration(cloud: Cloud, image: str) -> None:
+def test_target_libvirtd_killed_mid_migration(cloud: Cloud, mover: str) -> None:
     """The target's libvirtd dies while the guest streams to it: the server runs on at the source and
     the job failed, saying why."""
-    drive = clone(cloud.api, image, "doomed-move", storage_type="zadara")
-    uuid = create_server(cloud.api, "doomed", drive, counter=True)
-    start(cloud, uuid)
+    uuid = mover
     source = the_host(cloud, uuid)
     target = next(h for h in cloud.hosts.hosts if h.name != source)
     try:
@@ -284,5 +286,20 @@ def test_target_libvirtd_killed_mid_migration(cloud: Cloud, image: str) -> None:
     finally:
         cloud.hosts.start_libvirtd(target)
         wait_for(lambda: cloud.hosts_list()[target.name]["state"] == "up", 120, "target up again")
-        stop(cloud, [uuid])
-    assert cloud.running_on(uuid) == [] and Path(cloud.hosts.shared).exists()
+
+
+def test_evacuate_a_dead_host_restarts_its_servers_elsewhere(cloud: Cloud, mover: str) -> None:
+    """The host of a server on shared storage dies: evacuate --cold boots it on another host."""
+    dead = cloud.host(the_host(cloud, mover))
+    cloud.hosts.kill_host(dead)
+    wait_for(lambda: status(cloud.api, mover) == "unavailable", 60, "the server unavailable")
+    out = cli(cloud, "hosts", "evacuate", dead.name, "--cold")
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    report = json.loads(out.stdout)
+    assert [r["server"] for r in report["restarted"]] == [mover] and report["cannot_move"] == {}, report
+    wait_for(lambda: status(cloud.api, mover) == "running", 120, "running again")
+    [now] = cloud.running_on(mover)
+    assert now != dead.name
+    wait_for(lambda: b"STRATO-READY" in console(cloud, now, mover), 120, "a new boot on the new host")
+    stop(cloud, [mover])
+    assert cloud.running_on(mover) == []
