@@ -283,6 +283,8 @@ def test_target_libvirtd_killed_mid_migration(cloud: Cloud, mover: str) -> None:
         wait_ticks(cloud, source, uuid, seen + 10)  # the guest goes on, at the source
         job = cloud.api.ok("GET", f"jobs/{result['job']}/")
         assert job["state"] == "failed", job
+        # Its agent went with the libvirtd it was connected to: the host is down until one is back.
+        wait_for(lambda: cloud.hosts_list()[target.name]["state"] == "down", 60, "target down")
     finally:
         cloud.hosts.start_libvirtd(target)
         wait_for(lambda: cloud.hosts_list()[target.name]["state"] == "up", 120, "target up again")
