@@ -137,6 +137,19 @@ async def vnc_frame(host: str, port: int) -> None:
         await client.close()
 
 
+async def serial_lines(host: str, port: int) -> bytes:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        assert await asyncio.wait_for(reader.readexactly(10), 10) == b"Password: "
+        writer.write(VNC_PASSWORD.encode() + b"\n")
+        data = b""
+        while not TICK.search(data) and len(data) < 1 << 16:
+            data += await asyncio.wait_for(reader.read(4096), 10)
+        return data
+    finally:
+        writer.close()
+
+
 @pytest.fixture(scope="module")
 def image(cloud: Cloud) -> str:
     return upload(cloud.api, "strato-guest.img", GUEST_IMAGE.read_bytes())
@@ -207,6 +220,11 @@ def test_live_migration_keeps_the_guest_running(cloud: Cloud, mover: str) -> Non
     url = opened.json()["vnc_url"]
     host, port = url.split("://", 1)[1].rsplit(":", 1)
     asyncio.run(vnc_frame(host, int(port)))
+    # And the serial console tunnel: the guest's counter arrives through it, from the new host.
+    opened = cloud.api.post(f"servers/{uuid}/action/?do=open_console")
+    assert opened.status_code == 202, opened.text
+    host, port = opened.json()["console_url"].split("://", 1)[1].rsplit(":", 1)
+    assert TICK.search(asyncio.run(serial_lines(host, int(port)))), "no counter through the serial tunnel"
 
     back = migrate(cloud, uuid, "--to", source)
     assert back["returncode"] == 0 and back["to"] == source, back
