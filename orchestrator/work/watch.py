@@ -103,6 +103,8 @@ class HostWatch(Listener):
         state, uuid = params.get("state"), params.get("uuid")
         if event.get("event") != "domain.lifecycle" or state is None:
             return
+        if uuid in self.migrations.moving:  # paused at its end, started on the target: it stays running
+            return
         if state == "stopped":
             if params.get("reason") == "migrated":  # it runs on the target now (work/migrations.py)
                 return
@@ -115,7 +117,7 @@ class HostWatch(Listener):
                 return
             if state == "running" and server.status in REVIVED_BY_RUNNING:
                 await record_running(s, server)
-            elif state == "paused" and uuid not in self.migrations.moving:  # a migration pauses its end
+            elif state == "paused":
                 server.status = Status.PAUSED
 
     async def reconcile(self, host: str) -> None:
