@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--socket-dir")
     parser.add_argument("--vxlan-local", metavar="ADDRESS")
     parser.add_argument("--vxlan-port", type=int)
+    parser.add_argument("--migrate-uri", metavar="URI", help="this libvirtd as other hosts reach it")
+    parser.add_argument("--migrate-address", metavar="ADDRESS", help="this host's address for migration streams")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -223,6 +225,9 @@ def _open(config: AgentConfig, loop: asyncio.AbstractEventLoop) -> tuple[Agent, 
     except libvirt.libvirtError as err:
         raise AgentError("libvirt", f"cannot connect to libvirtd at {config.uri}: {err}") from None
     conn.setKeepAlive(5, 3)
+    # A libvirtd that went away (restarted, killed) leaves this connection dead for good: exit, so
+    # the API node sees the host down and its reconnection starts an agent on the new libvirtd.
+    conn.registerCloseCallback(_libvirtd_gone, None)
     facts = HostFacts.read(conn)
     policy = HostPolicy(
         virt_type=facts.pick_virt_type(config.virt_type),
@@ -245,6 +250,14 @@ def _open(config: AgentConfig, loop: asyncio.AbstractEventLoop) -> tuple[Agent, 
     vxlan = wire.VxlanEndpoint(address=config.vxlan_local, port=config.vxlan_port) if config.vxlan_local else None
     networks = Networks(conn, config.prefix, vxlan)
     return Agent(config, facts, storage, Domains(conn, policy, storage, networks), networks), conn
+
+
+def _libvirtd_gone(_conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
+    if reason == libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT:  # our own close, at exit
+        return
+    log.error("the libvirt connection closed (reason %d); exiting", reason)
+    logging.shutdown()
+    os._exit(3)
 
 
 if __name__ == "__main__":

@@ -187,6 +187,12 @@ class Domains:
             console_socket=f"{self.host.socket_dir}/{dom.UUIDString()}.console",
         )
 
+    def lookup(self, uuid: str) -> libvirt.virDomain:
+        return self._lookup(uuid)
+
+    def describe(self, uuid: str) -> wire.DomainInfo:
+        return self._describe(self._lookup(uuid))
+
     def _lookup_optional(self, uuid: str) -> libvirt.virDomain | None:
         try:
             return self.conn.lookupByUUIDString(uuid)

@@ -25,6 +25,8 @@ class AgentConfig:
     socket_dir: str = "/run/strato"
     vxlan_local: str | None = None  # this host's VXLAN endpoint address (None: VLANs stay on this host)
     vxlan_port: int = 4789
+    migrate_uri: str | None = None      # this libvirtd from other hosts' (None: no live migration here)
+    migrate_address: str | None = None  # QEMU's migration stream to this host
 
 
 @dataclass(frozen=True)

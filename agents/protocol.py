@@ -44,11 +44,22 @@ Configuration (flags; `--config FILE` gives the same keys in JSON or TOML, flags
     --vxlan-local ADDRESS      this host's VXLAN endpoint (underlay address); without it VLAN
                                networks stay on this host
     --vxlan-port N             its UDP port (4789); peers may use other ports
+    --migrate-uri URI          this libvirtd as other hosts' libvirtd reach it for peer-to-peer
+                               live migration (qemu+ssh://root@ADDRESS/system, qemu+tcp://…);
+                               without it the host takes no live migrations
+    --migrate-address ADDRESS  where QEMU streams a migration (and copy-storage) to this host
+
+Live migration (`migrate.*`): the API node asks the target to `migrate.prepare` (render the
+domain with its names and paths, create the volumes copy-storage fills), the source to
+`migrate.out` (peer to peer; blocks until done, the domain runs on at the source on failure),
+then the target `migrate.done` (serve the context port, describe the domain), or `migrate.abort`
+after a failure (remove what prepare created).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -58,7 +69,7 @@ from typing import Any, Protocol
 import libvirt
 import msgspec
 
-from agents import wire
+from agents import migration, wire
 from agents.context import ContextServer
 from agents.domains import Domains
 from agents.errors import AgentError
@@ -127,6 +138,10 @@ class Agent:
             "network.remove": _blocking(lambda p: nets.remove(p.network)),
             "network.list": _blocking(lambda p: nets.list()),
             "context.set": self._context_set,
+            "migrate.prepare": _blocking(self._migrate_prepare),
+            "migrate.out": self._migrate_out,
+            "migrate.done": self._migrate_done,
+            "migrate.abort": _blocking(self._migrate_abort),
         }
         assert self.methods.keys() == wire.METHODS.keys(), "every wire method has one handler"
 
@@ -142,6 +157,33 @@ class Agent:
     async def _domain_undefine(self, params: wire.DomainRef) -> wire.Empty:
         self.contexts.forget(params.uuid)
         return await asyncio.to_thread(self.domains.undefine, params.uuid)
+
+    def _migrate_prepare(self, params: wire.MigrateIn) -> wire.MigrationTarget:
+        if self.config.migrate_uri is None:
+            raise AgentError("invalid", "this host takes no live migrations (no --migrate-uri)")
+        for volume in params.create:
+            self.storage.create(volume.pool, volume.name, volume.size)
+        for directory in (self.domains.host.console_log_dir, self.domains.host.socket_dir):
+            os.makedirs(directory, exist_ok=True)
+        return wire.MigrationTarget(xml=self.domains.render(params.server).xml)
+
+    def _migrate_abort(self, params: wire.MigrateIn) -> wire.Empty:
+        """After a failed migration: what prepare created goes (a half-copied volume included)."""
+        for volume in params.create:
+            with contextlib.suppress(AgentError, libvirt.libvirtError):
+                self.storage.delete(volume.pool, volume.name)
+        return wire.Empty()
+
+    async def _migrate_out(self, params: wire.MigrateOut) -> wire.Empty:
+        dom = await asyncio.to_thread(self.domains.lookup, params.uuid)
+        await asyncio.to_thread(migration.migrate, self.domains.conn, dom, params)
+        self.contexts.forget(params.uuid)  # the guest's context port is the target's now
+        return wire.Empty()
+
+    async def _migrate_done(self, params: wire.MigrateDone) -> wire.DomainInfo:
+        if params.context:
+            self.contexts.attach(params.uuid, context_socket_path(self.domains.host, params.uuid))
+        return await asyncio.to_thread(self.domains.describe, params.uuid)
 
     async def _context_set(self, params: wire.ContextSet) -> wire.Empty:
         self.contexts.set(params.uuid, params.document)
@@ -167,6 +209,8 @@ class Agent:
             pools=pools,
             vxlan=self.networks.vxlan,
             unreachable_pools=[name for name, rbd in self.storage.rbd.items() if not rbd.active],
+            migration=wire.MigrationEndpoint(uri=self.config.migrate_uri, address=self.config.migrate_address)
+            if self.config.migrate_uri and self.config.migrate_address else None,
         )
 
     async def handle(self, line: bytes) -> dict[str, Any]:

@@ -324,6 +324,32 @@ class NetworkRemove(Message, kw_only=True):
 # -- results --------------------------------------------------------------------------------
 
 
+class MigrateIn(Message, kw_only=True):
+    """Target side of a live migration: render the domain for this host, create the volumes
+    copy-storage fills (same names and sizes as on the source)."""
+
+    server: Server
+    create: list[VolumeCreate] = []
+
+
+class MigrateOut(Message, kw_only=True):
+    """Source side: migrate the running domain peer to peer to the prepared target."""
+
+    uuid: Uuid
+    target_uri: str       # the target's libvirtd, as this host's libvirtd reaches it
+    target_address: str   # where QEMU streams the migration (and NBD copies drives) to
+    target_xml: str       # what migrate.prepare answered
+    copy_drives: list[Uuid] = []  # drives on local pools: copied (NON_SHARED_DISK)
+    max_downtime_ms: int | None = None
+
+
+class MigrateDone(Message, kw_only=True):
+    """Target side, after the migration: serve the guest's context port, describe the domain."""
+
+    uuid: Uuid
+    context: bool
+
+
 class Empty(Message, kw_only=True):
     pass
 
@@ -432,6 +458,15 @@ class PoolFacts(Message, kw_only=True):
     kind: Literal["dir", "rbd"] = "dir"
 
 
+class MigrationEndpoint(Message, kw_only=True):
+    uri: str      # this host's libvirtd as other hosts' libvirtd reach it (qemu+ssh://… or qemu+tcp://…)
+    address: str  # this host's address for QEMU's migration stream
+
+
+class MigrationTarget(Message, kw_only=True):
+    xml: str  # the domain as this host would define it (its names and paths)
+
+
 class HostFacts(Message, kw_only=True):
     hostname: str
     cores: int
@@ -445,6 +480,7 @@ class HostFacts(Message, kw_only=True):
     pools: list[PoolFacts]
     vxlan: VxlanEndpoint | None
     unreachable_pools: list[str] = []  # configured RBD pools whose Ceph cluster this host cannot reach
+    migration: MigrationEndpoint | None = None  # None: this host takes no live migrations
 
 
 class NetworkEnsured(Message, kw_only=True):
@@ -505,6 +541,10 @@ METHODS: dict[str, Method] = {
     "network.remove": Method(NetworkRemove, Empty),
     "network.list": Method(NoParams, list[NetworkInfo]),
     "context.set": Method(ContextSet, Empty),
+    "migrate.prepare": Method(MigrateIn, MigrationTarget),
+    "migrate.out": Method(MigrateOut, Empty),
+    "migrate.done": Method(MigrateDone, DomainInfo),
+    "migrate.abort": Method(MigrateIn, Empty),
 }
 
 

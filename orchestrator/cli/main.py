@@ -18,17 +18,18 @@ from orchestrator.app import create_app
 from orchestrator.cli.admin import load_config, run_admin, with_session
 from orchestrator.cli.doctor import diagnose
 from orchestrator.cli.library import Entry, import_image
+from orchestrator.cli.moving import add_drain_arguments, add_evacuate_command, add_moving_commands, hosts_drain
 from orchestrator.cli.networks import add_commands as add_network_commands
 from orchestrator.cli.users import delete_user, set_disabled
 from orchestrator.config import Config
 from orchestrator.db.models import ApiToken, User
 from orchestrator.hosts.registry import (
     add_host,
-    drain_host,
     list_hosts,
     local_pool_dirs,
     qemu_cannot_reach,
     remove_host,
+    resume_host,
 )
 from orchestrator.web.auth import create_token, create_user, hash_token
 from orchestrator.web.tls import Certificate, certificate
@@ -197,8 +198,8 @@ def hosts_list(args: argparse.Namespace) -> int:
     return run_admin(args, list_hosts)
 
 
-def hosts_drain(args: argparse.Namespace) -> int:
-    return run_admin(args, lambda session: drain_host(session, args.name))
+def hosts_resume(args: argparse.Namespace) -> int:
+    return run_admin(args, lambda session: resume_host(session, args.name))
 
 
 def hosts_remove(args: argparse.Namespace) -> int:
@@ -315,12 +316,19 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--known-hosts", help="known_hosts file to check the host key against (default ~/.ssh/...)")
     h.add_argument("--agent-command", help="the agent's command line on the host (default: strato-agent --stdio)")
     h.set_defaults(func=hosts_add)
-    for name, func, text in (("list", hosts_list, "list hosts"), ("drain", hosts_drain, "place nothing new there"),
+    for name, func, text in (("list", hosts_list, "list hosts"),
+                             ("drain", hosts_drain, "place nothing new there and live-migrate its running servers "
+                              "elsewhere (the API node must be running)"),
+                             ("resume", hosts_resume, "a drained host takes new servers again"),
                              ("remove", hosts_remove, "forget a host that runs no server")):
         h = hosts.add_parser(name, parents=[common], help=text)
         if name != "list":
             h.add_argument("name")
         h.set_defaults(func=func)
+        if name == "drain":
+            add_drain_arguments(h)
+    add_evacuate_command(hosts, common)
+    add_moving_commands(sub, common)
     libdrives = sub.add_parser("libdrives", help="the drive library").add_subparsers(dest="action", required=True)
     li = libdrives.add_parser("import", parents=[common], help="add an image (qcow2, raw or ISO, told from its "
                               "content) to the library; prints its uuid (the same file and name again: a no-op)")

@@ -153,6 +153,7 @@ class Server(Base):
     status: Mapped[str] = mapped_column(String(16), default="stopped")
     # Where it runs. A server with a host holds a claim of its cpu and mem there (released on stop).
     host: Mapped[str | None] = mapped_column(String(64), index=True)
+    avoid: Mapped[list[Any]] = mapped_column(default=list)  # the ?avoid= of its start: a migration honours it
     active_since: Mapped[datetime | None]
     created: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     drive_links: Mapped[list[ServerDrive]] = relationship(
@@ -279,12 +280,13 @@ class Job(Base):
     owner_uuid: Mapped[str] = mapped_column(ForeignKey("users.uuid"), index=True)
     parent_uuid: Mapped[str | None] = mapped_column(ForeignKey("jobs.uuid", ondelete="CASCADE"), index=True)
     operation: Mapped[str] = mapped_column(String(32))
-    state: Mapped[str] = mapped_column(String(16), default="started")  # started | success | failed
+    state: Mapped[str] = mapped_column(String(16), default="started", index=True)  # started | success | failed
     progress: Mapped[int] = mapped_column(Integer, default=0)
     resources: Mapped[list[Any]]  # URIs of the objects involved, as the API shows them
     source_uuid: Mapped[str | None] = mapped_column(String(36))  # what a clone or upload reads / fills
     target_uuid: Mapped[str | None] = mapped_column(String(36))  # the copy a clone makes
     error: Mapped[str | None] = mapped_column(Text)  # why a failed job failed, for its owner to read
+    params: Mapped[dict[str, Any] | None]  # what an operator queued it with (server_migrate: the target host)
     created: Mapped[datetime] = mapped_column(default=utcnow)
     last_modified: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow, index=True)
     children: Mapped[list[Job]] = relationship(order_by="Job.created", lazy="raise", cascade="all, delete-orphan")

@@ -215,6 +215,43 @@ class Scheduler:
                 return chosen
         raise no_capacity(NO_HOST)
 
+    async def place_migration(self, s: AsyncSession, server: Server, volumes: list[tuple[str, str]],
+                              to: str | None = None) -> tuple[HostLoad, set[tuple[str, str]]]:
+        """Claim a host to move the running ``server`` to from its host, in the caller's transaction;
+        503 when none fits.  Returns the host and the (storage host, pool) of the drives it does not
+        see, to be copied into its pool of the same name.
+
+        A candidate is an up host other than the server's that takes live migrations, fits it and
+        has a pool of each drive's pool name; shared pools (the same directory) are preferred, then
+        the server's avoid list, best effort as at its start, then headroom."""
+        paths: dict[tuple[str, str], str | None] = {}
+        if volumes:
+            storage = {load.name: load for load in await self.loads(s, ("up", "down", "draining"),
+                                                                     {host for host, _ in volumes})}
+            paths = {(host, pool): _pool_path(storage.get(host), pool) for host, pool in volumes}
+        stmt = (select(*LOAD_COLUMNS, type_coerce(H.facts, String))
+                .where(self._fitting(server.cpu, server.mem), H.name != server.host)
+                .order_by(self._headroom().desc(), H.name))
+        if to is not None:
+            stmt = stmt.where(H.name == to)
+        rows = (await s.execute(stmt)).all()
+        loads = [self._load(row) for row in rows if json.loads(row[-1]).get("migration")]
+        fits = [h.name for h in loads if all(pool in h.pools for _, pool in volumes)]
+        avoid_hosts = await hosts_of(s, server.avoid, server.owner_uuid)
+        by_name = {load.name: load for load in loads}
+        shared = [h for h in fits if all(by_name[h].sees(pool, path) for (_, pool), path in paths.items() if path)]
+        chosen = choose(loads, shared, avoid_hosts) or choose(loads, fits, avoid_hosts)
+        if chosen is None:
+            raise no_capacity(f"No host can take server {server.uuid} now (capacity, live migration, its pools)"
+                              if to is None else f"Host {to} cannot take server {server.uuid} now (up, capacity, "
+                              "live migration, its pools)")
+        claimed = await s.execute(self._claim, {"claim_cpu": server.cpu, "claim_mem": server.mem,
+                                                "claim_host": chosen.name})
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            raise no_capacity(f"Host {chosen.name} filled up meanwhile")
+        copied = {(host, pool) for (host, pool), path in paths.items() if path is None or not chosen.sees(pool, path)}
+        return chosen, copied
+
     async def place_drive(self, s: AsyncSession, drive: Drive, avoid: Sequence[str]) -> str:
         """Pick the storage host and pool of a new drive (pool by storage type, room, avoid)."""
         wanted = self.storage_pools.get(drive.storage_type)
@@ -247,6 +284,20 @@ async def release(s: AsyncSession, server: Server) -> None:
     if cleared.rowcount == 1:  # type: ignore[attr-defined]
         await s.execute(update(HOSTS).where(H.name == server.host)
                         .values(cpu_used=H.cpu_used - server.cpu, mem_used=H.mem_used - server.mem))
+
+
+async def move_claim(s: AsyncSession, server: Server, source: str, target: str) -> None:
+    """A migration finished: the server's claim (taken on ``target`` by place_migration) is the
+    only one; ``source`` gets its share back."""
+    await s.execute(update(HOSTS).where(H.name == source)
+                    .values(cpu_used=H.cpu_used - server.cpu, mem_used=H.mem_used - server.mem))
+    server.host = target
+
+
+async def drop_claim(s: AsyncSession, server: Server, host: str) -> None:
+    """A migration that failed gives back what place_migration claimed on ``host``."""
+    await s.execute(update(HOSTS).where(H.name == host)
+                    .values(cpu_used=H.cpu_used - server.cpu, mem_used=H.mem_used - server.mem))
 
 
 async def recount(s: AsyncSession, host: str | None = None) -> None:

@@ -34,6 +34,7 @@ async def begin_start(s: AsyncSession, server: Server, scheduler: Scheduler, avo
         if not ready or drive.host is None:
             raise forbidden(f'Drive {drive.uuid} is not ready to boot (status "{drive.status}")')
     await scheduler.place_server(s, server, [(d.host, d.pool) for d in drives], avoid)
+    server.avoid = list(avoid)
     await lease_addresses(s, server)  # 503 when a DHCP pool is exhausted
     new_job(s, server.owner_uuid, "server_start", "servers", server.uuid)
 

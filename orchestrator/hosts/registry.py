@@ -97,6 +97,14 @@ async def drain_host(s: AsyncSession, name: str) -> None:
     host.state = "draining"  # keeps running servers; the scheduler places nothing new there
 
 
+async def resume_host(s: AsyncSession, name: str) -> None:
+    host = await s.get(Host, name)
+    if host is None:
+        raise ValueError(f"no host {name}")
+    if host.state == "draining":
+        host.state = "up"  # the connection marks it down again if it is not connected
+
+
 async def remove_host(s: AsyncSession, name: str) -> None:
     host = await s.get(Host, name)
     if host is None:

@@ -16,6 +16,7 @@ from orchestrator.work.clones import CloneMode, CloneWork
 from orchestrator.work.contexts import BuildDocument, ContextWork
 from orchestrator.work.flatten import FlattenWork
 from orchestrator.work.leases import Cluster
+from orchestrator.work.migrations import MigrationWork
 from orchestrator.work.purge import JobPurge
 from orchestrator.work.servers import ServerWork
 from orchestrator.work.tasks import Tasks
@@ -30,6 +31,7 @@ class Work:
     servers: ServerWork
     clones: CloneWork
     contexts: ContextWork
+    migrations: MigrationWork
     watch: HostWatch
     cluster: Cluster
     purge: JobPurge
@@ -48,8 +50,11 @@ class Work:
         servers = ServerWork(sessions, hosts, tasks, scheduler, reasons, contexts, shutdown_window=shutdown_window,
                              flattens=flattens)
         clones = CloneWork(sessions, hosts, tasks, volumes, servers, scratch, cluster, flattens, clone_mode)
-        watch = HostWatch(sessions, hosts, tasks, servers, volumes, clones, contexts, cluster, heartbeat=heartbeat)
-        return cls(tasks, volumes, servers, clones, contexts, watch, cluster, JobPurge(sessions, job_max_age))
+        migrations = MigrationWork(sessions, hosts, tasks, scheduler, reasons, contexts, servers)
+        watch = HostWatch(sessions, hosts, tasks, servers, volumes, clones, contexts, migrations, cluster,
+                          heartbeat=heartbeat)
+        return cls(tasks, volumes, servers, clones, contexts, migrations, watch, cluster,
+                   JobPurge(sessions, job_max_age))
 
     async def later(self, step: Coroutine[Any, Any, Any], name: str | None = None) -> None:
         """Run ``step`` in the background (after the request's commit), supervised."""

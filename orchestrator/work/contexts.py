@@ -68,13 +68,14 @@ class ContextWork:
             except (AgentCallError, AgentGone) as err:  # the host's reconciliation pushes again
                 log.warning("context of %s not pushed to %s: %s", uuid, row_host, err)
 
-    async def push_one(self, uuid: str) -> None:
-        """A boot: the document must be on the host before the guest asks (raises on failure)."""
+    async def push_one(self, uuid: str, host: str | None = None) -> None:
+        """A boot (or a migration to ``host``): the document must be on the host before the guest
+        asks (raises on failure)."""
         async with self.sessions() as s:
             server = await s.get(Server, uuid)
             if server is None or server.host is None or not server.context:
                 return
-            host, document = server.host, await self.build(s, uuid)
+            host, document = host or server.host, await self.build(s, uuid)
         if document is not None:
             await self.hosts.call(host, "context.set", uuid=uuid, document=document)
 

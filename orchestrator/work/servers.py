@@ -114,7 +114,7 @@ class ServerWork:
                 Drive.uuid.in_([a.drive_uuid for a in server.drive_links])))).all()}
             plan, host = await network_plan(s, server), server.host
         try:
-            networks = await self._connect_nics(host, [n["mac"] for n in server.nics], plan)
+            networks = await self.connect_nics(host, [n["mac"] for n in server.nics], plan)
             await self.contexts.push_one(uuid)  # there before the guest asks
             async with self._flattens_paused(list(drives)):
                 domain = await self.hosts.call(host, "domain.start", server=server_spec(server, drives, networks))
@@ -137,7 +137,7 @@ class ServerWork:
     def _flattens_paused(self, drive_uuids: list[str]) -> contextlib.AbstractAsyncContextManager[None]:
         return contextlib.nullcontext() if self.flattens is None else self.flattens.paused(drive_uuids)
 
-    async def _connect_nics(self, host: str, macs: list[str],
+    async def connect_nics(self, host: str, macs: list[str],
                             plan: list[tuple[dict[str, Any] | None, str | None]]) -> list[str | None]:
         """Each NIC's network made ready on the host (defined, VXLAN peers) and its address
         reserved for its MAC; returns the libvirt network names for the server spec."""

@@ -27,6 +27,7 @@ from orchestrator.hosts.pool import Hosts
 from orchestrator.work.clones import CloneWork
 from orchestrator.work.contexts import ContextWork
 from orchestrator.work.leases import Cluster
+from orchestrator.work.migrations import MigrationWork
 from orchestrator.work.servers import ServerWork
 from orchestrator.work.tasks import Tasks
 from orchestrator.work.volumes import VolumeWork
@@ -38,7 +39,8 @@ LOST = ("The server stopped unexpectedly: its guest was no longer running when i
 
 class HostWatch(Listener):
     def __init__(self, sessions: async_sessionmaker, hosts: Hosts, tasks: Tasks, servers: ServerWork,
-                 volumes: VolumeWork, clones: CloneWork, contexts: ContextWork, cluster: Cluster, *,
+                 volumes: VolumeWork, clones: CloneWork, contexts: ContextWork, migrations: MigrationWork,
+                 cluster: Cluster, *,
                  heartbeat: float = 5.0) -> None:
         self.sessions = sessions
         self.cluster = cluster
@@ -48,6 +50,7 @@ class HostWatch(Listener):
         self.volumes = volumes
         self.clones = clones
         self.contexts = contexts
+        self.migrations = migrations
         self.heartbeat = heartbeat
         # Latest domain.stats per running server, polled per host by its lease holder.
         self.stats: dict[str, dict[str, Any]] = {}
@@ -56,6 +59,7 @@ class HostWatch(Listener):
         self.hosts.listener = self
         self.cluster.acquired.append(self._acquired)
         self.cluster.vanished.append(self._vanished)
+        await self.migrations.start()
         await self.hosts.sync()
         await self.tasks.spawn(self._watch(), "host watch")
 
@@ -142,8 +146,12 @@ class HostWatch(Listener):
         state, uuid = params.get("state"), params.get("uuid")
         if event.get("event") != "domain.lifecycle" or state is None or not self.cluster.holds(host):
             return
+        if uuid in self.migrations.moving:  # paused at its end, started on the target: it stays running
+            return
         if state == "stopped":
             reason = params.get("reason")
+            if reason == "migrated":  # it runs on the target now (work/migrations.py)
+                return
             fault = (f"The server stopped unexpectedly: its QEMU process on the host ended ({reason})"
                      if reason in UNASKED_STOPS else None)
             await self.servers.finish_stop(uuid, host, fault)

@@ -1,0 +1,104 @@
+"""An API node and three real hosts (tests/hosts/harness.py) for the live-migration tests.
+
+The API node runs on this machine and reaches each host only over SSH, at the host's address on
+the harness's bridge; each host has a local pool (``default``) and mounts the ``shared`` pool
+(one directory, at the same path on every host, as an NFS mount would be).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from tests.hosts.harness import Host, Hosts, make_hosts
+from tests.strato_process import Api, StratoServer, wait_for
+
+MiB = 1024 * 1024
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # lookups that miss are answers here, not noise
+
+HOSTS = 3
+
+
+@dataclass
+class Cloud:
+    hosts: Hosts
+    server: StratoServer
+    api: Api
+
+    def host(self, name: str) -> Host:
+        return next(h for h in self.hosts.hosts if h.name == name)
+
+    def hosts_list(self) -> dict[str, dict]:
+        return {h["name"]: h for h in json.loads(self.server.cli("hosts", "list"))}
+
+    @staticmethod
+    def _open(host: Host) -> libvirt.virConnect | None:
+        """The host's libvirtd; None while it is down (a test killed it)."""
+        try:
+            return libvirt.open(host.uri)
+        except libvirt.libvirtError:
+            return None
+
+    def running_on(self, uuid: str) -> list[str]:
+        """The hosts whose own libvirtd runs a domain with this uuid (asked directly, not through Strato)."""
+        found = []
+        for host in self.hosts.hosts:
+            conn = self._open(host)
+            if conn is None:
+                continue
+            try:
+                dom = conn.lookupByUUIDString(uuid)
+                if dom.isActive():
+                    found.append(host.name)
+            except libvirt.libvirtError:
+                pass
+            finally:
+                conn.close()
+        return found
+
+    def defined_on(self, uuid: str) -> list[str]:
+        found = []
+        for host in self.hosts.hosts:
+            conn = self._open(host)
+            if conn is None:
+                continue
+            try:
+                conn.lookupByUUIDString(uuid)
+                found.append(host.name)
+            except libvirt.libvirtError:
+                pass
+            finally:
+                conn.close()
+        return found
+
+
+@pytest.fixture(scope="package")
+def cloud() -> Iterator[Cloud]:
+    hosts = make_hosts(HOSTS)
+    data = Path(hosts.root) / "api"
+    server = StratoServer(data, extra_env={
+        "STRATO_LOCAL_HOST": "false", "STRATO_HEARTBEAT": "1", "STRATO_SHUTDOWN_WINDOW": "5",
+        "STRATO_STORAGE_POOLS": json.dumps({"zadara": "shared"})})
+    try:
+        data.mkdir()
+        api = server.add_user("ops@example.com", "ops-pw")
+        for host in hosts.hosts:
+            server.cli("hosts", "add", host.name, "--ssh", f"root@{host.address}:22", "--key", hosts.client_key,
+                       "--known-hosts", hosts.known_hosts, "--agent-command", host.agent_command(Path(hosts.shared)))
+        server.start()
+        cloud = Cloud(hosts, server, api)
+        wait_for(lambda: all(h["state"] == "up" for h in cloud.hosts_list().values()), 90, "hosts up")
+        yield cloud
+    finally:
+        server.stop()
+        keep = os.environ.get("STRATO_KEEP_TEST_DIR") is not None
+        hosts.close()
+        if not keep:
+            shutil.rmtree(data, ignore_errors=True)
