@@ -20,7 +20,7 @@ from functools import cached_property
 from typing import Any
 
 import msgspec
-from sqlalchemy import JSON, ColumnElement, Select, String, Table, bindparam, func, select, type_coerce
+from sqlalchemy import JSON, ColumnElement, Select, Table, Text, bindparam, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 
@@ -70,7 +70,8 @@ class Rows:
 
     @cached_property
     def columns(self) -> list[Any]:
-        return [type_coerce(c, String).label(c.key) if c.key in self.raw else c
+        # the text itself: a cast in SQL (asyncpg's JSON codec would decode a mere type_coerce)
+        return [cast(c, Text).label(c.key) if c.key in self.raw else c
                 for c in self.table.c if c.key not in self.omit]
 
     @cached_property
