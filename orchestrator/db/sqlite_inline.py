@@ -8,42 +8,45 @@ call on the event loop's own thread, where a statement on a small database takes
 
 The one thing that may not run there is a wait: a statement that needs the write lock another
 connection (of this process or another) holds.  So the connection's busy timeout is 0 and a
-statement SQLite answers ``SQLITE_BUSY`` is run again on a worker thread with the full timeout,
-while the loop goes on (the holder of the lock may be a coroutine of this loop).  Reads in WAL mode
-never wait for a writer, so they stay on the loop.
+statement SQLite answers ``SQLITE_BUSY`` is tried again after a short ``asyncio.sleep``, while the
+loop goes on (the holder of the lock may be a coroutine of this loop).  Reads in WAL mode never
+wait for a writer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-BUSY_TIMEOUT_MS = 30_000
+BUSY_TIMEOUT = 30.0  # seconds a statement waits for the write lock, as the engine's timeout was
+
+
+SQLITE_BUSY_SNAPSHOT = 517  # a stale snapshot: waiting cannot help, the transaction must restart
 
 
 def _busy(error: sqlite3.OperationalError) -> bool:
-    return (getattr(error, "sqlite_errorcode", None) or 0) & 0xFF == sqlite3.SQLITE_BUSY
+    code = getattr(error, "sqlite_errorcode", None) or 0
+    return code & 0xFF == sqlite3.SQLITE_BUSY and code != SQLITE_BUSY_SNAPSHOT
 
 
-async def _run(conn: sqlite3.Connection, call: Callable[[], T]) -> T:
-    """``call()`` here; if SQLite is busy, again on a worker thread, waiting up to the timeout."""
-    try:
-        return call()
-    except sqlite3.OperationalError as e:
-        if not _busy(e):
-            raise
-
-    def waiting() -> T:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+async def _run(call: Callable[[], T]) -> T:
+    """``call()`` here; while SQLite is busy (another connection holds the write lock), again
+    after a short sleep that lets the loop run, the holder among its coroutines, for up to
+    ``BUSY_TIMEOUT`` seconds.  SQLite's own busy handler would sleep up to 100 ms per try,
+    and on the loop's thread block everything meanwhile."""
+    delay, deadline = 0.0005, time.monotonic() + BUSY_TIMEOUT
+    while True:
         try:
             return call()
-        finally:
-            conn.execute("PRAGMA busy_timeout = 0")
-
-    return await asyncio.to_thread(waiting)
+        except sqlite3.OperationalError as e:
+            if not _busy(e) or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.01)
 
 
 class Cursor:
@@ -61,12 +64,12 @@ class Cursor:
 
     async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> Cursor:
         cursor = self._cursor
-        await _run(self._conn, lambda: cursor.execute(sql, parameters or ()))
+        await _run(lambda: cursor.execute(sql, parameters or ()))
         return self
 
     async def executemany(self, sql: str, parameters: Sequence[Sequence[Any]]) -> Cursor:
         cursor, rows = self._cursor, list(parameters)  # a generator could not be run twice
-        await _run(self._conn, lambda: cursor.executemany(sql, rows))
+        await _run(lambda: cursor.executemany(sql, rows))
         return self
 
     async def fetchall(self) -> list[Any]:
@@ -148,7 +151,7 @@ class Connection:
         return await Cursor(self._conn).execute(sql, parameters)
 
     async def commit(self) -> None:
-        await _run(self._conn, self._conn.commit)
+        await _run(self._conn.commit)
 
     async def rollback(self) -> None:
         self._conn.rollback()
@@ -171,8 +174,7 @@ def connector(database: str, uri: bool = False) -> Callable[[], Any]:
     """An ``async_creator`` for ``create_async_engine``: a new inline connection to ``database``."""
 
     async def connect() -> Connection:
-        # check_same_thread off: a busy statement is retried on a worker thread (never concurrently:
-        # the pool hands a connection to one user at a time, who awaits the retry).
+        # check_same_thread off: the pool may close a connection from another thread (at exit).
         return Connection(sqlite3.connect(database, timeout=0, uri=uri, check_same_thread=False,
                                           isolation_level=""))
 
