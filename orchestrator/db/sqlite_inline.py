@@ -6,7 +6,8 @@ about 1 ms under load (bench/api.py's profile), far more than the statement.  Th
 the part of aiosqlite's interface SQLAlchemy's ``sqlite+aiosqlite`` dialect uses, and runs each
 call on the event loop's own thread, where a statement on a small database takes microseconds.
 
-The one thing that may not run there is a wait: a statement that needs the write lock another
+A commit runs on a worker thread (it may checkpoint the WAL and sync the file to disk).  The
+other thing that may not run on the loop is a wait: a statement that needs the write lock another
 connection (of this process or another) holds.  So the connection's busy timeout is 0 and a
 statement SQLite answers ``SQLITE_BUSY`` is tried again after a short ``asyncio.sleep``, while the
 loop goes on (the holder of the lock may be a coroutine of this loop).  Reads in WAL mode never
@@ -33,7 +34,7 @@ def _busy(error: sqlite3.OperationalError) -> bool:
     return code & 0xFF == sqlite3.SQLITE_BUSY and code != SQLITE_BUSY_SNAPSHOT
 
 
-async def _run(call: Callable[[], T]) -> T:
+async def _run(call: Callable[[], T], *, offload: bool = False) -> T:
     """``call()`` here; while SQLite is busy (another connection holds the write lock), again
     after a short sleep that lets the loop run, the holder among its coroutines, for up to
     ``BUSY_TIMEOUT`` seconds.  SQLite's own busy handler would sleep up to 100 ms per try,
@@ -41,7 +42,7 @@ async def _run(call: Callable[[], T]) -> T:
     delay, deadline = 0.0005, time.monotonic() + BUSY_TIMEOUT
     while True:
         try:
-            return call()
+            return await asyncio.to_thread(call) if offload else call()
         except sqlite3.OperationalError as e:
             if not _busy(e) or time.monotonic() > deadline:
                 raise
@@ -151,7 +152,9 @@ class Connection:
         return await Cursor(self._conn).execute(sql, parameters)
 
     async def commit(self) -> None:
-        await _run(self._conn.commit)
+        # On a worker thread: a commit may checkpoint the WAL into the database file and sync it,
+        # which on a busy disk takes long enough to stall every request on the loop.
+        await _run(self._conn.commit, offload=True)
 
     async def rollback(self) -> None:
         self._conn.rollback()
