@@ -38,8 +38,11 @@ def make_engine(url: str) -> AsyncEngine:
         # The aiosqlite dialect over an inline connection (sqlite_inline: no thread hop per call).
         parsed = make_url(url)
         uri = parsed.query.get("uri") in ("true", "1")
+        # A roomy pool: a writer waiting for the lock holds its connection meanwhile, and readers must
+        # not queue behind the writers for one (an SQLite connection is three file handles).
+        pool = {} if (parsed.database or ":memory:") == ":memory:" else {"pool_size": 20, "max_overflow": 60}
         engine = create_async_engine(url, json_deserializer=msgspec.json.decode,
-                                     async_creator=connector(parsed.database or ":memory:", uri))
+                                     async_creator=connector(parsed.database or ":memory:", uri), **pool)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
