@@ -13,6 +13,8 @@ poll of running servers and other clients put on the node).  Targets:
   one per request, and the drives they attach, both reported without a target).
 
 ``--postgresql`` runs Strato on a throw-away PostgreSQL cluster (as the store tests start one).
+Beside each rate the server's CPU per request (from /proc, the writer's changes included): on a
+shared machine the rates follow the load, the CPU cost does not.
 
 A real ``strato serve`` (SQLite in a temp dir; its one host is the store tests' in-memory fake
 agent, so drives settle without libvirt) and a bare aiohttp app (no auth, no database, the same
