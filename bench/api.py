@@ -13,6 +13,8 @@ poll of running servers and other clients put on the node).  Targets:
   one per request, and the drives they attach, both reported without a target).
 
 ``--postgresql`` runs Strato on a throw-away PostgreSQL cluster (as the store tests start one).
+Beside each rate the server's CPU per request (from /proc, the writer's changes included): on a
+shared machine the rates follow the load, the CPU cost does not.
 
 A real ``strato serve`` (SQLite in a temp dir; its one host is the store tests' in-memory fake
 agent, so drives settle without libvirt) and a bare aiohttp app (no auth, no database, the same
@@ -128,9 +130,21 @@ def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
 # --- load ----------------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used (its threads included), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Result:
     def __init__(self, latencies: list[float], elapsed: float, size: int) -> None:
         self.latencies, self.elapsed, self.size = sorted(latencies), elapsed, size
+        self.cpu = 0.0  # the server's CPU seconds during the measured requests
+
+    @property
+    def cpu_ms(self) -> float:
+        """The server's CPU per request: what load on a shared machine does not change."""
+        return self.cpu / len(self.latencies) * 1000
 
     @property
     def rate(self) -> float:
@@ -145,7 +159,7 @@ class Result:
 
 
 async def load(url: str, auth: str | None, total: int, concurrency: int, warmup: int,
-               extra: dict[str, str] | None = None) -> Result:
+               extra: dict[str, str] | None = None, pid: int | None = None) -> Result:
     import aiohttp
 
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
@@ -178,16 +192,19 @@ async def load(url: str, auth: str | None, total: int, concurrency: int, warmup:
             return out, time.perf_counter() - started
 
         await run(warmup)
+        cpu = cpu_seconds(pid) if pid else 0.0
         latencies, elapsed = await run(total)
-        return Result(latencies, elapsed, size)
+        result = Result(latencies, elapsed, size)
+        result.cpu = cpu_seconds(pid) - cpu if pid else 0.0
+        return result
 
 
 # --- driver --------------------------------------------------------------------------------------
 
 
 class Writer:
-    """Changes one server ``rate`` times a second (PUT of its meta) from up to 8 threads, so a slow
-    answer under load does not lower the rate, as long as it runs."""
+    """Changes one server ``rate`` times a second (PUT of its meta) from up to 32 threads, so a slow
+    answer under load (on a busy node a PUT may take half a second) does not lower the rate."""
 
     def __init__(self, api, uuid: str, rate: float) -> None:  # type: ignore[no-untyped-def]
         import threading
@@ -197,7 +214,7 @@ class Writer:
         self.elapsed = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(8)]
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(32)]
         self._started = 0.0
 
     def _run(self) -> None:
@@ -276,6 +293,7 @@ def main() -> int:
     no_cache = {"Cache-Control": "no-cache"}
     rows: dict[tuple[str, str], Result] = {}
     figures: list[tuple[str, str, str, bool | None]] = []  # figure, Strato, baseline, target met
+    writes_done = 0.0
     with contextlib.ExitStack() as stack:
         db = args.db or (stack.enter_context(throwaway_postgres()) if args.postgresql else None)
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="strato-bench-")))
@@ -300,13 +318,16 @@ def main() -> int:
             if args.pause:  # e.g. to attach a profiler: py-spy record --pid <strato pid>
                 input(f"strato pid {strato.proc.pid if strato.proc else '?'}; press Enter to load it ")
             bare_base = f"http://127.0.0.1:{port}"
+            strato_pid = strato.proc.pid if strato.proc else None
             with Writer(api, done.uuids[0], args.writes) as writer:
-                for name, base, a, extra in (("strato", strato.base, auth, no_cache), ("bare", bare_base, None, None)):
+                for name, base, a, extra, pid in (("strato", strato.base, auth, no_cache, strato_pid),
+                                                  ("bare", bare_base, None, None, bare.pid)):
                     rows["single", name] = asyncio.run(load(f"{base}/api/2.0/{single_path}", a, args.requests,
-                                                            args.concurrency, warmup=200, extra=extra))
+                                                            args.concurrency, warmup=200, extra=extra, pid=pid))
                     rows[f"list{sizes[0]}", name] = asyncio.run(load(f"{base}/api/2.0/{list_path}", a, args.lists,
-                                                                     1, warmup=3, extra=extra))
+                                                                     1, warmup=3, extra=extra, pid=pid))
             print(f"writer: {writer.done} server changes at {writer.achieved:.1f}/s during the loads")
+            writes_done = writer.achieved
             for size in sizes[1:]:
                 populate(api, done.servers, size, done)
                 listing = api.get(list_path)
@@ -314,10 +335,11 @@ def main() -> int:
                 bare, port = start_bare(work, b"{}", listing.content)
                 bares.append(bare)
                 with Writer(api, done.uuids[0], args.writes) as writer:
-                    for name, base, a, extra in (("strato", strato.base, auth, no_cache),
-                                                 ("bare", f"http://127.0.0.1:{port}", None, None)):
+                    for name, base, a, extra, pid in (("strato", strato.base, auth, no_cache, strato_pid),
+                                                      ("bare", f"http://127.0.0.1:{port}", None, None, bare.pid)):
                         rows[f"list{size}", name] = asyncio.run(load(
-                            f"{base}/api/2.0/{list_path}", a, max(5, args.lists // 4), 1, warmup=1, extra=extra))
+                            f"{base}/api/2.0/{list_path}", a, max(5, args.lists // 4), 1, warmup=1, extra=extra,
+                            pid=pid))
                 print(f"writer: {writer.done} server changes at {writer.achieved:.1f}/s during the {size:,} list")
             singles = 0.0
             if args.one_by_one:
@@ -331,16 +353,22 @@ def main() -> int:
             strato.stop()
 
     print()
-    print(f"{'benchmark':<44} {'server':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'bytes':>9}")
+    print(f"{'benchmark':<44} {'server':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'bytes':>9} {'CPU ms/req':>10}")
     labels = {"single": f"GET /servers/{{uuid}}/ c={args.concurrency} n={args.requests}",
               **{f"list{n}": f"GET /servers/detail/?limit=0 ({n:,}) c=1" for n in sizes}}
     for kind in labels:
         for name in ("strato", "bare"):
             r = rows[kind, name]
-            print(f"{labels[kind]:<44} {name:<8} {r.rate:>9.1f} {r.p50:>8.2f} {r.pct(99):>8.2f} {r.size:>9}")
+            print(f"{labels[kind]:<44} {name:<8} {r.rate:>9.1f} {r.p50:>8.2f} {r.pct(99):>8.2f} {r.size:>9} "
+                  f"{r.cpu_ms:>10.3f}")
         s_, b = rows[kind, "strato"], rows[kind, "bare"]
-        print(f"{'':<44} {'ratio':<8} {s_.rate / b.rate:>9.1%} {s_.p50 / b.p50:>7.1f}x {s_.pct(99) / b.pct(99):>7.1f}x")
+        print(f"{'':<44} {'ratio':<8} {s_.rate / b.rate:>9.1%} {s_.p50 / b.p50:>7.1f}x {s_.pct(99) / b.pct(99):>7.1f}x "
+              f"{'':>9} {b.cpu_ms / s_.cpu_ms if s_.cpu_ms else 0:>10.1%}")
     single, bare_single = rows["single", "strato"], rows["single", "bare"]
+    if single.cpu_ms:  # the rate the node's CPU would allow on a core of its own, beside the bare one's
+        figures.insert(0, ("GET /servers/{uuid}/, server CPU per request", f"{single.cpu_ms:.3f} ms "
+                           f"({bare_single.cpu_ms / single.cpu_ms:.1%} of the bare rate per CPU)",
+                           f"bare {bare_single.cpu_ms:.3f} ms", None))
     figures.insert(0, (f"GET /servers/{{uuid}}/, c={args.concurrency}, uncached",
                        f"{single.rate:,.0f} req/s ({single.rate / bare_single.rate:.1%}), p99 {single.pct(99):.1f} ms",
                        f"bare {bare_single.rate:,.0f} req/s; target >= 20%, p99 < 20 ms",
@@ -351,6 +379,8 @@ def main() -> int:
         figures.insert(len(figures) - 1, (f"GET /servers/detail/?limit=0, {n:,} servers, uncached",
                                           f"p50 {r.p50:.1f} ms", f"bare {b.p50:.1f} ms; target < {limit:.0f} ms",
                                           r.p50 < limit))
+    figures.append((f"server changes/s during the {sizes[0]:,} loads", f"{writes_done:.1f}/s",
+                    f"asked {args.writes:g}/s", writes_done >= 0.9 * args.writes))
     if args.one_by_one:
         figures.append((f"{args.one_by_one} servers one per request", f"{args.one_by_one / singles:.1f}/s",
                         "—", None))

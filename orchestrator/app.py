@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -173,6 +174,18 @@ async def disabled_users(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+async def collector(app: web.Application) -> AsyncIterator[None]:
+    """The cyclic garbage collector tuned for a server: what start-up made is frozen out of its
+    scans, and a young collection waits for 50,000 new containers instead of 700.  A 1,000-server
+    listing makes some 100,000 dicts and lists, none of them cyclic; with the defaults the
+    collections it set off (each older one scanning the whole heap) were a quarter of its time."""
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
+    yield
+    gc.set_threshold(*thresholds)
+    gc.unfreeze()
 
 
 def create_app(config: Config) -> web.Application:
@@ -189,6 +202,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(database)
     app.cleanup_ctx.append(hosts)
     app.cleanup_ctx.append(disabled_users)
+    app.cleanup_ctx.append(collector)
     for module in (accounts, availability, servers, server_actions, uploads, drives, libdrives, networks, tags, jobs,
                    keypairs, profile, global_context, locations, capabilities, console):
         app.add_routes(module.routes)

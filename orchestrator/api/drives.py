@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import Select, select
+from sqlalchemy import Select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
 
 from orchestrator.api import libdrives
 from orchestrator.api.fields import NAME, NOT_PROVIDED, Bool, Field, Int, Output, Resource, Str, StrList
@@ -26,9 +25,11 @@ from orchestrator.api.resource import (
     path,
     query_uuids,
     read_json,
+    reading,
     respond,
     session,
 )
+from orchestrator.api.rows import Rows
 from orchestrator.api.standard import (
     acl_fields,
     jobs_field,
@@ -99,6 +100,8 @@ LIBRARY_AS_DRIVE: dict[str, Any] = {"mounted_on": [], "jobs": [], "tags": [], "s
 
 routes = web.RouteTableDef()
 RELATED = (Drive.attachments, Drive.tag_links, Drive.job_links)  # what a rendering reads
+# Read with Core for output; the columns no field reads are not fetched.
+READER = Rows(Drive, RELATED, omit=("created", "avoid", "host", "pool", "volume"), verbatim=DRIVE.plain)
 
 
 def owned(request: web.Request) -> Select[Any]:
@@ -109,7 +112,7 @@ def one(request: web.Request) -> Select[Any]:
     return owned_row(Drive, RELATED, caller(request), request.match_info["uuid"])
 
 
-collection_views(routes, DRIVE, owned)
+collection_views(routes, DRIVE, owned, reader=READER)
 
 
 @routes.post(path("drives"))
@@ -133,7 +136,7 @@ async def create(request: web.Request) -> web.Response:
         uuids = [drive.uuid for drive in await for_each(objects, make)]
     for uuid in uuids:  # the host agents create the volumes; each drive then leaves "creating"
         await work.later(work.volumes.create(uuid), f"create volume {uuid}")
-    return await created(request, DRIVE, owned(request), Drive, uuids)
+    return await created(request, DRIVE, owned(request), Drive, uuids, READER)
 
 
 @routes.get(path("drives/{uuid}"))
@@ -141,13 +144,14 @@ async def get(request: web.Request) -> web.Response:
     """The caller's drive, or a library drive in drive shape with ``owner: null`` (spec §20.2)."""
     fields = request.query.get("fields")
     only = {f.strip() for f in fields.split(",")} if fields else None
-    async with session(request) as s:
-        drive = (await s.scalars(one(request))).unique().first()
+    async with reading(request) as conn:
+        drive = await READER.owned(conn, caller(request), request.match_info["uuid"])
         if drive is not None:
             return respond(DRIVE.dump(drive, only=only))
-        library = await get_owned(s, select(Drive).where(Drive.owner_uuid.is_(None), Drive.uuid == request.match_info[
-            "uuid"]).options(*(selectinload(r) for r in RELATED)), "Drive")
-        return respond({**DRIVE.dump(library, only=only), **LIBRARY_AS_DRIVE})
+        library = await READER.one(conn, [Drive.owner_uuid.is_(None), Drive.uuid == request.match_info["uuid"]])
+    if library is None:
+        raise notexist("Drive")
+    return respond({**DRIVE.dump(library, only=only), **LIBRARY_AS_DRIVE})
 
 
 @routes.put(path("drives/{uuid}"))

@@ -203,10 +203,10 @@ async def list_view(request: web.Request, resource: Resource, stmt: Select[Any],
     return respond(envelope(objects, lq, total))
 
 
-async def read_one(request: web.Request, reader: Rows, stmt: Select[Any], what: str) -> Any:
-    """The one row ``stmt`` selects (its where-clause), read with Core; 404 when there is none."""
+async def read_one(request: web.Request, reader: Rows, what: str) -> Any:
+    """The caller's row named by the path's ``uuid``, read with Core; 404 when there is none."""
     async with reading(request) as conn:
-        row = await reader.one(conn, [stmt.whereclause])
+        row = await reader.owned(conn, caller(request), request.match_info["uuid"])
     if row is None:
         raise notexist(what)
     return row

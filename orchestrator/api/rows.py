@@ -2,10 +2,14 @@
 rendering reads, without building ORM objects (the identity map, instance state and
 relationship collections cost more than the query on a 1,000-row list).
 
-A page is one query for the rows (the total rides along as ``count(*) OVER ()``) plus one per
-relationship, ``WHERE <foreign key> IN (<the page's keys>)``; one row is a single statement
-with the relationships outer-joined (as ``joinedload`` does).  The field tables read both
-through attribute access, as they read ORM rows, so a :class:`RowView` is what they get.
+A page is one query for the rows plus one per relationship, ``WHERE <foreign key> IN (<the
+page's keys>)``, and a ``count(*)`` only when the page cannot tell the total (a full ``limit``);
+one row is a single statement with the relationships outer-joined (as ``joinedload`` does).
+The field tables read both through attribute access, as they read ORM rows, so a
+:class:`RowView` is what they get.
+
+JSON columns a field shows as stored (``verbatim``: meta, requirements, ...) are read as their
+text and handed to the encoder as ``msgspec.Raw``: neither decoded nor encoded again.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, func, select
+import msgspec
+from sqlalchemy import JSON, ColumnElement, Select, Table, Text, bindparam, cast, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 
@@ -53,6 +58,7 @@ class Rows:
     model: Any
     related: tuple[Any, ...] = ()
     omit: tuple[str, ...] = ()
+    verbatim: tuple[str, ...] = ()  # columns output as stored: JSON ones pass through as text
     relations: tuple[_Relation, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -64,51 +70,73 @@ class Rows:
 
     @cached_property
     def columns(self) -> list[Any]:
-        return [c for c in self.table.c if c.key not in self.omit]
+        # the text itself: a cast in SQL (asyncpg's JSON codec would decode a mere type_coerce)
+        return [cast(c, Text).label(c.key) if c.key in self.raw else c
+                for c in self.table.c if c.key not in self.omit]
+
+    @cached_property
+    def raw(self) -> frozenset[str]:
+        """The verbatim JSON columns: read as text, output as ``msgspec.Raw``."""
+        return frozenset(c.key for c in self.table.c
+                         if c.key in self.verbatim and c.key not in self.omit and isinstance(c.type, JSON))
+
+    def _view(self, names: Sequence[str], values: Sequence[Any]) -> RowView:
+        row = RowView(zip(names, values, strict=True))
+        for key in self.raw:
+            if (text := row.__dict__[key]) is not None:
+                row.__dict__[key] = msgspec.Raw(text)
+        return row
 
     async def page(self, conn: AsyncConnection, where: Sequence[ColumnElement[bool]], order_by: Sequence[Any],
                    offset: int = 0, limit: int = 0) -> tuple[list[RowView], int]:
         """One page (``limit`` 0: every row from ``offset``) and the total count after ``where``."""
-        table = self.table
-        stmt: Select[Any] = select(*self.columns, func.count().over().label("_total")).where(*where)
-        stmt = stmt.order_by(*order_by).offset(offset)
+        stmt: Select[Any] = select(*self.columns).where(*where).order_by(*order_by).offset(offset)
         if limit:
             stmt = stmt.limit(limit)
         result = await conn.execute(stmt)
-        keys = list(result.keys())
-        rows = [RowView(zip(keys, row, strict=True)) for row in result]
-        if rows:
-            total = rows[0]._total
-        elif offset:  # past the end: the window saw no row to count
-            total = await conn.scalar(select(func.count()).select_from(table).where(*where)) or 0
-        else:
-            total = 0
+        names = list(result.keys())
+        rows = [self._view(names, values) for values in result.all()]
+        if (rows or not offset) and (not limit or len(rows) < limit):
+            total = offset + len(rows)  # the page reached the end
+        else:  # a full page, or past the end: count
+            total = await conn.scalar(select(func.count()).select_from(self.table).where(*where)) or 0
         if rows and self.relations:
-            await self._attach(conn, rows, stmt)
+            await self._attach(conn, rows, where, stmt if limit or offset else None)
         return rows, total
 
-    async def _attach(self, conn: AsyncConnection, rows: list[RowView], page: Select[Any]) -> None:
+    async def _attach(self, conn: AsyncConnection, rows: list[RowView], where: Sequence[ColumnElement[bool]],
+                      page: Select[Any] | None) -> None:
+        """Each relationship's rows for the page: keyed by the page's rows (``page``: when it is
+        not every row ``where`` selects), one query per relationship."""
         for rel in self.relations:
             parents = {getattr(row, rel.parent): row for row in rows}
             for row in rows:
                 setattr(row, rel.key, [])
-            keys = page.with_only_columns(self.table.c[rel.parent]).subquery()
+            parent = self.table.c[rel.parent]
+            keys = (select(parent).where(*where) if page is None
+                    else select(page.with_only_columns(parent).subquery()))
             child = rel.table.c[rel.child]
-            result = await conn.execute(select(rel.table).where(child.in_(select(keys)))
+            result = await conn.execute(select(rel.table).where(child.in_(keys))
                                         .order_by(child, *(rel.table.c[k] for k in rel.order)))
-            for item in result:
-                owner = parents.get(getattr(item, rel.child))
+            position = list(result.keys()).index(rel.child)
+            for item in result.all():
+                owner = parents.get(item[position])
                 if owner is not None:
                     getattr(owner, rel.key).append(item)
 
-    async def one(self, conn: AsyncConnection, where: Sequence[ColumnElement[bool]]) -> RowView | None:
-        """The first row matching ``where`` with its related rows, in one joined statement."""
+    async def owned(self, conn: AsyncConnection, owner: str, uuid: str) -> RowView | None:
+        """The owner's row ``uuid`` with its related rows, in one joined statement."""
+        return await self.one(conn, self._owned, {"owner": owner, "uuid": uuid})
+
+    async def one(self, conn: AsyncConnection, where: Sequence[ColumnElement[bool]] | Select[Any],
+                  params: dict[str, Any] | None = None) -> RowView | None:
+        """The first row matching ``where`` (or the statement :attr:`_owned` built) with its related rows."""
         stmt, parts = self._joined
-        result = (await conn.execute(stmt.where(*where))).all()
+        result = (await conn.execute(where if isinstance(where, Select) else stmt.where(*where), params)).all()
         if not result:
             return None
         (_, names, start, stop, _), *relations = parts
-        row = RowView(zip(names, result[0][start:stop], strict=True))
+        row = self._view(names, result[0][start:stop])
         for key, names, start, stop, primary in relations:
             seen: dict[tuple[Any, ...], RowView] = {}
             for values in result:
@@ -118,6 +146,13 @@ class Rows:
                     seen[pk] = RowView(zip(names, part, strict=True))
             setattr(row, key, list(seen.values()))
         return row
+
+    @cached_property
+    def _owned(self) -> Select[Any]:
+        """The joined statement for one owner's row by uuid, built once with parameters: building
+        and keying a statement per request costs more than running it."""
+        c = self.table.c
+        return self._joined[0].where(c.owner_uuid == bindparam("owner"), c.uuid == bindparam("uuid"))
 
     @cached_property
     def _joined(self) -> tuple[Select[Any], list[tuple[str, list[str], int, int, list[int]]]]:

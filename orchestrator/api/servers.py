@@ -170,7 +170,7 @@ SERVER = Resource("servers", list_methods=("get", "put", "delete", "post"), defa
 
 routes = web.RouteTableDef()
 RELATED = (Server.drive_links, Server.tag_links, Server.job_links)  # what a rendering reads
-READER = Rows(Server, RELATED, omit=("created",))  # created: only ordered by
+READER = Rows(Server, RELATED, omit=("created",), verbatim=SERVER.plain)  # created: only ordered by
 
 
 def owned(request: web.Request) -> Select[Any]:
@@ -210,14 +210,14 @@ async def create(request: web.Request) -> web.Response:
 
 @routes.get(path("servers/{uuid}"))
 async def get(request: web.Request) -> web.Response:
-    server = await read_one(request, READER, one(request), "Server")
+    server = await read_one(request, READER, "Server")
     attach_stats(request.app[WORK], [server])
     return respond(SERVER.dump(server, only=_only(request)))
 
 
 @routes.get(path("servers/{uuid}/runtime"))
 async def runtime(request: web.Request) -> web.Response:
-    server = await read_one(request, READER, one(request), "Server")
+    server = await read_one(request, READER, "Server")
     attach_stats(request.app[WORK], [server])
     return respond(_runtime(server) or {})
 
@@ -228,7 +228,7 @@ async def edit(request: web.Request) -> web.Response:
     async with session(request) as s:
         server = await get_owned(s, one(request), "Server")
         await write_server(s, server, values, caller(request), request.app[CAPABILITIES], creating=False)
-    server = await read_one(request, READER, one(request), "Server")
+    server = await read_one(request, READER, "Server")
     server.live = None  # as ever: the answer to an edit shows no statistics
     return respond(SERVER.dump(server))
 

@@ -9,9 +9,11 @@ import msgspec
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, false, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
+
+from orchestrator.db.sqlite_inline import connector
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -33,7 +35,14 @@ def make_engine(url: str) -> AsyncEngine:
     url = normalise_url(url)
     # JSON columns are read on every listing: msgspec decodes them several times faster than json.loads.
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30}, json_deserializer=msgspec.json.decode)
+        # The aiosqlite dialect over an inline connection (sqlite_inline: no thread hop per call).
+        parsed = make_url(url)
+        uri = parsed.query.get("uri") in ("true", "1")
+        # A roomy pool: a writer waiting for the lock holds its connection meanwhile, and readers must
+        # not queue behind the writers for one (an SQLite connection is three file handles).
+        pool = {} if (parsed.database or ":memory:") == ":memory:" else {"pool_size": 20, "max_overflow": 60}
+        engine = create_async_engine(url, json_deserializer=msgspec.json.decode,
+                                     async_creator=connector(parsed.database or ":memory:", uri), **pool)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

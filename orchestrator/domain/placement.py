@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -27,7 +27,9 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
+    column,
     func,
+    literal_column,
     select,
     text,
     type_coerce,
@@ -46,6 +48,8 @@ H = HOSTS.c
 LOAD_COLUMNS = (H.name, H.state, H.cpu_capacity, H.mem_capacity, H.cpu_used, H.mem_used)
 CPU, MEM = bindparam("claim_cpu", type_=BigInteger), bindparam("claim_mem", type_=BigInteger)
 AVOID, OWNER = bindparam("avoid", expanding=True), bindparam("owner")
+BATCH = 64  # placements per shared commit at most
+T = TypeVar("T")
 
 
 @dataclass
@@ -102,6 +106,60 @@ class Scheduler:
     # of servers another node may be placing), and the guarded UPDATE of the claim keeps capacity.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _facts: dict[str, tuple[float, float, dict[str, dict[str, Any]]]] = field(default_factory=dict, repr=False)
+    _indexed: bool = field(default=False, repr=False)
+    _queue: list[tuple[async_sessionmaker, Any, asyncio.Future[Any]]] = field(default_factory=list, repr=False)
+    _draining: bool = field(default=False, repr=False)
+
+    async def batched(self, sessions: async_sessionmaker, step: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """``await step(s)`` in a placing transaction shared with the steps that arrive together:
+        one commit for all of them (group commit), each step seeing the ones before it, so the
+        placements stay as sequential as under :meth:`placing`.  Should any step fail, that shared
+        transaction is rolled back and each step runs again in one of its own: a failure (a 503,
+        a server already started) costs the others a retry, never their result.  ``step`` must
+        therefore only touch the database through ``s``."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((sessions, step, future))
+        if not self._draining:
+            self._draining = True
+            try:
+                await asyncio.sleep(0)  # the steps that arrive at the same moment join the first batch
+                while self._queue:
+                    batch, self._queue = self._queue[:BATCH], self._queue[BATCH:]
+                    await self._run_batch(batch)
+            finally:
+                self._draining = False
+                for *_, waiting in self._queue:  # left by a cancelled leader
+                    _settle(waiting, error=RuntimeError("placement batch cancelled"))
+                self._queue = []
+        return await future  # type: ignore[no-any-return]
+
+    async def _run_batch(self, batch: list[tuple[async_sessionmaker, Any, asyncio.Future[Any]]]) -> None:
+        sessions = batch[0][0]
+        try:
+            results = []
+            try:
+                async with self.placing(sessions) as s:
+                    for other, step, _ in batch:
+                        assert other is sessions, "one scheduler places through one database"
+                        results.append(await step(s))
+            except Exception as error:
+                if len(batch) == 1:
+                    _settle(batch[0][2], error=error)
+                    return
+                for _, step, future in batch:  # each alone
+                    try:
+                        async with self.placing(sessions) as s:
+                            result = await step(s)
+                    except Exception as e:
+                        _settle(future, error=e)
+                    else:
+                        _settle(future, result)
+                return
+            for (*_, future), result in zip(batch, results, strict=True):
+                _settle(future, result)
+        finally:  # cancelled half-way: nobody waits for ever
+            for *_, future in batch:
+                _settle(future, error=RuntimeError("placement batch cancelled"))
 
     @asynccontextmanager
     async def placing(self, sessions: async_sessionmaker) -> AsyncIterator[AsyncSession]:
@@ -110,6 +168,7 @@ class Scheduler:
         async with self.lock, sessions.begin() as s:
             if s.bind.dialect.name == "postgresql":  # and none of another API node's either
                 await s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PLACEMENT_LOCK})
+            await self._ensure_index(s)
             yield s
 
     async def loads(self, s: AsyncSession, states: tuple[str, ...] = ("up",),
@@ -145,11 +204,32 @@ class Scheduler:
                     H.cpu_used + cpu <= cast(H.cpu_capacity, Float) * self.cpu_overcommit,
                     H.mem_used + mem <= cast(H.mem_capacity, Float) * self.mem_overcommit)
 
-    def _headroom(self) -> ColumnElement[float]:
-        """SQL: HostLoad.headroom (the smaller free share of cpu and mem)."""
-        cpu = 1 - cast(H.cpu_used, Float) / func.nullif(cast(H.cpu_capacity, Float) * self.cpu_overcommit, 0)
-        mem = 1 - cast(H.mem_used, Float) / func.nullif(cast(H.mem_capacity, Float) * self.mem_overcommit, 0)
+    def _headroom(self, c: Any = H) -> ColumnElement[float]:
+        """SQL: HostLoad.headroom (the smaller free share of cpu and mem), the key of the index
+        :meth:`_ensure_index` makes: the ratios are literals, so the planner sees the same expression."""
+        def share(used: Any, capacity: Any, ratio: float) -> Any:
+            one, zero, times = (literal_column(repr(v), Float) for v in (1.0, 0.0, float(ratio)))
+            return one - cast(used, Float) / func.nullif(cast(capacity, Float) * times, zero)
+
+        cpu = share(c.cpu_used, c.cpu_capacity, self.cpu_overcommit)
+        mem = share(c.mem_used, c.mem_capacity, self.mem_overcommit)
         return case((cpu < mem, cpu), else_=mem)
+
+    async def _ensure_index(self, s: AsyncSession) -> None:
+        """The up hosts by headroom, best first, as an expression index (once per process): the
+        best fitting host is then the first index entry that fits, not the top of a sort of every
+        host.  The overcommit ratios are part of the expression, so the index is named by them
+        (another configuration builds its own; ``strato`` drops none: they cost only writes)."""
+        if self._indexed:
+            return
+        dialect = s.bind.dialect
+        plain = type("Columns", (), {k: column(k) for k in ("cpu_used", "cpu_capacity", "mem_used", "mem_capacity")})
+        key = self._headroom(plain).compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+        name = f"ix_hosts_headroom_{self.cpu_overcommit:g}_{self.mem_overcommit:g}".replace(".", "_")
+        await s.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON hosts (state, ({key}) DESC, name)"))
+        if dialect.name == "postgresql":  # without statistics on hosts the planner sorts instead
+            await s.execute(text("ANALYZE hosts"))
+        self._indexed = True
 
     @cached_property
     def _claim_best(self) -> Any:
@@ -269,6 +349,16 @@ class Scheduler:
             raise no_capacity(f"We currently cannot provide enough resources to create a {drive.storage_type} drive")
         drive.host, drive.pool = chosen.name, pool(chosen)["name"]  # type: ignore[index]
         return chosen.name
+
+
+def _settle(future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None) -> None:
+    """Give a waiting step its answer, unless its caller stopped waiting (cancelled)."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 async def release(s: AsyncSession, server: Server) -> None:

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
 from agents.client import AgentCallError, AgentGone
@@ -57,11 +57,14 @@ class ServerWork:
 
     async def start(self, uuid: str, avoid: Sequence[str] = ()) -> None:
         """Place and mark ``starting`` in one transaction (refusals raise), then boot in the background."""
-        async with self.scheduler.placing(self.sessions) as s:
+        async def place(s: AsyncSession) -> None:
             server = await s.get(Server, uuid)
             if server is None:
                 raise notexist("Server")
             await begin_start(s, server, self.scheduler, avoid)
+
+        # Starts that arrive together share one commit (Scheduler.batched).
+        await self.scheduler.batched(self.sessions, place)
         await self.boot(uuid)
 
     async def boot(self, uuid: str) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+from functools import partial
 
 import pytest
+from sqlalchemy import select
 
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
 from orchestrator.db.models import Drive, Host, Server, User
@@ -323,3 +326,32 @@ async def test_a_claim_never_overfills_a_host_that_another_node_filled_first(ses
     assert await place(scheduler, sessions, server(cpu=600)) == "b"
     with pytest.raises(DomainError):
         await place(scheduler, sessions, server(cpu=600))
+
+
+async def test_placements_arriving_together_share_a_commit_and_a_failure_costs_only_itself(sessions):
+    """Scheduler.batched: three starts at once, the middle one refused (nothing fits it): the other
+    two are placed and committed, the refusal reaches only its caller, and the counters hold only
+    the two claims."""
+    await add(sessions, host("a", cores=2, mhz=1000, memory=4 * GiB))
+    scheduler = Scheduler(cpu_overcommit=1.0, mem_overcommit=1.0)
+    small, huge, other = server(cpu=500), server(cpu=5000), server(cpu=700)
+    async with sessions.begin() as s:
+        s.add_all([small, huge, other])
+    commits = []
+
+    async def start(uuid: str, s) -> str:
+        commits.append(id(s))
+        row = await s.get(Server, uuid)
+        return (await scheduler.place_server(s, row, [], [])).name
+
+    results = await asyncio.gather(*(scheduler.batched(sessions, partial(start, row.uuid))
+                                     for row in (small, huge, other)), return_exceptions=True)
+    assert results[0] == "a" and results[2] == "a"
+    assert isinstance(results[1], DomainError) and results[1].kind is Kind.NO_CAPACITY
+    # one shared transaction until the refusal, then each of the three alone
+    assert len(commits) == 5 and commits[0] == commits[1]
+    async with sessions() as s:
+        placed = dict((await s.execute(select(Server.uuid, Server.host))).all())
+        used = (await s.execute(select(Host.cpu_used).where(Host.name == "a"))).scalar_one()
+    assert placed == {small.uuid: "a", huge.uuid: None, other.uuid: "a"}
+    assert used == 1200
