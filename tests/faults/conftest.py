@@ -36,6 +36,12 @@ BINDS = ("/run/libvirt", "/var/lib/libvirt", "/etc/libvirt", "/var/cache/libvirt
 POOL_SIZE = 160 * 2**20  # the tmpfs pool: room for the test guest and a few copies, small enough to fill
 
 
+# The faults are the point: clones are whole copies (a copy-on-write clone is instant, nothing to
+# cut in the middle), and the small pools may promise more than they hold (so that a full disk is
+# what refuses, not the thin-provisioning check of orchestrator/domain/pool_room.py).
+FAULT_ENV = {"STRATO_CLONE_MODE": "copy", "STRATO_STORAGE_OVERCOMMIT": "50"}
+
+
 @dataclass
 class PrivateLibvirtd:
     root: Path
@@ -158,7 +164,7 @@ def fault_node() -> Iterator[FaultNode]:
     (root / "libvirtd").chmod(0o755)
     prefix = f"stfm{uuid.uuid4().hex[:6]}-"
     server = StratoServer(root / "data", extra_env={"STRATO_LOCAL_HOST": "false", "STRATO_HEARTBEAT": "1",
-                                                   "STRATO_AGENT_PREFIX": prefix})
+                                                   "STRATO_AGENT_PREFIX": prefix, **FAULT_ENV})
     mount = server.data_dir / "pools" / "h1"  # under the data directory: job reasons may name it
     pool, console, sockets = mount / "pool", server.data_dir / "console", server.data_dir / "s"
     mounted = False
@@ -217,7 +223,7 @@ def ssh_node() -> Iterator[SshNode]:
     root = qemu_reachable_dir("faultssh")
     prefix = f"stfs{uuid.uuid4().hex[:6]}-"
     server = StratoServer(root / "data", extra_env={"STRATO_LOCAL_HOST": "false", "STRATO_HEARTBEAT": "1",
-                                                   "STRATO_AGENT_PREFIX": prefix})
+                                                   "STRATO_AGENT_PREFIX": prefix, **FAULT_ENV})
     sshd = make_sshd(root)
     pool, console, sockets = server.data_dir / "pools" / "ssh1", server.data_dir / "console", server.data_dir / "s"
     try:

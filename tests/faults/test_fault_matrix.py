@@ -102,7 +102,9 @@ def test_qemu_killed_under_a_running_guest(fault_node: FaultNode) -> None:
     node.wait_host("up", 90)
     wait_status(api, "servers", server, "stopped", 60)
     later = ended(api, "servers", server, "server_fault", {fault["uuid"]}, timeout=30)
-    assert later["state"] == "failed" and "no longer running when its host reconnected" in later["data"]["error"], later
+    # Found stopped by the reconnection, or told by libvirtd's own late event to the new agent: both
+    # are the fault, recorded once.
+    assert later["state"] == "failed" and "stopped unexpectedly" in later["data"]["error"], later
     assert node.pool_files() == files
     start_and_check(api, server)  # recovered: it starts again
     api.ok("DELETE", f"servers/{server}/?recurse=all_drives", status=204)
@@ -265,8 +267,15 @@ def test_disk_full(fault_node: FaultNode) -> None:
     try:
         r = wait_for(lambda: refused(api, {"name": "big", "size": 16 * 2**20, "media": "disk"}), 30,
                      "the full pool seen", interval=1)[0]
-        assert_error(r, 503, None, "backend")
-        assert "enough resources" in r.json()[0]["error_message"], r.text
+        # Refused by the host's free space as its agent last reported it (403 on `size`, checked in
+        # the write's transaction), or by the agent itself when that report is older than the filling
+        # (503): nothing made either way.
+        if r.status_code == 403:
+            assert_error(r, 403, "size", "permission")
+            assert "Not enough storage" in r.json()[0]["error_message"], r.text
+        else:
+            assert_error(r, 503, None, "backend")
+            assert "enough resources" in r.json()[0]["error_message"], r.text
         assert {d["uuid"] for d in api.ok("GET", "drives/?limit=0")["objects"]} == drives
         filler.unlink()
         image = random_image(24 * 2**20)
