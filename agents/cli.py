@@ -225,9 +225,6 @@ def _open(config: AgentConfig, loop: asyncio.AbstractEventLoop) -> tuple[Agent, 
     except libvirt.libvirtError as err:
         raise AgentError("libvirt", f"cannot connect to libvirtd at {config.uri}: {err}") from None
     conn.setKeepAlive(5, 3)
-    # A libvirtd that went away (restarted, killed) leaves this connection dead for good: exit, so
-    # the API node sees the host down and its reconnection starts an agent on the new libvirtd.
-    conn.registerCloseCallback(_libvirtd_gone, None)
     facts = HostFacts.read(conn)
     policy = HostPolicy(
         virt_type=facts.pick_virt_type(config.virt_type),
@@ -250,14 +247,6 @@ def _open(config: AgentConfig, loop: asyncio.AbstractEventLoop) -> tuple[Agent, 
     vxlan = wire.VxlanEndpoint(address=config.vxlan_local, port=config.vxlan_port) if config.vxlan_local else None
     networks = Networks(conn, config.prefix, vxlan)
     return Agent(config, facts, storage, Domains(conn, policy, storage, networks), networks), conn
-
-
-def _libvirtd_gone(_conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
-    if reason == libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT:  # our own close, at exit
-        return
-    log.error("the libvirt connection closed (reason %d); exiting", reason)
-    logging.shutdown()
-    os._exit(3)
 
 
 if __name__ == "__main__":
