@@ -80,10 +80,12 @@ class MigrationWork:
                     finish(job, "The API node restarted during the migration; the server runs where its host says")
 
     async def pick_up(self) -> None:
-        """Start the migrations queued since the last look."""
+        """Start the migrations queued since the last look (each by one API node: on PostgreSQL
+        the rows another node is picking up are skipped, SQLite has one node)."""
         async with self.sessions.begin() as s:
             jobs = (await s.scalars(select(Job).where(Job.operation.in_((OPERATION, EVACUATE)),
-                                                      Job.state == "started"))).all()
+                                                      Job.state == "started")
+                                    .with_for_update(skip_locked=True))).all()
             picked = [job.uuid for job in jobs if (job.params or {}).get("queued")]
             for job in jobs:
                 if job.uuid in picked:
