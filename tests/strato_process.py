@@ -141,6 +141,17 @@ class StratoServer:
         remove_libvirt_objects(self.prefix)
 
 
+def domain_names(prefix: str, uri: str = "qemu:///system") -> list[str]:
+    """The libvirt domains (defined or running) whose names start with ``prefix``, asked of libvirtd."""
+    import libvirt
+
+    conn = libvirt.open(uri)
+    try:
+        return [d.name() for d in conn.listAllDomains(0) if d.name().startswith(prefix)]
+    finally:
+        conn.close()
+
+
 def remove_libvirt_objects(prefix: str, uri: str = "qemu:///system") -> None:
     """Destroy and undefine the domains, storage pools (with their volumes) and secrets whose names
     (a secret's usage) start with ``prefix``: what one test API node or agent made, and nothing else.

@@ -14,12 +14,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import aiohttp
-import libvirt
 import pytest
 import requests
 
 from tests.api.conftest import assert_error, make_drive, make_server, wait_idle
-from tests.strato_process import ROOT, Api, StratoServer, wait_for
+from tests.strato_process import ROOT, Api, StratoServer, domain_names, wait_for
 
 pytestmark = pytest.mark.libvirt
 
@@ -94,14 +93,6 @@ def test_disable_refuses_every_credential_and_enable_undoes_it(strato_server: St
     assert login(api).get(api.url("servers/"), timeout=30).status_code == 200
 
 
-def _domains(prefix: str) -> list[str]:
-    conn = libvirt.open("qemu:///system")
-    try:
-        return [d.name() for d in conn.listAllDomains(0) if d.name().startswith(prefix)]
-    finally:
-        conn.close()
-
-
 def _ws_status(url: str) -> int:
     async def attempt() -> int:
         async with aiohttp.ClientSession() as session:
@@ -140,7 +131,7 @@ def test_delete_refuses_an_owner_and_purge_removes_everything(strato_server: Str
         domain = f"{prefix}{server['uuid']}"
         assert api.post(f"servers/{server['uuid']}/action/?do=start").status_code == 202
         wait_for(lambda: api.ok("GET", f"servers/{server['uuid']}/")["status"] == "running", 120, "running")
-        assert domain in _domains(prefix)
+        assert domain in domain_names(prefix)
         opened = api.ok("POST", f"servers/{server['uuid']}/action/?do=open_vnc", status=202)
         vnc_port = urlparse(opened["vnc_url"]).port
         page = urlparse(opened["console_page_url"])
@@ -151,16 +142,16 @@ def test_delete_refuses_an_owner_and_purge_removes_everything(strato_server: Str
         assert _ws_status(websockify) == 403
         assert vnc_port is not None
         wait_for(lambda: _refused(vnc_port), 15, "the VNC tunnel closed")
-        assert domain in _domains(prefix)
+        assert domain in domain_names(prefix)
 
         refused = cli(strato_server, "users", "delete", email)
         assert refused.returncode == 1
         assert "owns 2 servers, 2 drives, 1 tags" in refused.stderr, refused.stderr
-        assert domain in _domains(prefix)
+        assert domain in domain_names(prefix)
 
         done = cli(strato_server, "users", "delete", email, "--purge")
         assert done.returncode == 0, done.stderr
-        assert domain not in _domains(prefix)
+        assert domain not in domain_names(prefix)
         assert {p.name for p in pool.iterdir()} == before, "a volume of the purged user is left on the host"
         assert_error(api.get("servers/"), 401)
         for path in (f"servers/{server['uuid']}/", f"servers/{stopped['uuid']}/", f"drives/{spare['uuid']}/"):
@@ -168,6 +159,6 @@ def test_delete_refuses_an_owner_and_purge_removes_everything(strato_server: Str
         again = cli(strato_server, "users", "delete", email)
         assert again.returncode == 1 and "no user" in again.stderr
     finally:
-        if domain is not None and domain in _domains(prefix):
+        if domain is not None and domain in domain_names(prefix):
             subprocess.run(["virsh", "destroy", domain], capture_output=True, check=False)
             subprocess.run(["virsh", "undefine", domain], capture_output=True, check=False)

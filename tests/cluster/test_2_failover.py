@@ -14,7 +14,7 @@ from pathlib import Path
 import requests
 
 from tests.cluster.conftest import LEASE, SLOT, Cluster
-from tests.strato_process import wait_for
+from tests.strato_process import domain_names, wait_for
 
 CHUNK = 8 * 2**20
 
@@ -101,7 +101,7 @@ def test_kill_one_node_during_start_clone_and_import(cluster: Cluster) -> None:
     again = "importing again" in log
     print(f"server {status}, clone {'resumed by B' if 'resuming a drive clone' in log else 'done by A'}, upload "
           f"{'resent its last chunk' if resent else 'imported again by B' if again else 'imported by A'}")
-    domains = {name for prefix in cluster.host_prefixes.values() for name in _domains(prefix)}
+    domains = {name for prefix in cluster.host_prefixes.values() for name in domain_names(prefix)}
     assert (any(server in d for d in domains)) == (status == "running"), (status, domains)
     r = b.api.get(f"drives/{clone}/")
     clone_job = [j for j in b.api.ok("GET", "jobs/?limit=0")["objects"] if j["operation"] == "drive_clone"
@@ -124,13 +124,3 @@ def test_kill_one_node_during_start_clone_and_import(cluster: Cluster) -> None:
     for drive in (upload, clone):
         assert b.api.delete(f"drives/{drive}/").status_code in (204, 404)
     assert cluster.sql("SELECT count(*) AS n FROM uploads")[0]["n"] == 0
-
-
-def _domains(prefix: str) -> list[str]:
-    import libvirt
-
-    conn = libvirt.open("qemu:///system")
-    try:
-        return [d.name() for d in conn.listAllDomains(0) if d.name().startswith(prefix)]
-    finally:
-        conn.close()
