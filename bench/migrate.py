@@ -87,9 +87,7 @@ def main() -> None:
     try:
         data.mkdir()
         api = server.add_user("bench@example.com", "bench-pw")
-        for host in hosts.hosts:
-            server.cli("hosts", "add", host.name, "--ssh", f"root@{host.address}:22", "--key", hosts.client_key,
-                       "--known-hosts", hosts.known_hosts, "--agent-command", host.agent_command(Path(hosts.shared)))
+        hosts.register(server.cli)
         server.start()
         wait_for(lambda: all(h["state"] == "up" for h in json.loads(server.cli("hosts", "list"))), 90, "hosts up")
         image = upload(api, "guest.img", (ROOT / "build" / "guest" / "strato-guest.img").read_bytes())

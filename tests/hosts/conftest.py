@@ -48,6 +48,13 @@ class Cloud:
 
     def running_on(self, uuid: str) -> list[str]:
         """The hosts whose own libvirtd runs a domain with this uuid (asked directly, not through Strato)."""
+        return self._having(uuid, active=True)
+
+    def defined_on(self, uuid: str) -> list[str]:
+        return self._having(uuid, active=False)
+
+    def _having(self, uuid: str, *, active: bool) -> list[str]:
+        """The hosts whose libvirtd has a domain with this uuid (running, if ``active``)."""
         found = []
         for host in self.hosts.hosts:
             conn = self._open(host)
@@ -55,23 +62,8 @@ class Cloud:
                 continue
             try:
                 dom = conn.lookupByUUIDString(uuid)
-                if dom.isActive():
+                if not active or dom.isActive():
                     found.append(host.name)
-            except libvirt.libvirtError:
-                pass
-            finally:
-                conn.close()
-        return found
-
-    def defined_on(self, uuid: str) -> list[str]:
-        found = []
-        for host in self.hosts.hosts:
-            conn = self._open(host)
-            if conn is None:
-                continue
-            try:
-                conn.lookupByUUIDString(uuid)
-                found.append(host.name)
             except libvirt.libvirtError:
                 pass
             finally:
@@ -89,9 +81,7 @@ def cloud() -> Iterator[Cloud]:
     try:
         data.mkdir()
         api = server.add_user("ops@example.com", "ops-pw")
-        for host in hosts.hosts:
-            server.cli("hosts", "add", host.name, "--ssh", f"root@{host.address}:22", "--key", hosts.client_key,
-                       "--known-hosts", hosts.known_hosts, "--agent-command", host.agent_command(Path(hosts.shared)))
+        hosts.register(server.cli)
         server.start()
         cloud = Cloud(hosts, server, api)
         wait_for(lambda: all(h["state"] == "up" for h in cloud.hosts_list().values()), 90, "hosts up")

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -136,6 +137,12 @@ class Hosts:
         data = json.loads((root / "hosts.json").read_text())
         data["hosts"] = [Host(**h) for h in data["hosts"]]
         return cls(**data)
+
+    def register(self, cli: Callable[..., str]) -> None:
+        """Add every host to an API node, reached over SSH (``cli`` runs one ``strato`` command of it)."""
+        for host in self.hosts:
+            cli("hosts", "add", host.name, "--ssh", f"root@{host.address}:22", "--key", self.client_key,
+                "--known-hosts", self.known_hosts, "--agent-command", host.agent_command(Path(self.shared)))
 
     def kill_libvirtd(self, host: Host) -> None:
         """SIGKILL the host's libvirtd (its guests keep running, as on a real host)."""
