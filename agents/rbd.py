@@ -28,6 +28,7 @@ import libvirt
 from agents import wire
 from agents.errors import AgentError
 from agents.translate import RbdRef, VolumeRef
+from agents.volume_ops import copy_into, grow
 from agents.xml.storage import RbdConfigOpts, RbdOption, RbdPool, Secret, SourceHost, Volume
 
 log = logging.getLogger(__name__)
@@ -216,23 +217,12 @@ class RbdStorage:
 
     def clone(self, source: str, name: str, size: int | None) -> wire.Volume:
         """An RBD clone of a protected snapshot of ``source`` (libvirt makes or reuses the snapshot)."""
-        src = self._volume(source)
         lv = self._refuse_existing(name)
-        capacity = src.info()[1]
-        if size is not None and size < capacity:
-            raise AgentError("invalid", f"size {size} is smaller than the source's {capacity}")
-        vol = lv.createXMLFrom(Volume(name=name, capacity=capacity, format="raw").to_xml(), src, 0)
-        if size is not None and size > capacity:
-            vol.resize(size, 0)
-        return self.describe(vol)
+        return self.describe(copy_into(lv, self._volume(source), name, "raw", size))
 
     def resize(self, name: str, size: int) -> wire.Volume:
         vol = self._volume(name)
-        capacity = vol.info()[1]
-        if size < capacity:
-            raise AgentError("invalid", f"volume {name!r} is {capacity} bytes; shrinking is refused")
-        if size > capacity:
-            vol.resize(size, 0)
+        grow(vol, name, size)
         return self.describe(vol)
 
     def delete(self, name: str) -> wire.Empty:

@@ -28,6 +28,7 @@ from agents import wire
 from agents.errors import AgentError
 from agents.rbd import RbdPoolConfig, RbdStorage
 from agents.translate import VolumeRef
+from agents.volume_ops import copy_into, grow
 from agents.xml.domain import Domain
 from agents.xml.storage import DirPool, Volume
 
@@ -237,12 +238,7 @@ class Storage:
         pool_name, src = self._volume(pool, source)
         _pool_name, lv = self._pool(pool_name)
         self._refuse_existing(lv, pool_name, name)
-        capacity = src.info()[1]
-        if size is not None and size < capacity:
-            raise AgentError("invalid", f"size {size} is smaller than the source's {capacity}")
-        vol = lv.createXMLFrom(Volume(name=name, capacity=capacity, format="qcow2").to_xml(), src, 0)
-        if size is not None and size > capacity:
-            vol.resize(size, 0)
+        vol = copy_into(lv, src, name, "qcow2", size)
         return self.describe(pool_name, vol)
 
     def resize(self, pool: str | None, name: str, size: int) -> wire.Volume:
@@ -250,11 +246,7 @@ class Storage:
             return rbd.resize(name, size)
         pool_name, vol = self._volume(pool, name)
         self._cancel(vol.path())  # a flatten would put back the old size (it retries afterwards)
-        capacity = vol.info()[1]
-        if size < capacity:
-            raise AgentError("invalid", f"volume {name!r} is {capacity} bytes; shrinking is refused")
-        if size > capacity:
-            vol.resize(size, 0)
+        grow(vol, name, size)
         return self.describe(pool_name, vol)
 
     def delete(self, pool: str | None, name: str) -> wire.Empty:
