@@ -361,6 +361,9 @@ async def test_volume_lifecycle(agent_env: AgentEnv) -> None:
     assert err.value.kind == "invalid"
     clone = await client.call("volume.clone", source="blank", name="blank-clone", size=32 << 20)
     assert clone["capacity"] == 32 << 20 and clone["format"] == "qcow2"
+    with pytest.raises(AgentCallError) as err:  # a clone smaller than its source would cut the guest's disk
+        await client.call("volume.clone", source="blank", name="blank-small", size=8 << 20)
+    assert err.value.kind == "invalid" and "blank-small" not in {v["name"] for v in await client.call("volume.list")}
     with pytest.raises(AgentCallError) as err:
         await client.call("volume.create", name="blank", size=1 << 20)
     assert err.value.kind == "invalid"
