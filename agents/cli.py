@@ -104,7 +104,7 @@ def _rbd_pool(spec: Any) -> RbdPoolConfig:
         return RbdPoolConfig(name=str(values["name"]), pool=str(values["pool"]), user=str(values["user"]),
                              keyring=os.path.abspath(str(values["keyring"])),
                              monitors=tuple(str(m) for m in values["monitors"]),
-                             timeout=int(values.get("timeout", 30)))
+                             timeout=int(values.get("timeout", 30)), retry=int(values.get("retry", 30)))
     except (KeyError, ValueError) as err:
         raise SystemExit(f"agent: rbd pool {spec!r}: missing or bad {err}") from None
 
@@ -154,6 +154,7 @@ async def run_stdio(config: AgentConfig) -> int:
     log.info("ready: uri=%s virt_type=%s prefix=%s", config.uri, agent.domains.host.virt_type, config.prefix)
     serving = asyncio.create_task(serve(agent, reader, writer))
     lost = asyncio.create_task(closed.wait())
+    reaching = asyncio.create_task(_reach_rbd_pools(agent.storage))
     try:
         await asyncio.wait({serving, lost}, return_when=asyncio.FIRST_COMPLETED)
         if not serving.done():
@@ -166,12 +167,34 @@ async def run_stdio(config: AgentConfig) -> int:
         return 0
     finally:
         lost.cancel()
+        reaching.cancel()
         await agent.contexts.close()
         with contextlib.suppress(libvirt.libvirtError):
             conn.unregisterCloseCallback()
         with contextlib.suppress(libvirt.libvirtError):
             conn.close()
         await asyncio.sleep(0.1)  # libvirtaio removes the closed connection's handles on this loop
+
+
+async def _reach_rbd_pools(storage: Storage) -> None:
+    """RBD pools whose Ceph cluster did not answer when the agent started, tried again every
+    ``retry`` seconds until each is reached: the cluster coming back is enough, no restart.  A pool
+    reached is in the host's facts from then on, so the API node's next poll lets it place drives
+    there; until then the facts list it as unreachable (``strato doctor`` says why)."""
+    waiting = [rbd for rbd in storage.rbd.values() if not rbd.active]
+    while waiting:
+        await asyncio.sleep(min(rbd.config.retry for rbd in waiting))
+        for rbd in waiting:
+            try:
+                conflict = await asyncio.to_thread(rbd.ensure)
+            except (AgentError, libvirt.libvirtError) as err:
+                log.warning("rbd pool %s: still not ready: %s", rbd.config.name, err)
+                continue
+            if conflict is not None:
+                log.error("rbd pool %s: %s", rbd.config.name, conflict)
+            elif rbd.active:
+                log.info("rbd pool %s: its Ceph cluster answers now; the pool is in use", rbd.config.name)
+        waiting = [rbd for rbd in waiting if not rbd.active]
 
 
 _CLOSE_REASONS = {libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "an error", libvirt.VIR_CONNECT_CLOSE_REASON_EOF:

@@ -44,6 +44,7 @@ class RbdPoolConfig:
     keyring: str  # a keyring file with a [client.<user>] key
     monitors: tuple[str, ...]  # HOST:PORT (a port other than 3300 speaks msgr v1)
     timeout: int = 30  # seconds libvirtd waits for the cluster (client_mount_timeout)
+    retry: int = 30  # seconds between attempts to reach a cluster that did not answer
 
     @property
     def identity(self) -> str:

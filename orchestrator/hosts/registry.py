@@ -86,7 +86,9 @@ async def list_hosts(s: AsyncSession) -> list[dict[str, Any]]:
     running = dict((await s.execute(select(Server.host, func.count()).where(Server.host.is_not(None))
                                     .group_by(Server.host))).all())
     return [{"name": h.name, "address": h.address, "state": h.state, "servers": running.get(h.name, 0),
-             "cores": h.facts.get("cores"), "memory": h.facts.get("memory"), "virt_type": h.facts.get("virt_type")}
+             "cores": h.facts.get("cores"), "memory": h.facts.get("memory"), "virt_type": h.facts.get("virt_type"),
+             "pools": [p["name"] for p in h.facts.get("pools", [])],
+             "unreachable_pools": h.facts.get("unreachable_pools", [])}
             for h in (await s.scalars(select(Host).order_by(Host.name))).all()]
 
 

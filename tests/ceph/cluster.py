@@ -213,6 +213,20 @@ bluestore cache size = 67108864
             time.sleep(0.5)
         raise RuntimeError(f"Ceph not ready in {timeout} s: {status}")
 
+    @contextlib.contextmanager
+    def monitor_down(self) -> Iterator[None]:
+        """The monitor stopped for the block (no client reaches the cluster), then started again from
+        its store, and the cluster healthy once more."""
+        mon = next(p for p in self.processes if p.args[0] == "ceph-mon")
+        os.killpg(mon.pid, signal.SIGTERM)
+        mon.wait(timeout=10)
+        self.processes.remove(mon)
+        try:
+            yield
+        finally:
+            self._daemon(["ceph-mon", "-i", "a"], "mon.a")
+            self._wait_healthy(120)
+
     def make_client(self, pools: list[str]) -> None:
         """``client.<user>`` with the rbd profile on ``pools``, written to :attr:`client_keyring`."""
         caps = ",".join(f"profile rbd pool={p}" for p in pools)

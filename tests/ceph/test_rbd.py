@@ -63,11 +63,11 @@ class Cloud:
             return dict(con.execute(f"SELECT uuid, host FROM drives WHERE uuid IN ({marks})", uuids).fetchall())
 
 
-def agent_command(cloud_root: Path, prefix: str, host: str, monitor: str, keyring: Path) -> str:
+def agent_command(cloud_root: Path, prefix: str, host: str, monitor: str, keyring: Path, retry: int = 30) -> str:
     base = cloud_root / host
     for sub in ("pool", "console", "s"):
         (base / sub).mkdir(parents=True, exist_ok=True)
-    rbd = f"name=ceph,pool={POOL},user=strato,keyring={keyring},mon={monitor},timeout=3"
+    rbd = f"name=ceph,pool={POOL},user=strato,keyring={keyring},mon={monitor},timeout=3,retry={retry}"
     return (f"env PYTHONPATH={ROOT} {sys.executable} -m agents.cli --stdio --prefix {prefix}{host}- "
             f"--virt-type qemu --pool default={base / 'pool'} --rbd-pool {rbd} "
             f"--console-log-dir {base / 'console'} --socket-dir {base / 's'}")
@@ -235,3 +235,30 @@ def test_upload_and_download_an_rbd_drive(cloud: Cloud, ceph_cluster: CephCluste
     assert len(whole.content) == ceph_cluster.image_info(POOL, image)["size"]  # the whole image, as for files
     cloud.api.ok("DELETE", f"drives/{uuid}/", status=204)
     wait_for(lambda: image not in ceph_cluster.images(POOL), 60, "the uploaded image gone")
+
+
+def test_a_pool_whose_cluster_comes_back_is_used_without_restarting_the_agent(cloud: Cloud,
+                                                                               ceph_cluster: CephCluster) -> None:
+    server = cloud.server
+
+    def late() -> dict[str, Any]:
+        return next(h for h in json.loads(server.cli("hosts", "list")) if h["name"] == "c-late")
+
+    def agent_pids() -> list[str]:  # the API node's agent of c-late (its prefix names it)
+        return subprocess.run(["pgrep", "-f", "--", f"--prefix {server.prefix}c-late- "], capture_output=True,
+                              text=True).stdout.split()
+
+    try:
+        with ceph_cluster.monitor_down():
+            server.cli("hosts", "add", "c-late", "--local", "--agent-command", agent_command(
+                cloud.root, server.prefix, "c-late", ceph_cluster.monitor, ceph_cluster.client_keyring, retry=2))
+            wait_for(lambda: late()["state"] == "up", 90, "c-late up")
+            host = late()
+            assert (host["pools"], host["unreachable_pools"]) == (["default"], ["ceph"])
+            pids = agent_pids()
+            assert len(pids) == 1
+        # The monitor is back: the agent reaches the pool by itself, and the API node sees it.
+        wait_for(lambda: late()["pools"] == ["default", "ceph"], 90, "c-late's ceph pool reached")
+        assert late()["unreachable_pools"] == [] and agent_pids() == pids
+    finally:
+        server.cli("hosts", "remove", "c-late")
