@@ -6,7 +6,9 @@ that lets the API node's key in, and behind it a libvirtd of its own (its own ``
 ``/run/libvirt``, ``/var/lib/libvirt``, ``/etc/libvirt``, ``/var/cache/libvirt`` and
 ``/var/log/libvirt``: temporary directories bind-mounted in the host's mount namespace), so QEMU
 guests, their sockets and their logs live on that host only.  The machine's own libvirtd and
-virtlogd are never touched.
+virtlogd are never touched.  libvirtd listens on no TCP port: the hosts' libvirtds reach each
+other (peer-to-peer migration) over SSH, each host's root with a key of its own that every other
+host trusts (``qemu+ssh://root@ADDRESS/system``), as hypervisors of one cloud are set up.
 
 Each host's namespaces are held by one ``sleep`` process started with ``ip netns exec NS unshare
 --mount``; the daemons are started inside (``nsenter`` into that process), and so is the agent:
@@ -100,11 +102,16 @@ class Host:
 
     @property
     def migration_uri(self) -> str:
-        """Its libvirtd, from another host (TCP on the test bridge, no auth: only those hosts reach it)."""
-        return f"qemu+tcp://{self.address}/system"
+        """Its libvirtd, from another host's: over SSH, with the hosts' root trust (each host's ssh client
+        config names its own key and the harness's known hosts; libvirtd listens on no TCP port)."""
+        return f"qemu+ssh://root@{self.address}/system"
 
     def console_log(self, domain: str) -> Path:
         return self.console_dir / f"{domain}.log"
+
+    @property
+    def libvirtd_argv(self) -> list[str]:
+        return ["libvirtd", "-d", "-p", str(self.path / "libvirtd.pid"), "-f", str(self.path / "etc" / "libvirtd.conf")]
 
     def inside(self, *argv: str) -> list[str]:
         """``argv`` run in this host's namespaces."""
@@ -158,8 +165,7 @@ class Hosts:
     def start_libvirtd(self, host: Host) -> None:
         d = host.path
         (d / "libvirtd.pid").unlink(missing_ok=True)
-        out = run(*host.inside("libvirtd", "-d", "--listen", "-p", str(d / "libvirtd.pid"),
-                               "-f", str(d / "etc" / "libvirtd.conf")), check=False)
+        out = run(*host.inside(*host.libvirtd_argv), check=False)
         if out.returncode != 0:
             raise RuntimeError(f"host {host.name}: libvirtd failed: {out.stderr}")
         host.pids["libvirtd"] = _wait_pidfile(d / "libvirtd.pid")
@@ -205,6 +211,10 @@ def make_hosts(count: int, *, root: Path | None = None) -> Hosts:
         known = "".join(f"{h.address} {(h.path / 'ssh' / 'host_key.pub').read_text().split()[0]} "
                         f"{(h.path / 'ssh' / 'host_key.pub').read_text().split()[1]}\n" for h in hosts.hosts)
         Path(hosts.known_hosts).write_text(known)
+        trusted = "".join((h.path / "ssh" / "root_key.pub").read_text() for h in hosts.hosts)
+        for host in hosts.hosts:  # every host's root may log in to every other (migrations)
+            with (host.path / "ssh" / "authorized_keys").open("a") as keys:
+                keys.write(trusted)
         for host in hosts.hosts:
             _wait_ssh(hosts, host)
         return hosts
@@ -228,7 +238,13 @@ def _start_host(hosts: Hosts, host: Host) -> None:
     _write_libvirt_config(host)
     ssh = d / "ssh"
     run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh / "host_key"))
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh / "root_key"))  # this host's root, to the others
     shutil.copy(f"{hosts.client_key}.pub", ssh / "authorized_keys")
+    # The ssh client of everything on this host (libvirtd's peer-to-peer migrations): bind-mounted over
+    # /etc/ssh/ssh_config in its mount namespace, as an operator would configure root's ssh.
+    (ssh / "ssh_config").write_text("\n".join([
+        "Host *", f"  IdentityFile {ssh / 'root_key'}", f"  UserKnownHostsFile {hosts.known_hosts}",
+        "  StrictHostKeyChecking yes", "  BatchMode yes", ""]))
     (ssh / "sshd_config").write_text("\n".join([
         "Port 22", f"ListenAddress {host.address}", f"HostKey {ssh / 'host_key'}", f"PidFile {ssh / 'sshd.pid'}",
         f"AuthorizedKeysFile {ssh / 'authorized_keys'}", "PermitRootLogin prohibit-password", "StrictModes no",
@@ -253,7 +269,8 @@ def _start_host(hosts: Hosts, host: Host) -> None:
     stage.mkdir()
     binds = " && ".join([f"mount --rbind /sys/fs/cgroup {stage}", "mount -t sysfs sysfs /sys",
                          f"mount --rbind {stage} /sys/fs/cgroup", f"umount -l {stage}",
-                         *(f"mount --bind {d / sub} {target}" for sub, target in PRIVATE.items())])
+                         *(f"mount --bind {d / sub} {target}" for sub, target in PRIVATE.items()),
+                         f"mount --bind {ssh / 'ssh_config'} /etc/ssh/ssh_config"])
     holder = subprocess.Popen(
         ["unshare", "--mount", "--propagation", "private", "--", "nsenter", f"--net=/run/netns/{host.name}", "--",
          "sh", "-c", f"{binds} && echo ready && exec sleep infinity"],
@@ -266,8 +283,7 @@ def _start_host(hosts: Hosts, host: Host) -> None:
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
     daemons = {
         "virtlogd": ["virtlogd", "-d", "-p", str(d / "virtlogd.pid")],
-        "libvirtd": ["libvirtd", "-d", "--listen", "-p", str(d / "libvirtd.pid"),
-                     "-f", str(d / "etc" / "libvirtd.conf")],
+        "libvirtd": host.libvirtd_argv,
         "sshd": ["/usr/sbin/sshd", "-f", str(ssh / "sshd_config"), "-E", str(ssh / "sshd.log")],
     }
     pidfiles = {"virtlogd": d / "virtlogd.pid", "libvirtd": d / "libvirtd.pid", "sshd": ssh / "sshd.pid"}
@@ -283,8 +299,8 @@ def _start_host(hosts: Hosts, host: Host) -> None:
 def _write_libvirt_config(host: Host) -> None:
     etc = host.path / "etc"
     (etc / "libvirtd.conf").write_text("\n".join([
-        f'host_uuid = "{host.host_uuid}"', "listen_tls = 0", "listen_tcp = 1", f'listen_addr = "{host.address}"',
-        'auth_tcp = "none"', 'unix_sock_group = "root"', 'unix_sock_rw_perms = "0770"',
+        f'host_uuid = "{host.host_uuid}"', "listen_tls = 0", "listen_tcp = 0",
+        'unix_sock_group = "root"', 'unix_sock_rw_perms = "0770"',
         f'log_outputs = "2:file:{host.path / "log" / "libvirtd.log"}"', ""]))
     shutil.copy("/etc/libvirt/qemu.conf", etc / "qemu.conf")
     with (etc / "qemu.conf").open("a") as f:

@@ -181,6 +181,9 @@ def test_hosts_are_separate_hypervisors(cloud: Cloud) -> None:
     assert {name: h["address"] for name, h in listed.items()} == {
         h.name: f"ssh://root@{h.address}:22" for h in cloud.hosts.hosts}
     assert {h["state"] for h in listed.values()} == {"up"}
+    for host in cloud.hosts.hosts:  # nothing but sshd listens on TCP: libvirtds meet each other over SSH too
+        listening = subprocess.run(host.inside("ss", "-Hltnp"), capture_output=True, text=True, check=True).stdout
+        assert [line.split()[3] for line in listening.splitlines()] == [f"{host.address}:22"], listening
 
 
 def test_avoiding_servers_run_in_different_libvirtds(cloud: Cloud) -> None:
