@@ -6,7 +6,7 @@ spans both hosts crosses a real VXLAN link between two network namespaces.  The 
 is made by each host's own libvirtd inside that host's namespace: its bridge, DHCP server and
 guests' traffic never leave it.  Drives live in the shared pool so a server can start on either
 host.  The operator's setup (a NAT public network, a granted IP, three VLANs, two users) is made
-with the ``strato`` command line before the API node starts.
+with the ``strato`` command line while the API node starts and its agents connect.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class NetCluster(Cloud):
 
     def host_of(self, uuid: str) -> Host:
         """The one host whose own libvirtd runs the domain (waits for it to be running there)."""
-        found = wait_for(lambda: (h := self.running_on(uuid)) and len(h) == 1 and h, 60, f"{uuid} running")
+        found = wait_for(lambda: (h := self.running_on(uuid)) and len(h) == 1 and h, 120, f"{uuid} running")
         return self.host(found[0])
 
     def inside(self, host: Host, *argv: str) -> str:
@@ -57,19 +57,19 @@ def net() -> Iterator[NetCluster]:
         "STRATO_CPU_OVERCOMMIT": "8", "STRATO_STORAGE_POOLS": json.dumps({"zadara": "shared"})})
     try:
         data.mkdir()
+        hosts.register(server.cli, lambda host: f"--vxlan-local {host.address}")
+        server.start()  # first: its agents connect over SSH while the operator's commands below run
         alice = server.add_user("alice@example.com", "alice-pw")
         bob = server.add_user("bob@example.com", "bob-pw")
-        hosts.register(server.cli, lambda host: f"--vxlan-local {host.address}")
         server.cli("networks", "add", "public", "--subnet", SUBNET, "--gateway", GATEWAY,
                    "--range", "-".join(RANGE), "--nameserver", GATEWAY)
         server.cli("ips", "assign", STATIC_IP, "alice@example.com")
         vlans = [v["uuid"] for v in json.loads(server.cli("vlans", "add", "--count", "3"))]
         for uuid, email in zip(vlans, ("alice@example.com", "alice@example.com", "bob@example.com"), strict=True):
             server.cli("vlans", "assign", uuid, email)
-        server.start()
-        cluster = NetCluster(hosts, server, alice, bob, vlans)
         # Both up before any guest starts: a VLAN's VXLAN peers are the hosts up when it is made.
-        wait_for(lambda: all(h["state"] == "up" for h in cluster.hosts_list().values()), 90, "hosts up")
+        server.wait_host_up(90, count=2)
+        cluster = NetCluster(hosts, server, alice, bob, vlans)
         yield cluster
     finally:
         server.stop()

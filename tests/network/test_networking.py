@@ -35,12 +35,20 @@ GUEST_IMAGE = ROOT / "build" / "guest" / "strato-guest.img"
 MiB = 1024 * 1024
 
 
+def clones(api: Api, source: str, names: list[str]) -> list[str]:
+    """Clones of a drive on the shared pool, all asked for at once (they copy side by side)."""
+    uuids = []
+    for name in names:
+        r = api.post(f"drives/{source}/action/?do=clone", {"name": name, "storage_type": "zadara"})
+        assert r.status_code == 202, r.text
+        uuids.append(r.json()["objects"][0]["uuid"])
+    wait_for(lambda: all(api.ok("GET", f"drives/{u}/")["status"] == "unmounted" for u in uuids), 120,
+             f"clones {names}")
+    return uuids
+
+
 def clone(api: Api, source: str, name: str) -> str:
-    r = api.post(f"drives/{source}/action/?do=clone", {"name": name, "storage_type": "zadara"})
-    assert r.status_code == 202, r.text
-    uuid = r.json()["objects"][0]["uuid"]
-    wait_for(lambda: api.ok("GET", f"drives/{uuid}/")["status"] == "unmounted", 120, f"clone {name}")
-    return uuid
+    return clones(api, source, [name])[0]
 
 
 def netconf(api: Api, name: str, lines: list[str]) -> str:
@@ -98,6 +106,15 @@ def domain_networks(host: Host, uuid: str) -> list[str]:
     return re.findall(r"<source network=['\"]([^'\"]+)['\"]", xml)
 
 
+def host_networks(host: Host) -> list[str]:
+    """The libvirt networks the host's own libvirtd has defined."""
+    conn = libvirt.open(host.uri)
+    try:
+        return conn.listDefinedNetworks() + conn.listNetworks()
+    finally:
+        conn.close()
+
+
 def vxlan_link(net: NetCluster, host: Host, vlan: str) -> dict[str, Any]:
     """The VXLAN device of a VLAN's network in the host's network namespace (``ip -d -s link``), with the
     endpoints it floods to (``bridge fdb``)."""
@@ -115,7 +132,7 @@ def guests(net: NetCluster) -> dict[str, Any]:
     alice, bob = net.alice, net.bob
     vlan_a, vlan_b, vlan_bob = net.vlans
     image = upload(alice, "strato-guest.img", GUEST_IMAGE.read_bytes())
-    boots = [clone(alice, image, f"boot-{i}") for i in range(4)]
+    boots = clones(alice, image, [f"boot-{i}" for i in range(4)])
     confs = [netconf(alice, "conf-pub", ["addr eth3 10.99.0.1/24", "ping 10.99.0.2 90", f"beat {GATEWAY}"]),
              netconf(alice, "conf-peer", ["addr eth0 10.99.0.2/24", "ping 10.99.0.1 90"]),
              netconf(alice, "conf-mover", ["addr eth0 10.98.0.1/24", "ping 10.98.0.2 400"]),
@@ -135,7 +152,24 @@ def guests(net: NetCluster) -> dict[str, Any]:
     start(alice, peer["uuid"], avoid=[pub["uuid"]])
     start(bob, other["uuid"])
     start(alice, mover["uuid"])
-    return {"pub": pub, "peer": peer, "other": other, "mover": mover, "mate": mate}
+    made = {"pub": pub, "peer": peer, "other": other, "mover": mover, "mate": mate}
+    return {**made, "move": move_mover(net, made)}
+
+
+def move_mover(net: NetCluster, guests: dict[str, Any]) -> dict[str, Any]:
+    """Live-migrate ``mover`` to the other host once its network is up, then start ``mate`` on the host it
+    left.  Done here, not in its test, so that mate boots while the other tests wait on their guests;
+    the test checks what happened (what it finds before the move is recorded for it)."""
+    mover, mate = guests["mover"]["uuid"], guests["mate"]["uuid"]
+    source = net.host_of(mover)
+    serial(net, mover, "STRATO-NET-DONE")  # its address is up; its pings to the absent mate go on
+    target = next(h for h in net.hosts.hosts if h.name != source.name)
+    vlan_net = f"{target.prefix}net-vlan-{net.vlans[1]}"
+    before = vlan_net in host_networks(target)
+    result = migrate(net, mover, "--to", target.name)
+    if result.get("state") == "success":
+        start(net.alice, mate, avoid=[mover])
+    return {"source": source, "target": target, "result": result, "target_had_network": before}
 
 
 # --- resources and references -----------------------------------------------------------------------
@@ -260,17 +294,16 @@ def test_runtime_shows_addresses_and_growing_counters(net: NetCluster, guests: d
 
 
 def test_live_migrated_guest_keeps_its_vlan(net: NetCluster, guests: dict[str, Any]) -> None:
-    """mover moves to the other host (which must have the VLAN's network before libvirt takes the guest);
-    then mate starts on the host it left: they reach each other over VXLAN, so the link is the new host's."""
+    """mover moved to the other host, which had no network of its VLAN before (libvirt needs it there);
+    then mate started on the host it left: they reach each other over VXLAN, so the link is the new host's."""
     mover, mate = guests["mover"]["uuid"], guests["mate"]["uuid"]
-    source = net.host_of(mover)
-    serial(net, mover, "STRATO-NET-DONE")  # its address is up; its pings to the absent mate go on
-    target = next(h for h in net.hosts.hosts if h.name != source.name)
-    result = migrate(net, mover, "--to", target.name)
+    move = guests["move"]
+    source, target, result = move["source"], move["target"], move["result"]
     assert result["returncode"] == 0 and result["state"] == "success", result
+    assert (result["from"], result["to"]) == (source.name, target.name), result
+    assert not move["target_had_network"]
     assert net.running_on(mover) == [target.name] and net.defined_on(mover) == [target.name]
     assert f"{target.prefix}net-vlan-{net.vlans[1]}" in domain_networks(target, mover)
-    start(net.alice, mate, avoid=[mover])
     assert net.host_of(mate).name == source.name
     assert ping_result(net, mate, "10.98.0.1", 300) == "ok"
     # The answer is in the console log of the new host: the guest got it after the move.
@@ -283,12 +316,13 @@ def test_stop_releases_lease_and_reservations(net: NetCluster, guests: dict[str,
     alice, pub = net.alice, guests["pub"]
     dhcp = nets(serial(net, pub["uuid"], "STRATO-NET-DONE"))["eth0"]["ip"].split("/")[0]
     host = net.host_of(pub["uuid"])
-    owners = {name: net.bob if name == "other" else alice for name in guests}
-    for name, g in guests.items():
+    servers = {name: guests[name] for name in ("pub", "peer", "other", "mover", "mate")}
+    owners = {name: net.bob if name == "other" else alice for name in servers}
+    for name, g in servers.items():
         owners[name].post(f"servers/{g['uuid']}/action/?do=stop")
     wait_for(lambda: all(owners[n].ok("GET", f"servers/{g['uuid']}/")["status"] == "stopped"
-                         for n, g in guests.items()), 60, "stopped")
-    assert not any(net.running_on(g["uuid"]) for g in guests.values())
+                         for n, g in servers.items()), 60, "stopped")
+    assert not any(net.running_on(g["uuid"]) for g in servers.values())
     assert alice.get(f"ips/{dhcp}/").status_code == 404
     assert alice.ok("GET", f"ips/{STATIC_IP}/")["server"]["uuid"] == pub["uuid"]  # still its static conf
     conn = libvirt.open(host.uri)  # the DHCP server of the host that ran it holds no reservation now
