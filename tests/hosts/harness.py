@@ -117,11 +117,12 @@ class Host:
         """``argv`` run in this host's namespaces."""
         return ["nsenter", "-t", str(self.holder), "-m", "-n", "--", *argv]
 
-    def agent_command(self, shared: Path | None) -> str:
+    def agent_command(self, shared: Path | None, extra: str = "") -> str:
+        """``extra``: more agent options, appended (e.g. ``--vxlan-local`` with this host's address)."""
         pools = f"--pool default={self.pool_dir}" + (f" --pool shared={shared}" if shared else "")
         return (f"env PYTHONPATH={ROOT} {sys.executable} -m agents.cli --stdio --prefix {self.prefix} {pools} "
                 f"--virt-type qemu --console-log-dir {self.console_dir} --socket-dir {self.socket_dir} "
-                f"--migrate-uri {self.migration_uri} --migrate-address {self.address}")
+                f"--migrate-uri {self.migration_uri} --migrate-address {self.address}" + (f" {extra}" if extra else ""))
 
 
 @dataclass
@@ -145,11 +146,13 @@ class Hosts:
         data["hosts"] = [Host(**h) for h in data["hosts"]]
         return cls(**data)
 
-    def register(self, cli: Callable[..., str]) -> None:
-        """Add every host to an API node, reached over SSH (``cli`` runs one ``strato`` command of it)."""
+    def register(self, cli: Callable[..., str], agent_options: Callable[[Host], str] | None = None) -> None:
+        """Add every host to an API node, reached over SSH (``cli`` runs one ``strato`` command of it);
+        ``agent_options`` gives a host's extra agent options."""
         for host in self.hosts:
+            extra = agent_options(host) if agent_options else ""
             cli("hosts", "add", host.name, "--ssh", f"root@{host.address}:22", "--key", self.client_key,
-                "--known-hosts", self.known_hosts, "--agent-command", host.agent_command(Path(self.shared)))
+                "--known-hosts", self.known_hosts, "--agent-command", host.agent_command(Path(self.shared), extra))
 
     def kill_libvirtd(self, host: Host) -> None:
         """SIGKILL the host's libvirtd (its guests keep running, as on a real host)."""

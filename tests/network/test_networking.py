@@ -1,24 +1,33 @@
-"""Issue 7, "Networking": real guests on a NAT public network and on VLANs across two hosts.
+"""Issue 7, "Networking" (and issue 12, "Real hosts"): real guests on a NAT public network and on
+VLANs across two real hosts (tests/network/conftest.py: each its own network namespace and libvirtd).
 
-Three test guests (tests/guest, 128 MiB, TCG) on two hosts of one libvirtd:
+Test guests (tests/guest, 128 MiB, TCG):
 
-* ``pub`` runs NICs ``dhcp``, ``static`` (alice's granted IP), ``manual`` and one on VLAN A;
-  it gets the leased and the reserved addresses by DHCP, none on ``manual``, and reaches
-  ``peer`` over VLAN A;
-* ``peer`` (the other host) is on VLAN A only: the VLAN crosses hosts over VXLAN;
-* ``other`` is on VLAN B (alice's too) with an address of VLAN A's subnet: it reaches nobody.
+* ``pub`` (alice) runs NICs ``dhcp``, ``static`` (alice's granted IP), ``manual`` and one on VLAN A;
+  it gets the leased and the reserved addresses by DHCP from its host's own libvirt network, none on
+  ``manual``, and reaches ``peer`` over VLAN A;
+* ``peer`` (alice, the other host) is on VLAN A only: the VLAN crosses hosts over VXLAN;
+* ``other`` (bob) is on bob's VLAN with an address of VLAN A's subnet: it reaches nobody;
+* ``mover`` (alice, VLAN B) is live-migrated to the other host, then ``mate`` starts on the host it
+  left: they reach each other over VLAN B, which only the migrated guest's new host can have done.
 
-Private addresses come from a marker disk (``STRATO-NETCONF:``, tests/guest/build-image.sh).
+What a guest sees is read from its serial console; where it runs, and its host's networks, are asked
+of that host's own libvirtd and of the host's network namespace.  Private addresses come from a marker
+disk (``STRATO-NETCONF:``, tests/guest/build-image.sh).
 """
 
 from __future__ import annotations
 
+import json
 import re
-import subprocess
 from typing import Any
 
+import libvirt
 import pytest
 
+from agents.networks import _vxlan_dev
+from tests.hosts.harness import Host
+from tests.hosts.test_migration import migrate
 from tests.network.conftest import GATEWAY, RANGE, STATIC_IP, NetCluster
 from tests.strato_process import ROOT, Api, upload, wait_for
 
@@ -26,13 +35,20 @@ GUEST_IMAGE = ROOT / "build" / "guest" / "strato-guest.img"
 MiB = 1024 * 1024
 
 
+def clones(api: Api, source: str, names: list[str]) -> list[str]:
+    """Clones of a drive on the shared pool, all asked for at once (they copy side by side)."""
+    uuids = []
+    for name in names:
+        r = api.post(f"drives/{source}/action/?do=clone", {"name": name, "storage_type": "zadara"})
+        assert r.status_code == 202, r.text
+        uuids.append(r.json()["objects"][0]["uuid"])
+    wait_for(lambda: all(api.ok("GET", f"drives/{u}/")["status"] == "unmounted" for u in uuids), 120,
+             f"clones {names}")
+    return uuids
+
 
 def clone(api: Api, source: str, name: str) -> str:
-    r = api.post(f"drives/{source}/action/?do=clone", {"name": name, "storage_type": "zadara"})
-    assert r.status_code == 202, r.text
-    uuid = r.json()["objects"][0]["uuid"]
-    wait_for(lambda: api.ok("GET", f"drives/{uuid}/")["status"] == "unmounted", 120, f"clone {name}")
-    return uuid
+    return clones(api, source, [name])[0]
 
 
 def netconf(api: Api, name: str, lines: list[str]) -> str:
@@ -54,19 +70,13 @@ def start(api: Api, uuid: str, avoid: list[str] | None = None) -> None:
     assert r.status_code == 202, r.text
 
 
-def host_of(net: NetCluster, uuid: str) -> str:
-    def find() -> str | None:
-        found = [h for h in net.hosts.values() if h.console_log(uuid).exists()]
-        return found[0].name if len(found) == 1 else None
-
-    return wait_for(find, 60, f"console log of {uuid}")
-
-
-def serial(net: NetCluster, uuid: str, marker: str, timeout: float = 300) -> str:
-    log = net.hosts[host_of(net, uuid)].console_log(uuid)
+def serial(net: NetCluster, uuid: str, marker: str, timeout: float = 300, host: Host | None = None) -> str:
+    """The guest's serial console as its host (by default: the one running it) logged it, once it shows ``marker``."""
+    on = host or net.host_of(uuid)
+    log = on.console_log(on.prefix + uuid)
 
     def text() -> str | None:
-        t = log.read_text(errors="replace")
+        t = log.read_text(errors="replace") if log.exists() else ""
         return t if marker in t else None
 
     return wait_for(text, timeout, f"{marker} in {log}")
@@ -81,33 +91,85 @@ def nets(text: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def ping_result(net: NetCluster, uuid: str, address: str, timeout: float) -> str:
-    text = serial(net, uuid, f"ping addr={address} result=", timeout)
+def ping_result(net: NetCluster, uuid: str, address: str, timeout: float, host: Host | None = None) -> str:
+    text = serial(net, uuid, f"ping addr={address} result=", timeout, host)
     return re.search(rf"ping addr={re.escape(address)} result=(\w+)", text)[1]  # type: ignore[index]
+
+
+def domain_networks(host: Host, uuid: str) -> list[str]:
+    """The libvirt networks the host's own libvirtd has the domain's NICs on."""
+    conn = libvirt.open(host.uri)
+    try:
+        xml = conn.lookupByUUIDString(uuid).XMLDesc(0)
+    finally:
+        conn.close()
+    return re.findall(r"<source network=['\"]([^'\"]+)['\"]", xml)
+
+
+def host_networks(host: Host) -> list[str]:
+    """The libvirt networks the host's own libvirtd has defined."""
+    conn = libvirt.open(host.uri)
+    try:
+        return conn.listDefinedNetworks() + conn.listNetworks()
+    finally:
+        conn.close()
+
+
+def vxlan_link(net: NetCluster, host: Host, vlan: str) -> dict[str, Any]:
+    """The VXLAN device of a VLAN's network in the host's network namespace (``ip -d -s link``), with the
+    endpoints it floods to (``bridge fdb``)."""
+    dev = _vxlan_dev(f"{host.prefix}net-vlan-{vlan}")
+    [link] = json.loads(net.inside(host, "ip", "-j", "-d", "-s", "link", "show", "dev", dev))
+    fdb = json.loads(net.inside(host, "bridge", "-j", "fdb", "show", "dev", dev))
+    return {**link["linkinfo"]["info_data"], "master": link.get("master"), "rx": link["stats64"]["rx"]["packets"],
+            "tx": link["stats64"]["tx"]["packets"], "dst": sorted(e["dst"] for e in fdb if "dst" in e)}
 
 
 @pytest.fixture(scope="module")
 def guests(net: NetCluster) -> dict[str, Any]:
     if not GUEST_IMAGE.exists():
         pytest.skip("build the test guest first: tests/guest/build-image.sh")
-    alice = net.alice
-    vlan_a, vlan_b = net.vlans[0], net.vlans[1]
+    alice, bob = net.alice, net.bob
+    vlan_a, vlan_b, vlan_bob = net.vlans
     image = upload(alice, "strato-guest.img", GUEST_IMAGE.read_bytes())
-    boots = [clone(alice, image, f"boot-{i}") for i in range(3)]
+    boots = clones(alice, image, [f"boot-{i}" for i in range(4)])
     confs = [netconf(alice, "conf-pub", ["addr eth3 10.99.0.1/24", "ping 10.99.0.2 90", f"beat {GATEWAY}"]),
              netconf(alice, "conf-peer", ["addr eth0 10.99.0.2/24", "ping 10.99.0.1 90"]),
-             netconf(alice, "conf-other", ["addr eth0 10.99.0.3/24", "ping 10.99.0.1 15"])]
+             netconf(alice, "conf-mover", ["addr eth0 10.98.0.1/24", "ping 10.98.0.2 400"]),
+             netconf(alice, "conf-mate", ["addr eth0 10.98.0.2/24", "ping 10.98.0.1 120"])]
+    bob_boot = clone(bob, upload(bob, "strato-guest.img", GUEST_IMAGE.read_bytes()), "boot-bob")
+    bob_conf = netconf(bob, "conf-other", ["addr eth0 10.99.0.3/24", "ping 10.99.0.1 15"])
     pub = make_server(alice, "pub", boots[0], confs[0], [
         {"ip_v4_conf": {"conf": "dhcp", "ip": None}, "model": "virtio"},
         {"ip_v4_conf": {"conf": "static", "ip": STATIC_IP}, "model": "virtio"},
         {"ip_v4_conf": {"conf": "manual", "ip": None}, "model": "virtio"},
         {"vlan": vlan_a, "model": "virtio"}])
     peer = make_server(alice, "peer", boots[1], confs[1], [{"vlan": vlan_a}])
-    other = make_server(alice, "other", boots[2], confs[2], [{"vlan": vlan_b}])
+    mover = make_server(alice, "mover", boots[2], confs[2], [{"vlan": vlan_b}])
+    mate = make_server(alice, "mate", boots[3], confs[3], [{"vlan": vlan_b}])  # started after the move
+    other = make_server(bob, "other", bob_boot, bob_conf, [{"vlan": vlan_bob}])
     start(alice, pub["uuid"])
     start(alice, peer["uuid"], avoid=[pub["uuid"]])
-    start(alice, other["uuid"])
-    return {"pub": pub, "peer": peer, "other": other}
+    start(bob, other["uuid"])
+    start(alice, mover["uuid"])
+    made = {"pub": pub, "peer": peer, "other": other, "mover": mover, "mate": mate}
+    return {**made, "move": move_mover(net, made)}
+
+
+def move_mover(net: NetCluster, guests: dict[str, Any]) -> dict[str, Any]:
+    """Live-migrate ``mover`` to the other host once its network is up, then start ``mate`` on the host it
+    left.  Done here, not in its test, so that mate boots while the other tests wait on their guests;
+    the test checks what happened (what it finds before the move is recorded for it)."""
+    mover, mate = guests["mover"]["uuid"], guests["mate"]["uuid"]
+    source = net.host_of(mover)
+    serial(net, mover, "STRATO-NET-DONE")  # its address is up; its pings to the absent mate go on
+    target = next(h for h in net.hosts.hosts if h.name != source.name)
+    vlan_net = f"{target.prefix}net-vlan-{net.vlans[1]}"
+    before = vlan_net in host_networks(target)
+    result = migrate(net, mover, "--to", target.name)
+    if result.get("state") == "success":
+        start(net.alice, mate, avoid=[mover])
+    return {"source": source, "target": target, "result": result, "target_had_network": before}
 
 
 # --- resources and references -----------------------------------------------------------------------
@@ -188,13 +250,27 @@ def test_guests_get_their_addresses(net: NetCluster, guests: dict[str, Any]) -> 
     assert net.bob.get(f"ips/{dhcp}/").status_code == 404
 
 
-def test_vlan_spans_hosts_and_isolates(net: NetCluster, guests: dict[str, Any]) -> None:
+def test_vxlan_vlan_between_guests_on_two_real_hosts(net: NetCluster, guests: dict[str, Any]) -> None:
+    """pub and peer run in two hosts' own libvirtds, on one VLAN: they reach each other, through a VXLAN
+    device in each host's namespace whose far end is the other host; bob's guest reaches neither."""
     pub, peer, other = guests["pub"]["uuid"], guests["peer"]["uuid"], guests["other"]["uuid"]
-    assert host_of(net, pub) != host_of(net, peer)   # the VLAN crosses a VXLAN link
+    vlan_a, vlan_bob = net.vlans[0], net.vlans[2]
+    pub_host, peer_host = net.host_of(pub), net.host_of(peer)
+    assert pub_host.name != peer_host.name, (pub_host.name, peer_host.name)
+    for uuid, host in ((pub, pub_host), (peer, peer_host)):
+        assert f"{host.prefix}net-vlan-{vlan_a}" in domain_networks(host, uuid)
     assert ping_result(net, pub, "10.99.0.2", 300) == "ok"
     assert ping_result(net, peer, "10.99.0.1", 300) == "ok"
-    assert ping_result(net, other, "10.99.0.1", 300) == "fail"   # VLAN B does not see VLAN A
-    vlan = net.alice.ok("GET", f"vlans/{net.vlans[0]}/")
+    assert ping_result(net, other, "10.99.0.1", 300) == "fail"   # bob's VLAN does not see alice's
+    tag = net.alice.ok("GET", f"vlans/{vlan_a}/")["bottom_vlan_tag"]
+    for host, far in ((pub_host, peer_host), (peer_host, pub_host)):
+        link = vxlan_link(net, host, vlan_a)
+        assert (link["id"], link["local"], link["dst"]) == (tag, host.address, [far.address]), link
+        assert link["master"] and link["rx"] > 0 and link["tx"] > 0, link  # the pings went through it
+    other_host = net.host_of(other)
+    assert vxlan_link(net, other_host, vlan_bob)["id"] == net.bob.ok("GET", f"vlans/{vlan_bob}/")["bottom_vlan_tag"]
+    assert net.bob.ok("GET", f"vlans/{vlan_bob}/")["bottom_vlan_tag"] != tag
+    vlan = net.alice.ok("GET", f"vlans/{vlan_a}/")
     assert {s["uuid"] for s in vlan["servers"]} == {pub, peer}
 
 
@@ -217,16 +293,41 @@ def test_runtime_shows_addresses_and_growing_counters(net: NetCluster, guests: d
     wait_for(lambda: runtime()["runtime"]["nics"][0]["io"]["bytes_sent"] > first["bytes_sent"], 30, "growth")
 
 
+def test_live_migrated_guest_keeps_its_vlan(net: NetCluster, guests: dict[str, Any]) -> None:
+    """mover moved to the other host, which had no network of its VLAN before (libvirt needs it there);
+    then mate started on the host it left: they reach each other over VXLAN, so the link is the new host's."""
+    mover, mate = guests["mover"]["uuid"], guests["mate"]["uuid"]
+    move = guests["move"]
+    source, target, result = move["source"], move["target"], move["result"]
+    assert result["returncode"] == 0 and result["state"] == "success", result
+    assert (result["from"], result["to"]) == (source.name, target.name), result
+    assert not move["target_had_network"]
+    assert net.running_on(mover) == [target.name] and net.defined_on(mover) == [target.name]
+    assert f"{target.prefix}net-vlan-{net.vlans[1]}" in domain_networks(target, mover)
+    assert net.host_of(mate).name == source.name
+    assert ping_result(net, mate, "10.98.0.1", 300) == "ok"
+    # The answer is in the console log of the new host: the guest got it after the move.
+    assert ping_result(net, mover, "10.98.0.2", 300, host=target) == "ok"
+    assert "ping addr=10.98.0.2" not in source.console_log(source.prefix + mover).read_text(errors="replace")
+    assert vxlan_link(net, target, net.vlans[1])["dst"] == [source.address]
+
+
 def test_stop_releases_lease_and_reservations(net: NetCluster, guests: dict[str, Any]) -> None:
     alice, pub = net.alice, guests["pub"]
     dhcp = nets(serial(net, pub["uuid"], "STRATO-NET-DONE"))["eth0"]["ip"].split("/")[0]
-    host = net.hosts[host_of(net, pub["uuid"])]
-    for g in guests.values():
-        alice.post(f"servers/{g['uuid']}/action/?do=stop")
-    wait_for(lambda: all(alice.ok("GET", f"servers/{g['uuid']}/")["status"] == "stopped" for g in guests.values()),
-             60, "stopped")
+    host = net.host_of(pub["uuid"])
+    servers = {name: guests[name] for name in ("pub", "peer", "other", "mover", "mate")}
+    owners = {name: net.bob if name == "other" else alice for name in servers}
+    for name, g in servers.items():
+        owners[name].post(f"servers/{g['uuid']}/action/?do=stop")
+    wait_for(lambda: all(owners[n].ok("GET", f"servers/{g['uuid']}/")["status"] == "stopped"
+                         for n, g in servers.items()), 60, "stopped")
+    assert not any(net.running_on(g["uuid"]) for g in servers.values())
     assert alice.get(f"ips/{dhcp}/").status_code == 404
     assert alice.ok("GET", f"ips/{STATIC_IP}/")["server"]["uuid"] == pub["uuid"]  # still its static conf
-    xml = subprocess.run(["virsh", "net-dumpxml", f"{host.prefix}net-pub-public"], capture_output=True,
-                         text=True).stdout
+    conn = libvirt.open(host.uri)  # the DHCP server of the host that ran it holds no reservation now
+    try:
+        xml = conn.networkLookupByName(f"{host.prefix}net-pub-public").XMLDesc(0)
+    finally:
+        conn.close()
     assert pub["nics"][0]["mac"] not in xml and pub["nics"][1]["mac"] not in xml
