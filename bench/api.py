@@ -101,7 +101,12 @@ def populate(api, start_at: int, count: int, done: Populated | None = None,  # t
             201)["objects"]
         done.drive_seconds += time.perf_counter() - t0
         done.drive_cpu += done.cpu() - c0
-        time.sleep(0.5)  # the volumes settle (their status writes) before the servers are timed
+        # The volumes settle (their status writes) before the servers are timed: a fixed pause was
+        # too short on a loaded machine (on PostgreSQL the settling then ran into the timed POSTs).
+        deadline = time.monotonic() + 120
+        while api.ok("GET", "drives/?status=creating&limit=1")["meta"]["total_count"]:
+            assert time.monotonic() < deadline, "drives still creating"
+            time.sleep(0.05)
         bodies = [{
             "name": f"server-{i:04d}", "cpu": 2000, "mem": 2 * GiB, "vnc_password": "secret-vnc",
             "meta": {"description": f"web node {i}", "ssh_public_key": "ssh-ed25519 AAAAC3Nza" + "x" * 60,
