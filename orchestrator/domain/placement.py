@@ -49,9 +49,6 @@ LOAD_COLUMNS = (H.name, H.state, H.cpu_capacity, H.mem_capacity, H.cpu_used, H.m
 CPU, MEM = bindparam("claim_cpu", type_=BigInteger), bindparam("claim_mem", type_=BigInteger)
 AVOID, OWNER = bindparam("avoid", expanding=True), bindparam("owner")
 BATCH = 64  # placements per shared commit at most
-# Index entries (best headroom first) the usual claim looks at before it looks by room instead:
-# headroom is a share, room is absolute, so a big server may fit none of the emptiest small hosts.
-FIRST = 64
 T = TypeVar("T")
 
 
@@ -201,11 +198,11 @@ class Scheduler:
             self._facts[key] = cached
         return cached
 
-    def _fitting(self, cpu: Any = CPU, mem: Any = MEM, c: Any = H) -> ColumnElement[bool]:
+    def _fitting(self, cpu: Any = CPU, mem: Any = MEM) -> ColumnElement[bool]:
         """SQL: an up host with room for ``cpu`` MHz and ``mem`` bytes (HostLoad.fits, as floats)."""
-        return and_(c.state == "up",
-                    c.cpu_used + cpu <= cast(c.cpu_capacity, Float) * self.cpu_overcommit,
-                    c.mem_used + mem <= cast(c.mem_capacity, Float) * self.mem_overcommit)
+        return and_(H.state == "up",
+                    H.cpu_used + cpu <= cast(H.cpu_capacity, Float) * self.cpu_overcommit,
+                    H.mem_used + mem <= cast(H.mem_capacity, Float) * self.mem_overcommit)
 
     def _headroom(self, c: Any = H) -> ColumnElement[float]:
         """SQL: HostLoad.headroom (the smaller free share of cpu and mem), the key of the index
@@ -218,64 +215,31 @@ class Scheduler:
         mem = share(c.mem_used, c.mem_capacity, self.mem_overcommit)
         return case((cpu < mem, cpu), else_=mem)
 
-    def _room(self, c: Any = H) -> ColumnElement[float]:
-        """SQL: the memory left on a host (bytes, after overcommit), the key of the second index
-        :meth:`_ensure_index` makes.  ``room >= mem`` holds exactly when ``mem_used + mem`` fits
-        (integers below 2**53: the float subtraction is exact)."""
-        ratio = literal_column(repr(float(self.mem_overcommit)), Float)
-        return cast(c.mem_capacity, Float) * ratio - cast(c.mem_used, Float)
-
     async def _ensure_index(self, s: AsyncSession) -> None:
-        """The up hosts by headroom, best first, and by memory room, as expression indexes (once
-        per process): the best fitting host is then the first index entry that fits, not the top
-        of a sort of every host; and when none of the first entries fits (a big server among
-        small hosts), the hosts with room for it are a range of the second index, not every host.
-        The overcommit ratios are part of the expressions, so the indexes are named by them
+        """The up hosts by headroom, best first, as an expression index (once per process): the
+        best fitting host is then the first index entry that fits, not the top of a sort of every
+        host.  The overcommit ratios are part of the expression, so the index is named by them
         (another configuration builds its own; ``strato`` drops none: they cost only writes)."""
         if self._indexed:
             return
         dialect = s.bind.dialect
         plain = type("Columns", (), {k: column(k) for k in ("cpu_used", "cpu_capacity", "mem_used", "mem_capacity")})
-        key, room = (e.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
-                     for e in (self._headroom(plain), self._room(plain)))
+        key = self._headroom(plain).compile(dialect=dialect, compile_kwargs={"literal_binds": True})
         name = f"ix_hosts_headroom_{self.cpu_overcommit:g}_{self.mem_overcommit:g}".replace(".", "_")
         await s.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON hosts (state, ({key}) DESC, name)"))
-        name = f"ix_hosts_room_{self.mem_overcommit:g}".replace(".", "_")
-        await s.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON hosts (state, ({room}))"))
         if dialect.name == "postgresql":  # without statistics on hosts the planner sorts instead
             await s.execute(text("ANALYZE hosts"))
         self._indexed = True
-
-    def _by_room(self, stmt: Any) -> Any:
-        """``stmt`` (on the fitting hosts) read through the room index: its candidates are the hosts
-        with room for the server, sorted, instead of a walk of the headroom index past every host
-        too small for it.  The order is HostLoad.headroom's, plus 0.0 so that no planner walks the
-        headroom index for it."""
-        return (stmt.where(self._room() >= MEM)
-                .order_by((self._headroom() + literal_column("0.0", Float)).desc(), H.name))
-
-    def _claiming(self, best: Any) -> Any:
-        return (update(HOSTS).where(H.name == best.scalar_subquery(), self._fitting())
-                .values(cpu_used=H.cpu_used + CPU, mem_used=H.mem_used + MEM).returning(*LOAD_COLUMNS))
 
     @cached_property
     def _claim_best(self) -> Any:
         """The usual placement in one statement, built once (parameters: claim_cpu, claim_mem,
         avoid, owner): the best fitting host free of every avoided object (choose's first try,
-        done by the database) among the ``FIRST`` best by headroom, its counters raised where it
-        is picked.  None there: :attr:`_claim_by_room` looks at the rest."""
-        first = (select(*LOAD_COLUMNS).where(H.state == "up").order_by(self._headroom().desc(), H.name)
-                 .limit(FIRST).subquery())
-        best = (select(first.c.name).where(self._fitting(c=first.c), first.c.name.not_in(_avoided_hosts(AVOID, OWNER)))
-                .order_by(self._headroom(first.c).desc(), first.c.name).limit(1))
-        return self._claiming(best)
-
-    @cached_property
-    def _claim_by_room(self) -> Any:
-        """As :attr:`_claim_best` over every host with room for the server (what the first
-        ``FIRST`` by headroom did not hold: the best of the rest is the best of all)."""
-        return self._claiming(self._by_room(select(H.name).where(
-            self._fitting(), H.name.not_in(_avoided_hosts(AVOID, OWNER)))).limit(1))
+        done by the database), its counters raised where it is picked."""
+        best = (select(H.name).where(self._fitting(), H.name.not_in(_avoided_hosts(AVOID, OWNER)))
+                .order_by(self._headroom().desc(), H.name).limit(1).scalar_subquery())
+        return (update(HOSTS).where(H.name == best, self._fitting())
+                .values(cpu_used=H.cpu_used + CPU, mem_used=H.mem_used + MEM).returning(*LOAD_COLUMNS))
 
     @cached_property
     def _claim(self) -> Any:
@@ -291,11 +255,10 @@ class Scheduler:
         every one of them, i.e. holds it or mounts the same (shared) pool directory.
 
         The candidates are the fitting up hosts, best headroom first (ties by name, as
-        :func:`choose` breaks them): without drives to see, the first fitting one free of every
-        avoided object among the ``FIRST`` best, else among all with room, else (best effort)
-        as many as could be avoided plus one, for :func:`choose`.  The claim is an UPDATE of the
-        chosen host's counters guarded by the same fit, so a placement elsewhere (another API
-        node) that filled it first makes this one choose again, never overcommit."""
+        :func:`choose` breaks them); without drives to see, only as many as could be avoided
+        plus one are read.  The claim is an UPDATE of the chosen host's counters guarded by the
+        same fit, so a placement elsewhere (another API node) that filled it first makes this
+        one choose again, never overcommit."""
         paths: dict[tuple[str, str], str | None] = {}
         if volumes:
             storage = {load.name: load for load in await self.loads(s, ("up", "down", "draining"),
@@ -306,20 +269,20 @@ class Scheduler:
         claim = {"claim_cpu": server.cpu, "claim_mem": server.mem}
         for _attempt in range(8):
             if not volumes:
-                for stmt in (self._claim_best, self._claim_by_room):
-                    row = (await s.execute(stmt, {**claim, "avoid": list(avoid), "owner": server.owner_uuid})).first()
-                    if row is not None:
-                        server.host = row.name
-                        return self._load(row)
+                row = (await s.execute(self._claim_best, {**claim, "avoid": list(avoid),
+                                                          "owner": server.owner_uuid})).first()
+                if row is not None:
+                    server.host = row.name
+                    return self._load(row)
                 if not avoid:
                     raise no_capacity(NO_HOST)
             # Drives to see, or no host free of every avoided object: the candidates, then choose.
             avoid_hosts = await hosts_of(s, avoid, server.owner_uuid)
-            stmt = self._by_room(select(*LOAD_COLUMNS, *([type_coerce(H.facts, String)] if volumes else []))
-                                 .where(self._fitting(server.cpu, server.mem)))
+            stmt = (select(*LOAD_COLUMNS, *([type_coerce(H.facts, String)] if volumes else []))
+                    .where(self._fitting(server.cpu, server.mem)).order_by(self._headroom().desc(), H.name))
             if not volumes:  # one of these is free of any prefix's hosts, if any host is
                 stmt = stmt.limit(len({h for h in avoid_hosts if h is not None}) + 1)
-            loads = [self._load(row) for row in (await s.execute(stmt, claim)).all()]
+            loads = [self._load(row) for row in (await s.execute(stmt)).all()]
             fits = [h.name for h in loads if all(h.sees(pool, path) for (_, pool), path in paths.items())]  # type: ignore[arg-type]
             chosen = choose(loads, fits, avoid_hosts)
             if chosen is None:
