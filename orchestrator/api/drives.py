@@ -28,6 +28,7 @@ from orchestrator.api.resource import (
     reading,
     respond,
     session,
+    validated,
 )
 from orchestrator.api.rows import Rows
 from orchestrator.api.standard import (
@@ -43,8 +44,8 @@ from orchestrator.api.standard import (
 from orchestrator.db.models import Drive
 from orchestrator.domain.cloning import CLONE_KEYS, plan_drive_clone
 from orchestrator.domain.drives import check_size, delete_drives, new_drive, round_size, write_drive
-from orchestrator.domain.errors import invalid, notexist
-from orchestrator.domain.tagging import set_resource_tags
+from orchestrator.domain.errors import DomainError, invalid, notexist
+from orchestrator.domain.tagging import TagLookup, set_resource_tags
 from orchestrator.domain.uris import link
 from orchestrator.web.keys import CAPABILITIES, SCHEDULER, SESSIONS, UPLOADS, WORK
 
@@ -119,21 +120,27 @@ collection_views(routes, DRIVE, owned, reader=READER)
 async def create(request: web.Request) -> web.Response:
     objects, owner, caps = objects_of(await read_json(request)), caller(request), request.app[CAPABILITIES]
     avoid, scheduler, work = query_uuids(request, "avoid"), request.app[SCHEDULER], request.app[WORK]
+    checked = validated(objects, lambda body: DRIVE.validate(body, create=True))
     async with scheduler.placing(request.app[SESSIONS]) as s:
-        async def make(body: Any) -> Drive:
-            values = DRIVE.validate(body, create=True)
+        # Looked up once for every object: the tags they name, where drives go (a bad object fails below).
+        tags = await TagLookup.load(s, [t for v in checked if isinstance(v, dict) for t in v.get("tags", [])], owner)
+        placer = await scheduler.drive_placer(s, avoid, owner)
+
+        async def make(values: dict[str, Any] | DomainError) -> Drive:
+            if isinstance(values, DomainError):
+                raise values
             storage_type = values["storage_type"] or caps.default_storage_type
             if storage_type not in caps.storage_types:
                 raise invalid(f"storage_type {storage_type!r} is not offered", "storage_type")
             check_size(caps, storage_type, values["size"])
-            tags = values.pop("tags", [])
-            drive = await new_drive(s, scheduler, owner, status="creating", avoid=avoid, **{
-                **values, "storage_type": storage_type, "size": round_size(values["size"])})
-            await s.flush()
-            await set_resource_tags(s, "drives", drive.uuid, tags, owner)
+            columns = {k: v for k, v in values.items() if k != "tags"}
+            drive = await new_drive(s, scheduler, owner, status="creating", avoid=avoid, placer=placer, **{
+                **columns, "storage_type": storage_type, "size": round_size(values["size"])})
+            await set_resource_tags(s, "drives", drive.uuid, values.get("tags", []), owner, new=True, known=tags)
             return drive
 
-        uuids = [drive.uuid for drive in await for_each(objects, make)]
+        uuids = [drive.uuid for drive in await for_each(checked, make)]
+        await s.flush()  # every object's rows in one flush: a multi-row INSERT per table
     for uuid in uuids:  # the host agents create the volumes; each drive then leaves "creating"
         await work.later(work.volumes.create(uuid), f"create volume {uuid}")
     return await created(request, DRIVE, owned(request), Drive, uuids, READER)

@@ -26,6 +26,7 @@ from orchestrator.api.resource import (
     read_one,
     respond,
     session,
+    validated,
 )
 from orchestrator.api.rows import Rows
 from orchestrator.api.standard import (
@@ -188,12 +189,14 @@ collection_views(routes, SERVER, owned, prepare=lambda request: partial(attach_s
 @routes.post(path("servers"))
 async def create(request: web.Request) -> web.Response:
     objects, owner, caps = objects_of(await read_json(request)), caller(request), request.app[CAPABILITIES]
+    checked = validated(objects, lambda body: SERVER.validate(body, create=True))
     async with session(request) as s:
         # The drives and tags every valid object names, looked up once (a bad object fails below).
-        bulk = await Bulk.load(s, [v for v in map(_valid, objects) if v is not None], owner)
+        bulk = await Bulk.load(s, [v for v in checked if isinstance(v, dict)], owner)
 
-        async def make(body: Any) -> Server:
-            values = SERVER.validate(body, create=True)
+        async def make(values: dict[str, Any] | DomainError) -> Server:
+            if isinstance(values, DomainError):
+                raise values
             # Lists start empty: a rejected key leaves its column unset, and the next query's autoflush
             # must not fail on NULL before write_server reports the validation errors.
             server = Server(uuid=new_uuid(), owner_uuid=owner, smp=0, smp_auto=True, status="stopped",
@@ -202,7 +205,7 @@ async def create(request: web.Request) -> web.Response:
             await write_server(s, server, values, owner, caps, creating=True, bulk=bulk)
             return server
 
-        uuids = [server.uuid for server in await for_each(objects, make)]
+        uuids = [server.uuid for server in await for_each(checked, make)]
         await s.flush()  # every object's rows in one flush: a multi-row INSERT per table
         await refresh_mount_status(s, bulk.mounts)
     return await created(request, SERVER, owned(request), Server, uuids, READER)
@@ -251,13 +254,6 @@ def _recurse(request: web.Request) -> tuple[str, ...]:
     if value not in RECURSE:
         raise invalid(f"recurse must be one of {', '.join(RECURSE)}", "recurse")
     return RECURSE[value]
-
-
-def _valid(body: Any) -> dict[str, Any] | None:
-    try:
-        return SERVER.validate(body, create=True)
-    except DomainError:
-        return None
 
 
 def _only(request: web.Request) -> set[str] | None:

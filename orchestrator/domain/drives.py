@@ -13,7 +13,7 @@ from orchestrator.domain.capabilities import Capabilities
 from orchestrator.domain.errors import forbidden, invalid
 from orchestrator.domain.jobs import new_job
 from orchestrator.domain.lifecycle import Status
-from orchestrator.domain.placement import Scheduler
+from orchestrator.domain.placement import DrivePlacer, Scheduler
 from orchestrator.domain.tagging import forget_resources, set_resource_tags
 
 IDLE = frozenset({"mounted", "unmounted"})
@@ -113,16 +113,19 @@ async def discard_failed(s: AsyncSession, drive: Drive) -> None:
 
 
 async def new_drive(s: AsyncSession, scheduler: Scheduler, owner: str, *, status: str, avoid: Sequence[str],
-                    near: Drive | None = None, **columns: Any) -> Drive:
+                    near: Drive | None = None, placer: DrivePlacer | None = None, **columns: Any) -> Drive:
     """A new drive row with its volume's name, placed on a storage host: by the scheduler (pool
     by storage type, room, ``avoid``; 503 when none has room), or next to the drive ``near``
-    (a cheap copy on the same host)."""
+    (a cheap copy on the same host).  ``placer``: one of many new drives, whose placement
+    inputs were read for all (``Scheduler.drive_placer`` with the same ``avoid``)."""
     uuid = new_uuid()
     drive = Drive(uuid=uuid, owner_uuid=owner, status=status, avoid=list(avoid), volume=f"{uuid}.qcow2", **columns)
     s.add(drive)
     if status in NEW_VOLUME_JOBS:  # the work that makes its volume says on this job how it went
         new_job(s, owner, NEW_VOLUME_JOBS[status], "drives", uuid)
-    if near is None:
+    if placer is not None:
+        placer.place(drive)
+    elif near is None:
         await scheduler.place_drive(s, drive, avoid)
     else:
         drive.host, drive.pool = near.host, near.pool

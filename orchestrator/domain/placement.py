@@ -334,16 +334,35 @@ class Scheduler:
 
     async def place_drive(self, s: AsyncSession, drive: Drive, avoid: Sequence[str]) -> str:
         """Pick the storage host and pool of a new drive (pool by storage type, room, avoid)."""
+        return (await self.drive_placer(s, avoid, drive.owner_uuid)).place(drive)
+
+    async def drive_placer(self, s: AsyncSession, avoid: Sequence[str], owner: str) -> DrivePlacer:
+        """Where new drives of ``owner`` avoiding ``avoid`` go, for as many drives as one request
+        makes: the hosts and the avoided objects' hosts are read once, not once per drive."""
+        return DrivePlacer(self.storage_pools, await self.loads(s), await hosts_of(s, avoid, owner))
+
+
+@dataclass
+class DrivePlacer:
+    """Drive placement on loads read once.  Placing a drive changes neither input (a pool's room
+    is what its host last reported; what one transaction adds is checked at its commit, by
+    pool_room), and a new drive cannot be among the avoided objects, so the drives of one request
+    are placed as each would be alone."""
+
+    storage_pools: dict[str, str]
+    loads: list[HostLoad]
+    avoid_hosts: list[str | None]
+
+    def place(self, drive: Drive) -> str:
         wanted = self.storage_pools.get(drive.storage_type)
-        loads = await self.loads(s)
 
         def pool(load: HostLoad) -> dict[str, Any] | None:
             return load.pools.get(wanted) if wanted else next(iter(load.pools.values()), None)
 
-        fits = [h.name for h in loads if (p := pool(h)) is not None and p.get("available", 0) >= drive.size]
+        fits = [h.name for h in self.loads if (p := pool(h)) is not None and p.get("available", 0) >= drive.size]
         # Free space in whole GiB: pools on one filesystem tie, and ties go to the first host by
         # name, so a user's drives stay together unless told otherwise (avoid, storage type).
-        chosen = choose(loads, fits, await hosts_of(s, avoid, drive.owner_uuid),
+        chosen = choose(self.loads, fits, self.avoid_hosts,
                         key=lambda h: pool(h)["available"] // 2**30)  # type: ignore[index]
         if chosen is None:
             raise no_capacity(f"We currently cannot provide enough resources to create a {drive.storage_type} drive")

@@ -383,6 +383,32 @@ def test_users_are_isolated(backend: StratoServer) -> None:
     assert names(bob.ok("GET", "servers/?limit=0")) == ["bob-srv"]
 
 
+def test_bulk_drive_create_and_bulk_delete(backend: StratoServer) -> None:
+    """Bulk writes in one transaction: drives tagged in request order; a DELETE naming one unknown
+    object deletes nothing (its error points at that object), then the rest go in one request."""
+    api = user(backend, "bulkwrite")
+    unknown = str(uuidlib.uuid4())
+    tag = create(api, "tags", {"name": "fleet"})[0]
+    drives = create(api, "drives", *(drive_body(f"d{i}", tags=[tag["uuid"]]) for i in range(6)))
+    assert [d["name"] for d in drives] == [f"d{i}" for i in range(6)]
+    assert all(d["status"] == "unmounted" and [t["uuid"] for t in d["tags"]] == [tag["uuid"]] for d in drives), drives
+    assert [r["uuid"] for r in api.ok("GET", f"tags/{tag['uuid']}/")["resources"]] == [d["uuid"] for d in drives]
+    r = api.post("drives/", {"objects": [drive_body("ok", tags=[tag["uuid"]]), drive_body("bad", tags=[unknown])]})
+    assert r.status_code == 400 and [e["error_point"] for e in r.json()] == ["objects.1.tags.0"], r.text
+    assert api.ok("GET", "drives/?limit=0")["meta"]["total_count"] == 6
+
+    servers = create(api, "servers", *(server_body(f"s{i}", tags=[tag["uuid"]]) for i in range(3)))
+    r = api.delete("servers/", {"objects": [{"uuid": servers[0]["uuid"]}, {"uuid": unknown}, servers[2]["uuid"]]})
+    assert r.status_code == 404 and [e["error_point"] for e in r.json()] == ["objects.1"], r.text
+    assert names(api.ok("GET", "servers/detail/?limit=0")) == ["s0", "s1", "s2"]
+    api.ok("DELETE", "servers/", [servers[0]["uuid"], {"uuid": servers[2]["uuid"]}], status=204)
+    assert names(api.ok("GET", "servers/detail/?limit=0")) == ["s1"]
+    api.ok("DELETE", "drives/", [d["uuid"] for d in drives[:4]], status=204)
+    assert names(api.ok("GET", "drives/detail/?limit=0")) == ["d4", "d5"]
+    assert [r["uuid"] for r in api.ok("GET", f"tags/{tag['uuid']}/")["resources"]] == [
+        d["uuid"] for d in drives[4:]] + [servers[1]["uuid"]]
+
+
 # --- concurrency ---------------------------------------------------------------------------------
 
 
