@@ -7,8 +7,10 @@ the harness's bridge; each host has a local pool (``default``) and mounts the ``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ import libvirt
 import pytest
 
 from tests.hosts.harness import Host, Hosts, make_hosts
-from tests.strato_process import Api, StratoServer, wait_for
+from tests.strato_process import Api, StratoServer, remove_libvirt_objects, wait_for
 
 MiB = 1024 * 1024
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # lookups that miss are answers here, not noise
@@ -71,16 +73,19 @@ class Cloud:
         return found
 
 
-@pytest.fixture(scope="package")
-def cloud() -> Iterator[Cloud]:
-    hosts = make_hosts(HOSTS)
-    data = Path(hosts.root) / "api"
+@contextlib.contextmanager
+def cloud_on(hosts: Hosts, extra_env: dict[str, str] | None = None,
+             users: tuple[tuple[str, str], ...] = (("ops@example.com", "ops-pw"),)) -> Iterator[Cloud]:
+    """An API node on this machine (no local host) with every host of ``hosts`` added over SSH, all up; its
+    ``api`` is the first of ``users``.  The node stops on exit; the hosts are the caller's to close."""
+    data = Path(hosts.root) / f"api-{secrets.token_hex(2)}"
     server = StratoServer(data, extra_env={
         "STRATO_LOCAL_HOST": "false", "STRATO_HEARTBEAT": "1", "STRATO_SHUTDOWN_WINDOW": "5",
-        "STRATO_STORAGE_POOLS": json.dumps({"zadara": "shared"})})
+        "STRATO_STORAGE_POOLS": json.dumps({"zadara": "shared"}), **(extra_env or {})})
     try:
         data.mkdir()
-        api = server.add_user("ops@example.com", "ops-pw")
+        data.chmod(0o755)
+        api, *_ = [server.add_user(email, password) for email, password in users]
         hosts.register(server.cli)
         server.start()
         cloud = Cloud(hosts, server, api)
@@ -88,7 +93,18 @@ def cloud() -> Iterator[Cloud]:
         yield cloud
     finally:
         server.stop()
-        keep = os.environ.get("STRATO_KEEP_TEST_DIR") is not None
-        hosts.close()
-        if not keep:
+        for host in hosts.hosts:  # what this node's agents made, so that the next node finds the hosts empty
+            with contextlib.suppress(libvirt.libvirtError):
+                remove_libvirt_objects(host.prefix, host.uri)
+        if os.environ.get("STRATO_KEEP_TEST_DIR") is None:
             shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="package")
+def cloud() -> Iterator[Cloud]:
+    hosts = make_hosts(HOSTS)
+    try:
+        with cloud_on(hosts) as cloud:
+            yield cloud
+    finally:
+        hosts.close()
