@@ -121,14 +121,14 @@ class StratoServer:
                 time.sleep(0.1)
         raise RuntimeError(f"strato serve did not answer: {self.log.read_text()[-3000:]}")
 
-    def wait_host_up(self, timeout: float = 60) -> None:
-        """Until the API node reports a host ``up`` (its agent connected), read from its SQLite file."""
+    def wait_host_up(self, timeout: float = 60, count: int = 1) -> None:
+        """Until the API node reports ``count`` hosts ``up`` (their agents connected), read from its SQLite file."""
 
         def up() -> bool:
             with contextlib.closing(sqlite3.connect(self.data_dir / "strato.db", timeout=30)) as con:
-                return "up" in [row[0] for row in con.execute("SELECT state FROM hosts")]
+                return [row[0] for row in con.execute("SELECT state FROM hosts")].count("up") >= count
 
-        wait_for(up, timeout, f"a host up; see {self.log}", interval=0.2)
+        wait_for(up, timeout, f"{count} host(s) up; see {self.log}", interval=0.2)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -213,9 +213,9 @@ def upload(api: Api, name: str, data: bytes) -> str:
     return uuid
 
 
-def serial_log(domain: str) -> str:
+def serial_log(domain: str, uri: str = "qemu:///system") -> str:
     """A guest's first serial port as its host logged it (the file the domain XML names; "" until then)."""
-    xml = subprocess.run(["virsh", "dumpxml", domain], capture_output=True, text=True).stdout
+    xml = subprocess.run(["virsh", "-c", uri, "dumpxml", domain], capture_output=True, text=True).stdout
     match = re.search(r"<log file=['\"]([^'\"]+)['\"]", xml)
     path = Path(match.group(1)) if match else None
     return path.read_text(errors="replace") if path and path.exists() else ""

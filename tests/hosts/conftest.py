@@ -20,7 +20,7 @@ import libvirt
 import pytest
 
 from tests.hosts.harness import Host, Hosts, make_hosts
-from tests.strato_process import Api, StratoServer, remove_libvirt_objects, wait_for
+from tests.strato_process import Api, StratoServer, remove_libvirt_objects
 
 MiB = 1024 * 1024
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # lookups that miss are answers here, not noise
@@ -88,9 +88,8 @@ def cloud_on(hosts: Hosts, extra_env: dict[str, str] | None = None,
         api, *_ = [server.add_user(email, password) for email, password in users]
         hosts.register(server.cli)
         server.start()
-        cloud = Cloud(hosts, server, api)
-        wait_for(lambda: all(h["state"] == "up" for h in cloud.hosts_list().values()), 90, "hosts up")
-        yield cloud
+        server.wait_host_up(90, count=len(hosts.hosts))
+        yield Cloud(hosts, server, api)
     finally:
         server.stop()
         for host in hosts.hosts:  # what this node's agents made, so that the next node finds the hosts empty
