@@ -49,9 +49,24 @@ Chromium connecting to each.  websockify offers only ``binary`` (or no subprotoc
 removed in websockify 0.9.0 (CHANGES.txt: "Base64 support removed and binary mode is now
 required"; 0.13.0 is installed), and noVNC ≥ 1.0 offers no subprotocol at all.
 
-Results (one run, 2026-12-02, 2 vCPUs, TCG guest, websockify 0.13.0 with numpy, noVNC 1.3.0;
-5 rounds × 40 frames, 100 frame-lag and 500 latency samples per path; other guests were running
-on this machine):
+Results on a remote host (one run, 2026-12-02, after the move to tests/hosts/harness.py; load
+average ~12 on 2 vCPUs from other test runs, so the direct p90/p99 are noisy too):
+
+    path         MB/s  vs direct  added p50 (p90, p99 latency)  added lag
+    direct      616.7     100.0%  +0.000 ms (9.40, 82.7 ms)     +0.00 ms   baseline
+    tunnel       53.1       8.6%  +0.293 ms (9.23, 88.0 ms)    +20.13 ms   API node → SSH (asyncssh)
+    websocket    59.2       9.6%  +1.562 ms (12.5, 50.4 ms)    +16.65 ms   API node → SSH (asyncssh)
+    websockify  369.4      59.9%  +0.055 ms (7.91, 36.2 ms)     -0.30 ms   on the host, no SSH
+
+Through SSH a full raw frame (1.15 MB) takes ~20 ms longer and the tunnels carry ~55 MB/s (the
+SSH connection's encryption and flow control, in Python, on a loaded machine): still ~45 full
+frames a second, but the throughput target is far off on a remote host.  websockify, beside the
+display and without SSH, is not a like-for-like comparison here; the one below (both on the API
+node's machine, no SSH) is.  Compatibility was the same as below, noVNC included.
+
+Results on the node's local host, before the move (one run, 2026-12-02, 2 vCPUs, TCG guest,
+websockify 0.13.0 with numpy, noVNC 1.3.0; 5 rounds × 40 frames, 100 frame-lag and 500 latency
+samples per path; other guests were running on this machine):
 
     path         MB/s  vs direct  added p50 (p90, p99 latency)  added lag
     direct      987.7     100.0%  +0.000 ms (0.049, 0.247 ms)   +0.00 ms   baseline

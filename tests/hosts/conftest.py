@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,8 +86,19 @@ def cloud_on(hosts: Hosts, extra_env: dict[str, str] | None = None,
     try:
         data.mkdir()
         data.chmod(0o755)
-        api, *_ = [server.add_user(email, password) for email, password in users]
-        hosts.register(server.cli)
+        (email, password), *others = users
+        api = server.add_user(email, password)  # first and alone: it creates the database
+        # The other commands are independent: run at once (each `strato` command is seconds of imports).
+        with ThreadPoolExecutor(4) as pool:
+            pending = [pool.submit(server.add_user, *user) for user in others]
+
+            def later(*args: str) -> str:
+                pending.append(pool.submit(server.cli, *args))
+                return ""
+
+            hosts.register(later)
+            for done in pending:
+                done.result()
         server.start()
         server.wait_host_up(90, count=len(hosts.hosts))
         yield Cloud(hosts, server, api)
