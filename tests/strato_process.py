@@ -214,9 +214,9 @@ def upload(api: Api, name: str, data: bytes) -> str:
     return uuid
 
 
-def serial_log(domain: str) -> str:
+def serial_log(domain: str, uri: str = "qemu:///system") -> str:
     """A guest's first serial port as its host logged it (the file the domain XML names; "" until then)."""
-    xml = subprocess.run(["virsh", "dumpxml", domain], capture_output=True, text=True).stdout
+    xml = subprocess.run(["virsh", "-c", uri, "dumpxml", domain], capture_output=True, text=True).stdout
     match = re.search(r"<log file=['\"]([^'\"]+)['\"]", xml)
     path = Path(match.group(1)) if match else None
     return path.read_text(errors="replace") if path and path.exists() else ""

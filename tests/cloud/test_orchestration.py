@@ -1,7 +1,8 @@
 """Issue 4, "Orchestration": placement, concurrency, real guests, crashes and hosts on three hosts.
 
-One API node and three hosts (tests/cloud/conftest.py) serve the whole module; each test leaves
-its servers stopped so the next one starts with empty hosts.
+One API node and three real hosts (tests/cloud/conftest.py: each its own libvirtd, reached over
+SSH) serve the whole module; each test leaves its servers stopped so the next one starts with
+empty hosts.  Where a server runs is asked of the hosts' own libvirtds.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,18 +66,6 @@ def groups(api: Api, kind: str = "servers") -> list[list[str]]:
     return api.ok("GET", f"{kind}/availability_groups/")
 
 
-def host_of(cluster: Cluster, uuid: str) -> str:
-    """A running server's host: the host whose libvirt runs the domain of its prefix."""
-    found = [h.name for h in cluster.hosts.values() if domstate(h.prefix + uuid) == "running"]
-    assert len(found) == 1, f"server {uuid} runs on {found}"
-    return found[0]
-
-
-def domstate(domain: str) -> str | None:
-    out = subprocess.run(["virsh", "domstate", domain], capture_output=True, text=True)
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def create_drive(api: Api, name: str, size: int, media: str = "disk", **extra: Any) -> str:
     body = {"name": name, "size": size, "media": media, **extra}
     uuid = api.ok("POST", "drives/", body, 201)["objects"][0]["uuid"]
@@ -93,7 +80,7 @@ def drive_status(api: Api, uuid: str) -> str | None:
 
 def guest_report(cluster: Cluster, uuid: str, timeout: float = 90) -> dict[str, Any]:
     """The test guest's report from its serial log on the host that runs it."""
-    log = cluster.hosts[host_of(cluster, uuid)].console_log(uuid)
+    log = cluster.console_log(uuid)
     text = wait_for(lambda: log.exists() and "STRATO-READY" in (t := log.read_text(errors="replace")) and t,
                     timeout, f"STRATO-READY in {log}")
     body = text.rsplit("STRATO-REPORT-BEGIN", 1)[1].split("STRATO-REPORT-END", 1)[0]
@@ -119,9 +106,9 @@ def assert_error(r: requests.Response, status: int, error_type: str) -> None:
 
 def test_hosts_are_up(cluster: Cluster) -> None:
     hosts = cluster.hosts_list()
-    assert set(hosts) == {"local1", "ssh1", "ssh2"}
+    assert {name: h["address"] for name, h in hosts.items()} == {
+        h.name: f"ssh://root@{h.address}:22" for h in cluster.hosts.hosts}
     assert {h["state"] for h in hosts.values()} == {"up"}
-    assert hosts["ssh1"]["address"].startswith("ssh://root@127.0.0.1:")
 
 
 def test_running_server_takes_only_name_meta_and_tags(cluster: Cluster) -> None:
@@ -150,7 +137,7 @@ def test_start_with_avoid_spreads_servers(cluster: Cluster) -> None:
     must_start(api, b, [a])
     must_start(api, c, [a, b])
     wait_status(api, [a, b, c], "running")
-    placed = {u: host_of(cluster, u) for u in (a, b, c)}
+    placed = {u: cluster.host_of(u) for u in (a, b, c)}
     assert len(set(placed.values())) == 3, placed
     mine = [sorted(g) for g in groups(api) if set(g) & {a, b, c}]
     assert sorted(mine) == sorted([[a], [b], [c]])
@@ -158,7 +145,7 @@ def test_start_with_avoid_spreads_servers(cluster: Cluster) -> None:
     # More avoided servers than hosts: the rightmost avoid (c) is the one given up.
     must_start(api, d, [a, b, c])
     wait_status(api, d, "running")
-    assert host_of(cluster, d) == placed[c]
+    assert cluster.host_of(d) == placed[c]
     assert sorted(api.ok("GET", f"servers/availability_groups/{d}/")) == sorted([c, d])
     assert sorted([c, d]) in [sorted(g) for g in groups(api)]
     stop_all(api)
@@ -199,7 +186,7 @@ def test_concurrent_starts_respect_capacity_and_avoid(cluster: Cluster) -> None:
             f"servers/{u}/action/?do=start&avoid={','.join(v for v in trio if v != u)}"), trio))
     assert [r.status_code for r in answers] == [202] * 3, [r.text for r in answers]
     wait_status(api, trio, "running")
-    assert len({host_of(cluster, u) for u in trio}) == 3
+    assert len({cluster.host_of(u) for u in trio}) == 3  # three libvirtds
     stop_all(api)
 
     uuids = create_servers(api, 20, "flood", mem=mem)
@@ -208,8 +195,7 @@ def test_concurrent_starts_respect_capacity_and_avoid(cluster: Cluster) -> None:
 
     def watch() -> None:  # capacity must hold at every moment, not only at the end
         while not done.is_set():
-            with_host = {u: h for h in cluster.hosts.values() for u in running_domains(h.prefix)}
-            samples.append(dict(Counter(h.name for h in with_host.values())))
+            samples.append(cluster.running_counts())
             time.sleep(0.2)
 
     def go(uuid: str) -> requests.Response:
@@ -243,11 +229,6 @@ def test_concurrent_starts_respect_capacity_and_avoid(cluster: Cluster) -> None:
     stop_all(api)
 
 
-def running_domains(prefix: str) -> list[str]:
-    out = subprocess.run(["virsh", "-q", "list", "--name", "--state-running"], capture_output=True, text=True).stdout
-    return [n[len(prefix):] for n in out.split() if n.startswith(prefix)]
-
-
 # --- real guests ----------------------------------------------------------------------------------
 
 def attach(api: Api, server: str, drives: list[tuple[str, str, str, int | None]]) -> None:
@@ -274,7 +255,7 @@ def test_real_guest_lifecycle_clone_and_recursive_delete(cluster: Cluster) -> No
     # Start: the guest boots on the host that holds its drives and reports what it sees.
     must_start(api, server)
     wait_status(api, server, "running")
-    assert host_of(cluster, server) == storage_host
+    assert cluster.host_of(server) == storage_host
     report = guest_report(cluster, server)
     assert report["cpus"] == "1"
     buses = sorted((b["bus"], b["marker"]) for b in report["block"])
@@ -285,7 +266,7 @@ def test_real_guest_lifecycle_clone_and_recursive_delete(cluster: Cluster) -> No
     r = api.post(f"servers/{server}/action/?do=shutdown")
     assert r.status_code == 202, r.text
     wait_status(api, server, "stopped", 60)
-    assert domstate(cluster.hosts[storage_host].prefix + server) is None
+    assert cluster.defined_on(server) == []
     assert all(server not in g for g in groups(api))
 
     # A guest that ignores ACPI: "stopping" through the window, then "running" again.
@@ -300,7 +281,7 @@ def test_real_guest_lifecycle_clone_and_recursive_delete(cluster: Cluster) -> No
     assert status(api, server) == "stopping"
     wait_status(api, server, "running", SHUTDOWN_WINDOW + 30)
     assert time.monotonic() - began >= SHUTDOWN_WINDOW - 1
-    assert domstate(cluster.hosts[storage_host].prefix + server) == "running"
+    assert cluster.running_on(server) == [storage_host]
     assert api.post(f"servers/{server}/action/?do=stop").status_code == 202
     wait_status(api, server, "stopped")
 
@@ -361,11 +342,6 @@ def test_real_guest_lifecycle_clone_and_recursive_delete(cluster: Cluster) -> No
 
 # --- crashes ----------------------------------------------------------------------------------------
 
-def domain_states(cluster: Cluster, uuid: str) -> dict[str, str]:
-    """{host: virsh domstate} for every host that has a domain of this server."""
-    return {h.name: state for h in cluster.hosts.values() if (state := domstate(h.prefix + uuid)) is not None}
-
-
 def test_api_node_killed_mid_operations_recovers(cluster: Cluster) -> None:
     api, server = cluster.api, cluster.server
     uuids = create_servers(api, 10, "crash")
@@ -402,11 +378,11 @@ def test_api_node_killed_mid_operations_recovers(cluster: Cluster) -> None:
     servers = {s["uuid"]: s["status"] for s in api.ok("GET", "servers/?limit=0")["objects"]}
     assert set(uuids) <= set(servers)  # nothing lost
     for uuid in uuids:
-        states = domain_states(cluster, uuid)
+        running_on, defined_on = cluster.running_on(uuid), cluster.defined_on(uuid)
         if servers[uuid] == "running":
-            assert list(states.values()) == ["running"], (uuid, states)
+            assert len(running_on) == 1 and defined_on == running_on, (uuid, running_on, defined_on)
         else:
-            assert "running" not in states.values(), (uuid, states)
+            assert running_on == [], (uuid, running_on)
     # No claim leaks: the hosts count exactly the running servers.
     running = sum(1 for u in uuids if servers[u] == "running")
     counted = sum(h["servers"] for h in cluster.hosts_list().values())
@@ -438,29 +414,30 @@ def agent_pids(prefix: str) -> list[int]:
 
 
 def test_lost_agent_marks_servers_unavailable_until_it_reconnects(cluster: Cluster) -> None:
-    api, sshd = cluster.api, cluster.sshd
+    api = cluster.api
     uuids = create_servers(api, 3, "agent-loss")
     for i, uuid in enumerate(uuids):
         must_start(api, uuid, uuids[:i])
     wait_status(api, uuids, "running")
-    on = {host_of(cluster, u): u for u in uuids}
-    lost, kept = on["ssh1"], [u for h, u in on.items() if h != "ssh1"]
-    host = cluster.hosts["ssh1"]
-    domain_pid = Path(f"/run/libvirt/qemu/{host.prefix}{lost}.pid").read_text().strip()
+    on = {cluster.host_of(u): u for u in uuids}
+    name = cluster.names[1]
+    lost, kept = on[name], [u for h, u in on.items() if h != name]
+    host = cluster.host(name)
+    domain_pid = cluster.qemu_pid(name, lost)
     [pid] = agent_pids(host.prefix)
-    # The sshd listener goes away (its sessions stay) so that reconnecting fails for a while.
-    sshd.stop()
+    # The host's sshd listener goes away (its sessions stay) so that reconnecting fails for a while.
+    cluster.hosts.stop_sshd(host)
     try:
         os.kill(pid, signal.SIGKILL)
         wait_status(api, lost, "unavailable", 30)
-        assert cluster.hosts_list()["ssh1"]["state"] == "down"
+        assert cluster.hosts_list()[name]["state"] == "down"
         assert all(status(api, u) == "running" for u in kept)
-        assert domstate(host.prefix + lost) == "running"  # libvirt keeps the guest
+        assert cluster.running_on(lost) == [name]  # the host's libvirtd keeps the guest
     finally:
-        sshd.start()
+        cluster.hosts.start_sshd(host)
     wait_status(api, lost, "running", 60)
-    assert cluster.hosts_list()["ssh1"]["state"] == "up"
-    assert Path(f"/run/libvirt/qemu/{host.prefix}{lost}.pid").read_text().strip() == domain_pid  # same guest
+    assert cluster.hosts_list()[name]["state"] == "up"
+    assert cluster.qemu_pid(name, lost) == domain_pid  # same guest
     assert agent_pids(host.prefix) and agent_pids(host.prefix) != [pid]
     stop_all(api)
 
@@ -474,32 +451,33 @@ def test_hosts_list_drain_and_remove(cluster: Cluster) -> None:
         must_start(api, uuid, uuids[:i])
     wait_status(api, uuids, "running")
     hosts = cluster.hosts_list()
-    assert {name: (h["state"], h["servers"]) for name, h in hosts.items()} == {
-        "local1": ("up", 1), "ssh1": ("up", 1), "ssh2": ("up", 1)}
+    assert {name: (h["state"], h["servers"]) for name, h in hosts.items()} == {n: ("up", 1) for n in cluster.names}
     assert all(h["cores"] and h["memory"] and h["virt_type"] == "qemu" for h in hosts.values())
     stop_all(api)
 
-    server.cli("hosts", "drain", "ssh2")
-    assert cluster.hosts_list()["ssh2"]["state"] == "draining"
+    first, second, drained = cluster.names
+    server.cli("hosts", "drain", drained)
+    assert cluster.hosts_list()[drained]["state"] == "draining"
     # Avoid would prefer the empty host, but a draining host takes nothing new.
     more = create_servers(api, 4, "drained")
     for i, uuid in enumerate(more):
         must_start(api, uuid, more[:i])
     wait_status(api, more, "running")
-    assert {host_of(cluster, u) for u in more} == {"local1", "ssh1"}
-    assert cluster.hosts_list()["ssh2"]["servers"] == 0
+    assert {cluster.host_of(u) for u in more} == {first, second}
+    assert cluster.hosts_list()[drained]["servers"] == 0
+    assert cluster.running_counts()[drained] == 0
 
     # A host that runs servers cannot be removed; an empty one can, and the API node lets it go.
-    busy = host_of(cluster, more[0])
+    busy = cluster.host_of(more[0])
     refused = subprocess.run([sys.executable, "-m", "orchestrator.cli", "hosts", "remove", busy, "--data-dir",
                               str(server.data_dir)], capture_output=True, text=True, cwd=ROOT,
                              env={**os.environ, **server.env})
     assert refused.returncode == 1 and "still runs servers" in refused.stderr, refused.stderr
     assert busy in cluster.hosts_list()
     stop_all(api)
-    server.cli("hosts", "remove", "ssh2")
-    assert "ssh2" not in cluster.hosts_list()
-    prefix = cluster.hosts["ssh2"].prefix
+    server.cli("hosts", "remove", drained)
+    assert drained not in cluster.hosts_list()
+    prefix = cluster.host(drained).prefix
     wait_for(lambda: not agent_pids(prefix), 30, "the removed host's agent to go")
     # Starts keep working on the remaining hosts.
     must_start(api, more[0])

@@ -1,12 +1,15 @@
 """VNC and serial consoles against a real running test guest (spec §12.9.5–§12.9.7, §16.3).
 
-One API node and one guest for the whole module; the tests run in file order and the last ones
-stop and restart the guest (the serial console shows the boot report only after a fresh start).
+One API node and one guest for the whole module, the guest on a real remote host (conftest.py):
+every console here goes through the node's SSH tunnels to that host.  The tests run in file order
+and the last ones stop and restart the guest (the serial console shows the boot report only after
+a fresh start).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from urllib.parse import parse_qs, quote, urlparse
@@ -17,6 +20,7 @@ import pytest
 from tests.consoles.browser import Chromium, decode_png
 from tests.consoles.conftest import TOKEN_TTL, VNC_PASSWORD, Guest, wait_for
 from tests.consoles.rfb import AuthFailed, RfbClient, TcpStream, WsStream, distinct_pixels, rgb_rows
+from tests.strato_process import domain_names
 
 pytestmark = pytest.mark.libvirt
 
@@ -87,6 +91,19 @@ async def read_until(reader: asyncio.StreamReader, marker: bytes, timeout: float
 
 
 # --- VNC over the vnc:// tunnel and the WebSocket -----------------------------------------------
+
+
+def test_the_guest_runs_on_a_remote_host_reached_over_ssh(guest: Guest) -> None:
+    """What the tunnels below go through: the node's one host is the harness host, over SSH; the guest's
+    domain is in that host's own libvirtd (not this machine's), its display on that host's loopback."""
+    assert guest.host is not None
+    hosts = json.loads(guest.node.cli("hosts", "list"))
+    assert [(h["name"], h["address"], h["state"]) for h in hosts] == [
+        (guest.host.name, f"ssh://root@{guest.host.address}:22", "up")]
+    assert domain_names(guest.domain(), guest.host.uri) == [guest.domain()]
+    assert domain_names(guest.domain()) == []  # this machine's libvirtd
+    assert guest.direct_vnc()[0] == "127.0.0.1"  # the host's loopback, which only the host reaches
+
 
 
 async def test_vnc_url_speaks_rfb_with_vnc_auth_and_real_frames(guest: Guest) -> None:

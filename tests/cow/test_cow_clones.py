@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.consoles.conftest import wait_host_up
 from tests.strato_process import ROOT, Api, StratoServer, serial_log, upload, wait_for
 
 pytestmark = pytest.mark.libvirt
@@ -91,7 +90,7 @@ def node() -> Iterator[Node]:
         server.data_dir.chmod(0o755)
         api = server.add_user("cow@example.com", "cow-pw")
         server.start()
-        wait_host_up(server)
+        server.wait_host_up()
         yield Node(server, api)
     finally:
         server.stop()
@@ -175,7 +174,7 @@ def test_a_restart_of_the_node_while_flattening(node: Node) -> None:
     wait_for(lambda: qemu_processes(node.volume(clone)) == [], 10, "the flatten's qemu-img gone")
     assert node.backing(clone) is not None  # interrupted: still an overlay
     node.server.start()
-    wait_host_up(node.server)
+    node.server.wait_host_up()
     wait_for(lambda: node.flattened(source, clone) and node.bases() == [], 120, "both flattened after the restart")
     assert not node.flattening(clone)
     assert node.download(clone)[:len(data)] == data == node.download(source)[:len(data)]

@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,8 +30,69 @@ from typing import Any
 import libvirt
 import pytest
 
-from tests.cloud.conftest import Sshd, make_sshd
-from tests.strato_process import ROOT, Api, StratoServer, qemu_reachable_dir, remove_libvirt_objects, wait_for
+from tests.strato_process import (
+    ROOT,
+    Api,
+    StratoServer,
+    free_port,
+    qemu_reachable_dir,
+    remove_libvirt_objects,
+    wait_for,
+)
+
+
+@dataclass
+class Sshd:
+    port: int
+    config: Path
+    client_key: Path
+    known_hosts: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(self.config)],
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=(self.config.parent / "sshd.log").open("ab"))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited: {(self.config.parent / 'sshd.log').read_text()}")
+            probe = subprocess.run(["ssh", "-p", str(self.port), "-i", str(self.client_key), "-o", "BatchMode=yes",
+                                    "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+                                    "root@127.0.0.1", "true"], capture_output=True)
+            if probe.returncode == 0:
+                return
+            time.sleep(0.2)
+        raise RuntimeError("sshd did not accept the test key")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def make_sshd(root: Path) -> Sshd:
+    d = root / "ssh"
+    d.mkdir()
+    port = free_port()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host_key")], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client_key")], check=True)
+    shutil.copy(d / "client_key.pub", d / "authorized_keys")
+    host_pub = (d / "host_key.pub").read_text().split()
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    config = d / "sshd_config"
+    config.write_text("\n".join([
+        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {d / 'host_key'}", f"PidFile {d / 'sshd.pid'}",
+        f"AuthorizedKeysFile {d / 'authorized_keys'}", "PermitRootLogin prohibit-password", "StrictModes no",
+        "UsePAM no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+        "Subsystem sftp internal-sftp", "MaxStartups 100", "LogLevel VERBOSE", ""]))
+    return Sshd(port, config, d / "client_key", d / "known_hosts")
+
 
 BINDS = ("/run/libvirt", "/var/lib/libvirt", "/etc/libvirt", "/var/cache/libvirt", "/var/log/libvirt")
 POOL_SIZE = 160 * 2**20  # the tmpfs pool: room for the test guest and a few copies, small enough to fill

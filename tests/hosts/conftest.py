@@ -7,10 +7,13 @@ the harness's bridge; each host has a local pool (``default``) and mounts the ``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +21,7 @@ import libvirt
 import pytest
 
 from tests.hosts.harness import Host, Hosts, make_hosts
-from tests.strato_process import Api, StratoServer, wait_for
+from tests.strato_process import Api, StratoServer, remove_libvirt_objects
 
 MiB = 1024 * 1024
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # lookups that miss are answers here, not noise
@@ -71,24 +74,48 @@ class Cloud:
         return found
 
 
+@contextlib.contextmanager
+def cloud_on(hosts: Hosts, extra_env: dict[str, str] | None = None,
+             users: tuple[tuple[str, str], ...] = (("ops@example.com", "ops-pw"),)) -> Iterator[Cloud]:
+    """An API node on this machine (no local host) with every host of ``hosts`` added over SSH, all up; its
+    ``api`` is the first of ``users``.  The node stops on exit; the hosts are the caller's to close."""
+    data = Path(hosts.root) / f"api-{secrets.token_hex(2)}"
+    server = StratoServer(data, extra_env={
+        "STRATO_LOCAL_HOST": "false", "STRATO_HEARTBEAT": "1", "STRATO_SHUTDOWN_WINDOW": "5",
+        "STRATO_STORAGE_POOLS": json.dumps({"zadara": "shared"}), **(extra_env or {})})
+    try:
+        data.mkdir()
+        data.chmod(0o755)
+        (email, password), *others = users
+        api = server.add_user(email, password)  # first and alone: it creates the database
+        # The other commands are independent: run at once (each `strato` command is seconds of imports).
+        with ThreadPoolExecutor(4) as pool:
+            pending = [pool.submit(server.add_user, *user) for user in others]
+
+            def later(*args: str) -> str:
+                pending.append(pool.submit(server.cli, *args))
+                return ""
+
+            hosts.register(later)
+            for done in pending:
+                done.result()
+        server.start()
+        server.wait_host_up(90, count=len(hosts.hosts))
+        yield Cloud(hosts, server, api)
+    finally:
+        server.stop()
+        for host in hosts.hosts:  # what this node's agents made, so that the next node finds the hosts empty
+            with contextlib.suppress(libvirt.libvirtError):
+                remove_libvirt_objects(host.prefix, host.uri)
+        if os.environ.get("STRATO_KEEP_TEST_DIR") is None:
+            shutil.rmtree(data, ignore_errors=True)
+
+
 @pytest.fixture(scope="package")
 def cloud() -> Iterator[Cloud]:
     hosts = make_hosts(HOSTS)
-    data = Path(hosts.root) / "api"
-    server = StratoServer(data, extra_env={
-        "STRATO_LOCAL_HOST": "false", "STRATO_HEARTBEAT": "1", "STRATO_SHUTDOWN_WINDOW": "5",
-        "STRATO_STORAGE_POOLS": json.dumps({"zadara": "shared"})})
     try:
-        data.mkdir()
-        api = server.add_user("ops@example.com", "ops-pw")
-        hosts.register(server.cli)
-        server.start()
-        cloud = Cloud(hosts, server, api)
-        wait_for(lambda: all(h["state"] == "up" for h in cloud.hosts_list().values()), 90, "hosts up")
-        yield cloud
+        with cloud_on(hosts) as cloud:
+            yield cloud
     finally:
-        server.stop()
-        keep = os.environ.get("STRATO_KEEP_TEST_DIR") is not None
         hosts.close()
-        if not keep:
-            shutil.rmtree(data, ignore_errors=True)

@@ -23,15 +23,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import ipaddress
 import json
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -44,6 +47,7 @@ PRIVATE = {  # directory of the host (under its root) → where its mount namesp
     "cache": "/var/cache/libvirt", "log": "/var/log/libvirt",
 }
 QEMU_DIRS = ("channel/target", "checkpoint", "dump", "nvram", "ram", "save", "snapshot")
+CLONE_NEWNET = 0x40000000  # setns(2): join a network namespace
 
 
 def run(*argv: str, check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
@@ -117,6 +121,30 @@ class Host:
         """``argv`` run in this host's namespaces."""
         return ["nsenter", "-t", str(self.holder), "-m", "-n", "--", *argv]
 
+    def connect_inside(self, address: str, port: int, timeout: float = 10) -> socket.socket:
+        """A TCP connection made from inside the host's network namespace (to its loopback, say), usable here.
+
+        The socket is created by a thread that has joined the host's network namespace (setns(2) moves only
+        the calling thread); a socket stays in the namespace it was made in."""
+        result: list[socket.socket | BaseException] = []
+
+        def inside() -> None:
+            try:
+                with open(f"/run/netns/{self.name}") as ns:
+                    if ctypes.CDLL(None, use_errno=True).setns(ns.fileno(), CLONE_NEWNET) != 0:
+                        raise OSError(ctypes.get_errno(), f"setns into {self.name}")
+                result.append(socket.create_connection((address, port), timeout))
+            except BaseException as err:  # handed to the caller's thread
+                result.append(err)
+
+        thread = threading.Thread(target=inside)  # it ends in the namespace: nothing else runs on it
+        thread.start()
+        thread.join()
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        result[0].settimeout(None)
+        return result[0]
+
     def agent_command(self, shared: Path | None, extra: str = "") -> str:
         """``extra``: more agent options, appended (e.g. ``--vxlan-local`` with this host's address)."""
         pools = f"--pool default={self.pool_dir}" + (f" --pool shared={shared}" if shared else "")
@@ -174,6 +202,22 @@ class Hosts:
         host.pids["libvirtd"] = _wait_pidfile(d / "libvirtd.pid")
         self.save()
         _wait_libvirtd(host)
+
+    def stop_sshd(self, host: Host) -> None:
+        """Stop the host's sshd listener: new SSH connections are refused, open sessions go on (as OpenSSH does)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(host.pids["sshd"], signal.SIGTERM)
+        _wait_gone(host.pids["sshd"])
+
+    def start_sshd(self, host: Host) -> None:
+        pidfile = host.path / "ssh" / "sshd.pid"
+        pidfile.unlink(missing_ok=True)
+        out = run(*host.inside(*_sshd_argv(host)), check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"host {host.name}: sshd failed: {out.stderr}")
+        host.pids["sshd"] = _wait_pidfile(pidfile)
+        self.save()
+        _wait_ssh(self, host)
 
     def close(self) -> None:
         for host in self.hosts:
@@ -287,7 +331,7 @@ def _start_host(hosts: Hosts, host: Host) -> None:
     daemons = {
         "virtlogd": ["virtlogd", "-d", "-p", str(d / "virtlogd.pid")],
         "libvirtd": host.libvirtd_argv,
-        "sshd": ["/usr/sbin/sshd", "-f", str(ssh / "sshd_config"), "-E", str(ssh / "sshd.log")],
+        "sshd": _sshd_argv(host),
     }
     pidfiles = {"virtlogd": d / "virtlogd.pid", "libvirtd": d / "libvirtd.pid", "sshd": ssh / "sshd.pid"}
     for name, argv in daemons.items():
@@ -297,6 +341,22 @@ def _start_host(hosts: Hosts, host: Host) -> None:
         host.pids[name] = _wait_pidfile(pidfiles[name])
         hosts.save()
     _wait_libvirtd(host)
+
+
+def _sshd_argv(host: Host) -> list[str]:
+    ssh = host.path / "ssh"
+    return ["/usr/sbin/sshd", "-f", str(ssh / "sshd_config"), "-E", str(ssh / "sshd.log")]
+
+
+def _wait_gone(pid: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"process {pid} still there after {timeout}s")
 
 
 def _write_libvirt_config(host: Host) -> None:
