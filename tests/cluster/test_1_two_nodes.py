@@ -262,7 +262,7 @@ def _migration(cluster: Cluster, node: str | None, *, queued: bool = False) -> s
 def _node_id(cluster: Cluster, i: int) -> str:
     """The id a node leases its jobs under (that of a drive_create job made through it)."""
     drive = cluster.node(i).api.ok("POST", "drives/", {"objects": [{"name": f"whose-{i}", "size": 2**20,
-                                                                    "media": "disk"}]}, 202)["objects"][0]["uuid"]
+                                                                    "media": "disk"}]}, 201)["objects"][0]["uuid"]
     [row] = cluster.sql("SELECT l.node FROM job_leases l JOIN jobs j ON j.uuid = l.job_uuid "
                         "WHERE j.source_uuid = $1 AND j.operation = 'drive_create'", drive)
     wait_for(lambda: cluster.node(i).api.ok("GET", f"drives/{drive}/")["status"] == "unmounted", 60, "created")
@@ -285,7 +285,7 @@ def test_a_running_migration_belongs_to_its_node(cluster: Cluster) -> None:
         assert b.api.ok("GET", f"jobs/{on_a}/")["state"] == "started"
         for job in (on_b, on_dead):
             seen = b.api.ok("GET", f"jobs/{job}/")
-            assert seen["state"] == "failed" and "stopped before it ended" in seen["error"], seen
+            assert seen["state"] == "failed" and "stopped before it ended" in seen["data"]["error"], seen
         assert a.api.ok("GET", f"jobs/{on_a}/")["state"] == "started"  # and A did not fail it either
 
         queued = _migration(cluster, None, queued=True)  # its server is gone: whoever runs it fails it
