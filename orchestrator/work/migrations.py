@@ -10,7 +10,9 @@ NICs' networks, the context document, the volumes copy-storage fills), the sourc
 peer, and the store moves the server, its claim and its copied drives to the target.  The server
 stays ``running`` throughout; a failure leaves it running on the source with the job ``failed``
 saying why.  Tunnels to its display and console close once it moved: the next one opens on the
-new host.  A migration whose node died (its lease expired) or restarted ends failed.
+new host.  A migration whose node died (its lease expired) or restarted ends failed, and the
+store follows its guest to the host libvirt left it on (libvirt finishes a peer-to-peer migration
+without the node that asked for it).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from orchestrator.domain.errors import DomainError
 from orchestrator.domain.jobs import Reasons, finish
 from orchestrator.domain.lifecycle import Status
 from orchestrator.domain.networks import network_plan, reservations_of
-from orchestrator.domain.placement import Scheduler, drop_claim, move_claim
+from orchestrator.domain.placement import Scheduler, drop_claim, move_claim, recount
 from orchestrator.domain.transitions import record_stopped
 from orchestrator.hosts.pool import Hosts
 from orchestrator.hosts.spec import server_spec
@@ -49,6 +51,8 @@ OPERATION = "server_migrate"
 EVACUATE = "server_evacuate"  # a cold restart elsewhere of a server whose host is dead
 QUEUE_POLL = 1.0  # seconds between looks for queued migrations that no wake-up announced (started jobs: indexed)
 ORPHANED = "The API node running the migration stopped before it ended; the server runs where its host says"
+GONE = "The server stopped unexpectedly: its guest ran on neither host when its migration's API node died"
+LOCATE_WAIT = 120.0  # seconds a dead node's migration waits for its two hosts to connect, to locate its guest
 MIGRATE_TIMEOUT = 3600.0  # seconds one migration may stream (copy-storage of a large drive)
 
 
@@ -92,7 +96,9 @@ class MigrationWork:
 
     async def orphaned(self) -> None:
         """Picked-up migrations whose node is not alive (this process before a restart, a node that
-        died) end failed; those that live nodes run are theirs to finish."""
+        died) end failed, and the store follows their guests to where libvirt runs them; those that
+        live nodes run are theirs to finish."""
+        lost: list[tuple[str, dict[str, Any]]] = []
         async with self.sessions.begin() as s:
             rows = (await s.execute(select(Job, JobLease.node).outerjoin(JobLease, JobLease.job_uuid == Job.uuid)
                                     .where(Job.operation.in_((OPERATION, EVACUATE)), Job.state == "started")
@@ -101,6 +107,51 @@ class MigrationWork:
                 if not (job.params or {}).get("queued") and node not in self.cluster.alive:
                     log.warning("%s %s: its node %s is gone; failed", job.operation, job.uuid, node)
                     finish(job, ORPHANED)
+                    if job.operation == OPERATION and job.source_uuid and (job.params or {}).get("target"):
+                        lost.append((job.source_uuid, job.params or {}))
+        for uuid, params in lost:
+            # Reconciliation leaves a moving server alone: until located, it might count the guest
+            # gone from the source (it is on the target) and then remove it from the target as a stray.
+            self.moving.add(uuid)
+            await self.tasks.spawn(self._locate(uuid, params), f"locate {uuid}")
+
+    async def _locate(self, uuid: str, params: dict[str, Any]) -> None:
+        """The guest of a migration whose node died ends on its source or its target (libvirt goes
+        on with the migration, or ends it, without that node): once both hosts are connected and
+        only one of them has the domain, the store says which."""
+        source, target = params["source"], params["target"]
+        try:
+            deadline = time.monotonic() + LOCATE_WAIT
+            while True:
+                states: dict[str, str] = {}
+                answered = 0
+                for host in (source, target):
+                    with contextlib.suppress(*HOST_FAILURES):
+                        domains = await self.hosts.call(host, "domain.list")
+                        answered += 1
+                        for domain in domains:
+                            if domain["uuid"] == uuid:
+                                states[host] = domain["state"]
+                if (answered == 2 and len(states) < 2) or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(1.0)  # a host not connected yet, or the migration still under way
+            running = [host for host, state in states.items() if state == "running"]
+            if not running and answered == 2:
+                await self.servers.finish_stop(uuid, source, GONE)
+                return
+            async with self.sessions.begin() as s:
+                server = await s.get(Server, uuid)
+                if server is None or server.host != source or running != [target]:
+                    return  # where the store has it already
+                server.host = target
+                for drive in (await s.scalars(select(Drive).where(Drive.uuid.in_(params.get("copy") or [])))).all():
+                    drive.host = target
+                await recount(s, source)
+                await recount(s, target)
+            log.warning("server %s: its migration's API node died after the guest moved to %s; recorded there",
+                        uuid, target)
+        finally:
+            self.moving.discard(uuid)
 
     async def moving_elsewhere(self, s: Any, uuid: str, but: str | None = None) -> bool:
         """A live node other than this one migrates the server (a picked-up job leased to it; not ``but``)."""
@@ -219,7 +270,8 @@ class MigrationWork:
                 return
             source = server.host
             endpoint = ((await s.get(Host, target.name)).facts or {}).get("migration")  # type: ignore[union-attr]
-            job.params = {**(job.params or {}), "source": source, "target": target.name}
+            job.params = {**(job.params or {}), "source": source, "target": target.name,
+                          "copy": sorted(d.uuid for d in drives.values() if (d.host, d.pool) in copied)}
             plan = await network_plan(s, server)
             self.moving.add(server.uuid)
         try:
