@@ -9,13 +9,16 @@ One ``strato serve`` with two hosts reached over SSH, each its own libvirtd in i
 the test guest (128 MiB, TCG) on the shared pool, printing ``STRATO-TICK n`` every 0.1 s on its
 serial console (meta.counter "on").  Each round moves it there and back through Strato, then there
 and back with ``virsh migrate --live --p2p --persistent --undefinesource --unsafe`` run on the
-source host (the same flags and URIs the agent uses; ``--dname`` gives it the name the target's
-agent expects, so Strato still finds it afterwards).
+source host (the same flags and URIs the agent uses; ``--xml`` the live definition with the target's
+console log and socket paths, as the agent's; ``--dname`` the name the target's agent expects, so
+Strato still finds it afterwards).
 
 * time, virsh — the ``virsh migrate`` command, start to exit;
 * time, strato — ``strato servers migrate`` (the command line: queue the job, the API node picks
   it up, prepares the target, migrates, records; the command sees the job end), start to exit;
-  "job" is the part the API node spends (job created → finished);
+  "job" is the part the API node spends (job created → finished), then what the command spends
+  outside it (start-up until the job row exists, the job's end until the command exited) and
+  the job's phases as the API node logs them;
 * downtime — host-side: each console log is polled every 5 ms and each tick number stamped when
   first seen; the largest gap between consecutive ticks during the move, minus the 0.1 s period,
   is how long the guest did not run (the guest's own clock stops while it is paused, so its uptime
@@ -43,6 +46,7 @@ from tests.strato_process import ROOT, StratoServer, upload, wait_for
 
 TICK = re.compile(rb"STRATO-TICK (\d+) ")
 PERIOD = 0.1
+PHASES = re.compile(r"prepared in ([\d.]+) s, migrated in ([\d.]+) s, recorded in ([\d.]+) s")
 
 
 class Ticks:
@@ -102,30 +106,45 @@ def main() -> None:
         wait_for(lambda: api.ok("GET", f"servers/{uuid}/")["status"] == "running", 120, "running")
         home = next(h for h in hosts.hosts if (h.console_log(h.prefix + uuid)).exists())
         away = next(h for h in hosts.hosts if h is not home)
-        ticks = Ticks([h.console_log(o.prefix + uuid) for h in hosts.hosts for o in hosts.hosts])
+        ticks = Ticks([h.console_log(h.prefix + uuid) for h in hosts.hosts])
         wait_for(lambda: len(ticks.seen) > 30, 120, "the guest's counter")
         env = {**os.environ, **server.env}
         results: dict[str, list[tuple[float, float, float | None]]] = {"strato": [], "virsh": []}
 
+        around: list[tuple[float, float]] = []  # the command's time before its job was made, after it ended
+
         def strato(to: str) -> None:
-            t0 = time.monotonic()
+            t0, w0 = time.monotonic(), time.time()
             out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "servers", "migrate", uuid, "--to", to,
                                   "--data-dir", str(data)], capture_output=True, text=True, env=env, cwd=ROOT)
-            t1 = time.monotonic()
+            t1, w1 = time.monotonic(), time.time()
             result = json.loads(out.stdout)
             assert result["state"] == "success", result
             job = api.ok("GET", f"jobs/{result['job']}/")
-            job_time = _seconds(job["last_modified"]) - _seconds(job["created"])
+            created, ended = _seconds(job["created"]), _seconds(job["last_modified"])
+            job_time = ended - created
+            around.append((created - w0, w1 - ended))
             time.sleep(1.0)
             results["strato"].append((t1 - t0, ticks.downtime(t0, t1), job_time))
 
         def virsh(source, target) -> None:  # type: ignore[no-untyped-def]
+            # As the agent does (agents/migration.py): the destination definition is the live one with
+            # the target's paths (console log, serial sockets) and name, so each host's virtlogd writes
+            # its own log, and the ticks of both hosts are seen apart.
+            live = subprocess.run(source.inside("virsh", "dumpxml", "--migratable", "--security-info",
+                                                source.prefix + uuid), check=True, capture_output=True, text=True)
+            dest = Path(hosts.root) / "virsh-destination.xml"
+            # (its <name> stays the source's: libvirt insists; --dname renames.)
+            dest.write_text(live.stdout.replace(str(source.console_log(source.prefix + uuid)),
+                                                str(target.console_log(target.prefix + uuid)))
+                            .replace(f"{source.root}/", f"{target.root}/"))
             t0 = time.monotonic()
-            subprocess.run(source.inside("virsh", "migrate", "--live", "--p2p", "--persistent", "--undefinesource",
-                                         "--unsafe", "--dname", target.prefix + uuid, source.prefix + uuid,
-                                         target.migration_uri, f"tcp://{target.address}"),
-                           check=True, capture_output=True)
+            out = subprocess.run(source.inside("virsh", "migrate", "--live", "--p2p", "--persistent",
+                                               "--undefinesource", "--unsafe", "--xml", str(dest), "--dname",
+                                               target.prefix + uuid, source.prefix + uuid, target.migration_uri,
+                                               f"tcp://{target.address}"), capture_output=True, text=True)
             t1 = time.monotonic()
+            assert out.returncode == 0, out.stderr
             time.sleep(1.0)
             results["virsh"].append((t1 - t0, ticks.downtime(t0, t1), None))
 
@@ -149,6 +168,14 @@ def main() -> None:
                 jobs = [r[2] for r in rows]
                 line += f"   job {statistics.median(jobs):.2f} s"
             print(line)
+        print("command outside its job (median): start-up to the job queued "
+              f"{statistics.median(a for a, _ in around):.2f} s, job ended to exit "
+              f"{statistics.median(b for _, b in around):.2f} s")
+        phases = [tuple(map(float, m)) for m in PHASES.findall(server.log.read_text())]
+        if phases:  # where the API node's job spends its time (work/migrations.py logs each move)
+            print("job phases (median): " + ", ".join(
+                f"{name} {statistics.median(p[i] for p in phases):.2f} s"
+                for i, name in enumerate(("prepare", "migrate", "record"))))
         api.post(f"servers/{uuid}/action/?do=stop")
     finally:
         server.stop()

@@ -35,6 +35,7 @@ from orchestrator.config import Config
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
 from orchestrator.db.models import User
 from orchestrator.db.notify import Bus
+from orchestrator.db.wake import Wakeups
 from orchestrator.domain import pool_room, quotas
 from orchestrator.domain.capabilities import Capabilities
 from orchestrator.domain.placement import Scheduler
@@ -126,7 +127,8 @@ async def hosts(app: web.Application) -> AsyncIterator[None]:
     cluster = Cluster(app[SESSIONS], app[NODE], lease=config.node_lease)
     work = Work.build(app[SESSIONS], hosts, app[SCHEDULER], cluster, context_document=context_document,
                       data_dir=config.data_dir, shutdown_window=config.shutdown_window, heartbeat=config.heartbeat,
-                      clone_mode=config.clone_mode, flatten_rate=config.flatten_rate, job_max_age=config.job_max_age)
+                      clone_mode=config.clone_mode, flatten_rate=config.flatten_rate, job_max_age=config.job_max_age,
+                      wakeups=Wakeups(config.db_url))  # `strato servers migrate` and drains wake this node
     work.contexts.watch(app[SESSION_CLASS])  # commits that change a document push it again
     consoles = Consoles(hosts, app[SESSIONS], bind=config.tunnel_bind, ports=config.tunnel_port_range,
                         idle_timeout=config.tunnel_idle, token_ttl=config.console_token_ttl)

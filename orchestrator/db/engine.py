@@ -6,8 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event, false, select, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -58,6 +56,11 @@ def make_engine(url: str) -> AsyncEngine:
 
 
 def _upgrade(connection: Connection) -> None:
+    # Imported here: Alembic (and the Mako templates it loads) is a fifth of a command's start-up,
+    # and the commands that leave the schema to the running API node never migrate.
+    from alembic import command
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = connection

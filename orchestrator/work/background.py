@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from orchestrator.db.wake import Wakeups
 from orchestrator.domain.jobs import Reasons
 from orchestrator.domain.placement import Scheduler
 from orchestrator.hosts.pool import Hosts
@@ -40,7 +41,7 @@ class Work:
     def build(cls, sessions: async_sessionmaker, hosts: Hosts, scheduler: Scheduler, cluster: Cluster, *,
               context_document: BuildDocument, data_dir: Path, shutdown_window: float, heartbeat: float,
               clone_mode: CloneMode = "cow", flatten_rate: int | None = None,
-              job_max_age: float = 7 * 24 * 3600.0) -> Work:
+              job_max_age: float = 7 * 24 * 3600.0, wakeups: Wakeups | None = None) -> Work:
         tasks = Tasks()
         reasons = Reasons.under([data_dir])  # failed jobs may show paths in the data directory, no others
         scratch = data_dir / "transit"  # where images in transit between hosts wait
@@ -50,7 +51,7 @@ class Work:
         servers = ServerWork(sessions, hosts, tasks, scheduler, reasons, contexts, shutdown_window=shutdown_window,
                              flattens=flattens)
         clones = CloneWork(sessions, hosts, tasks, volumes, servers, scratch, cluster, flattens, clone_mode)
-        migrations = MigrationWork(sessions, hosts, tasks, scheduler, reasons, contexts, servers)
+        migrations = MigrationWork(sessions, hosts, tasks, scheduler, reasons, contexts, servers, cluster, wakeups)
         watch = HostWatch(sessions, hosts, tasks, servers, volumes, clones, contexts, migrations, cluster,
                           heartbeat=heartbeat)
         return cls(tasks, volumes, servers, clones, contexts, migrations, watch, cluster,
@@ -73,4 +74,5 @@ class Work:
 
     async def stop(self) -> None:
         await self.tasks.close()
+        await self.migrations.stop()
         await self.cluster.leave()

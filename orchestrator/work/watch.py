@@ -148,6 +148,10 @@ class HostWatch(Listener):
             return
         if uuid in self.migrations.moving:  # paused at its end, started on the target: it stays running
             return
+        if state == "paused":
+            async with self.sessions() as s:
+                if await self.migrations.moving_elsewhere(s, uuid):  # as above, on the node that moves it
+                    return
         if state == "stopped":
             reason = params.get("reason")
             if reason == "migrated":  # it runs on the target now (work/migrations.py)
@@ -186,6 +190,8 @@ class HostWatch(Listener):
                 elif server.status == Status.STARTING and (server.uuid in self.servers.booting
                                                            or ("server_start", server.uuid) in elsewhere):
                     continue  # a boot under way, here or on another live node
+                elif server.uuid in self.migrations.moving or ("server_migrate", server.uuid) in elsewhere:
+                    continue  # gone to the target just now: the node that moves it records where it is
                 else:
                     gone.append(server.uuid)
                     if domain is None or domain["state"] == "stopped":  # its guest ended while nobody listened

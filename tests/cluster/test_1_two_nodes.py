@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import uuid as uuid_module
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -241,3 +242,56 @@ def test_ten_concurrent_starts_with_mutual_avoid_over_both_nodes(cluster: Cluste
         for uuid in uuids:
             wait_for(lambda u=uuid: api.ok("GET", f"servers/{u}/")["status"] == "stopped", 120, "stopped")
             assert api.delete(f"servers/{uuid}/").status_code == 204
+
+
+def _migration(cluster: Cluster, node: str | None, *, queued: bool = False) -> str:
+    """A ``server_migrate`` job of the kind ``strato servers migrate`` queues, as the store has it
+    once ``node`` picked it up (or still queued): the rows, without a guest (these hosts, one
+    libvirtd, cannot migrate)."""
+    job = str(uuid_module.uuid4())
+    [owner] = cluster.sql("SELECT uuid FROM users WHERE email = $1", EMAIL)
+    cluster.sql("INSERT INTO jobs (uuid, owner_uuid, operation, state, progress, resources, source_uuid, params, "
+                "created, last_modified) VALUES ($1, $2, 'server_migrate', 'started', 0, '[]', $3, $4, now(), now())",
+                job, owner["uuid"], str(uuid_module.uuid4()),
+                json.dumps({"queued": queued, "to": None, "source": "h0", "target": "h1"}))
+    if node is not None:
+        cluster.sql("INSERT INTO job_leases (job_uuid, node) VALUES ($1, $2)", job, node)
+    return job
+
+
+def _node_id(cluster: Cluster, i: int) -> str:
+    """The id a node leases its jobs under (that of a drive_create job made through it)."""
+    drive = cluster.node(i).api.ok("POST", "drives/", {"objects": [{"name": f"whose-{i}", "size": 2**20,
+                                                                    "media": "disk"}]}, 201)["objects"][0]["uuid"]
+    [row] = cluster.sql("SELECT l.node FROM job_leases l JOIN jobs j ON j.uuid = l.job_uuid "
+                        "WHERE j.source_uuid = $1 AND j.operation = 'drive_create'", drive)
+    wait_for(lambda: cluster.node(i).api.ok("GET", f"drives/{drive}/")["status"] == "unmounted", 60, "created")
+    assert cluster.node(i).api.delete(f"drives/{drive}/").status_code == 204
+    return row["node"]
+
+
+def test_a_running_migration_belongs_to_its_node(cluster: Cluster) -> None:
+    """Issue 12: a picked-up migration is leased to the node running it.  When node B restarts, the
+    migration node A runs is left to A (it used to be failed by every starting node); B's own and a
+    dead node's end failed, saying why; a queued one is picked up and leased to the node that runs it."""
+    a, b = cluster.node(0), cluster.node(1)
+    node_a, node_b = _node_id(cluster, 0), _node_id(cluster, 1)
+    assert node_a != node_b
+    on_a, on_b, on_dead = _migration(cluster, node_a), _migration(cluster, node_b), _migration(cluster, "gone-1")
+    try:
+        b.server.stop()  # a clean stop: B leaves the cluster at once
+        b.server.start()
+        wait_for(lambda: len(cluster.sql("SELECT id FROM api_nodes WHERE expires > now()")) == 2, 60, "B back")
+        assert b.api.ok("GET", f"jobs/{on_a}/")["state"] == "started"
+        for job in (on_b, on_dead):
+            seen = b.api.ok("GET", f"jobs/{job}/")
+            assert seen["state"] == "failed" and "stopped before it ended" in seen["data"]["error"], seen
+        assert a.api.ok("GET", f"jobs/{on_a}/")["state"] == "started"  # and A did not fail it either
+
+        queued = _migration(cluster, None, queued=True)  # its server is gone: whoever runs it fails it
+        wait_for(lambda: a.api.ok("GET", f"jobs/{queued}/")["state"] == "failed", 30, "the queued one run")
+        [lease] = cluster.sql("SELECT node FROM job_leases WHERE job_uuid = $1", queued)
+        alive = {r["id"] for r in cluster.sql("SELECT id FROM api_nodes WHERE expires > now()")}
+        assert lease["node"] in alive, (lease, alive)
+    finally:
+        cluster.sql("UPDATE jobs SET state = 'failed', error = 'test over' WHERE uuid = $1", on_a)

@@ -311,6 +311,38 @@ def test_target_libvirtd_killed_mid_migration(cloud: Cloud, mover: str) -> None:
         wait_for(lambda: cloud.hosts_list()[target.name]["state"] == "up", 120, "target up again")
 
 
+def test_api_node_killed_mid_migration(cloud: Cloud, mover: str) -> None:
+    """The API node is killed (-9) while the guest streams.  Restarted, it fails the job (the node
+    that ran it is gone) and the store follows the guest to where libvirt ran the migration to:
+    the server is running on that host, in the API and in that host's libvirtd, and nowhere else."""
+    uuid = mover
+    source = the_host(cloud, uuid)
+    target = next(h for h in cloud.hosts.hosts if h.name != source)
+    wait_ticks(cloud, source, uuid, 20)
+    result: dict[str, Any] = {}
+    command = threading.Thread(target=lambda: result.update(migrate(cloud, uuid, "--to", target.name)))
+    command.start()
+    wait_for(lambda: target.name in cloud.defined_on(uuid), 120, "the incoming domain on the target", interval=0.05)
+    assert cloud.server.proc is not None
+    cloud.server.proc.kill()
+    cloud.server.proc.wait()
+    wait_for(lambda: cloud.running_on(uuid) in ([source], [target.name]) and cloud.defined_on(uuid)
+             == cloud.running_on(uuid), 120, "libvirt done with the migration")  # one way or the other
+    [now] = cloud.running_on(uuid)
+    cloud.server.start()
+    command.join(300)
+    assert result["returncode"] == 1 and result["state"] == "failed", result
+    assert "stopped before it ended" in result["error"], result
+    wait_for(lambda: cloud.hosts_list()[now]["servers"] == 1, 120, f"the server recorded on {now}")
+    time.sleep(5)  # five heartbeats (STRATO_HEARTBEAT 1): a reconciliation that got it wrong has acted
+    assert status(cloud.api, uuid) == "running"
+    assert cloud.running_on(uuid) == [now] and cloud.defined_on(uuid) == [now]
+    assert {name: h["servers"] for name, h in cloud.hosts_list().items()} == {
+        h.name: int(h.name == now) for h in cloud.hosts.hosts}
+    seen = ticks(cloud, now, uuid)[-1][0]
+    wait_ticks(cloud, now, uuid, seen + 10)  # the guest goes on where it is
+
+
 def test_evacuate_a_dead_host_restarts_its_servers_elsewhere(cloud: Cloud, mover: str) -> None:
     """The host of a server on shared storage dies: evacuate --cold boots it on another host."""
     dead = cloud.host(the_host(cloud, mover))
