@@ -144,11 +144,10 @@ async def get(request: web.Request) -> web.Response:
     """The caller's drive, or a library drive in drive shape with ``owner: null`` (spec §20.2)."""
     fields = request.query.get("fields")
     only = {f.strip() for f in fields.split(",")} if fields else None
-    async with reading(request) as conn:
-        drive = await READER.owned(conn, caller(request), request.match_info["uuid"])
-        if drive is not None:
-            return respond(DRIVE.dump(drive, only=only))
-        library = await READER.one(conn, [Drive.owner_uuid.is_(None), Drive.uuid == request.match_info["uuid"]])
+    drive = await READER.owned(reading(request), caller(request), request.match_info["uuid"])
+    if drive is not None:
+        return respond(DRIVE.dump(drive, only=only))
+    library = await READER.one(reading(request), [Drive.owner_uuid.is_(None), Drive.uuid == request.match_info["uuid"]])
     if library is None:
         raise notexist("Drive")
     return respond({**DRIVE.dump(library, only=only), **LIBRARY_AS_DRIVE})

@@ -17,11 +17,12 @@ from sqlalchemy.orm import joinedload, selectinload
 from orchestrator.api.fields import Invalid, ListQuery, Resource, ref_id
 from orchestrator.api.rows import Rows
 from orchestrator.db.engine import lock_rows
+from orchestrator.db.reads import Reads
 from orchestrator.domain.errors import DomainError, invalid, notexist
 from orchestrator.domain.uris import API_ROOT
 from orchestrator.web.auth import auth_policy
 from orchestrator.web.errors import respond
-from orchestrator.web.keys import ENGINE, SESSIONS, USER
+from orchestrator.web.keys import READS, SESSIONS, USER
 
 T = TypeVar("T")
 
@@ -102,9 +103,10 @@ def parse_json(raw: bytes) -> Any:
 JSON_MEDIA = re.compile(r"application/([a-z0-9.+-]+\+)?json")
 
 
-def reading(request: web.Request) -> Any:
-    """A Core connection for reads rendered from :class:`Rows` (no ORM session, nothing to commit)."""
-    return request.app[ENGINE].connect()
+def reading(request: web.Request) -> Reads:
+    """Where reads rendered from :class:`Rows` run: the driver's connection (no ORM session,
+    nothing to commit; ``orchestrator/db/reads.py``)."""
+    return request.app[READS]
 
 
 async def read_json(request: web.Request, *, empty: Any = None) -> Any:
@@ -191,9 +193,8 @@ async def list_view(request: web.Request, resource: Resource, stmt: Select[Any],
     With a ``reader`` the rows are read with Core (``stmt`` gives only its where-clause)."""
     lq = list_query(request, resource)
     if reader is not None:
-        async with reading(request) as conn:
-            where = [stmt.whereclause, *lq.where] if stmt.whereclause is not None else lq.where
-            rows, total = await reader.page(conn, where, lq.order_by, lq.offset, lq.limit)
+        where = [stmt.whereclause, *lq.where] if stmt.whereclause is not None else lq.where
+        rows, total = await reader.page(reading(request), where, lq.order_by, lq.offset, lq.limit)
     else:
         async with session(request) as s:
             rows, total = await page(s, stmt, lq)
@@ -205,8 +206,7 @@ async def list_view(request: web.Request, resource: Resource, stmt: Select[Any],
 
 async def read_one(request: web.Request, reader: Rows, what: str) -> Any:
     """The caller's row named by the path's ``uuid``, read with Core; 404 when there is none."""
-    async with reading(request) as conn:
-        row = await reader.owned(conn, caller(request), request.match_info["uuid"])
+    row = await reader.owned(reading(request), caller(request), request.match_info["uuid"])
     if row is None:
         raise notexist(what)
     return row
@@ -270,8 +270,7 @@ async def created(request: web.Request, resource: Resource, rows: Select[Any], m
                   uuids: list[str], reader: Rows | None = None) -> web.Response:
     """201 with the new objects in full view, in request order, always in ``objects`` (spec §7.1)."""
     if reader is not None:
-        async with reading(request) as conn:
-            page_rows, _ = await reader.page(conn, [rows.whereclause, model.uuid.in_(uuids)], ())
+        page_rows, _ = await reader.page(reading(request), [rows.whereclause, model.uuid.in_(uuids)], ())
         found = {row.uuid: row for row in page_rows}
     else:
         async with session(request) as s:

@@ -170,7 +170,8 @@ SERVER = Resource("servers", list_methods=("get", "put", "delete", "post"), defa
 
 routes = web.RouteTableDef()
 RELATED = (Server.drive_links, Server.tag_links, Server.job_links)  # what a rendering reads
-READER = Rows(Server, RELATED, omit=("created",), verbatim=SERVER.plain)  # created: only ordered by
+# created: only ordered by; host, avoid: the scheduler's
+READER = Rows(Server, RELATED, omit=("created", "host", "avoid"), verbatim=SERVER.plain)
 
 
 def owned(request: web.Request) -> Select[Any]:
