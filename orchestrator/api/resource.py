@@ -20,7 +20,7 @@ from orchestrator.db.engine import lock_rows
 from orchestrator.db.reads import Reads
 from orchestrator.domain.errors import DomainError, invalid, notexist
 from orchestrator.domain.uris import API_ROOT
-from orchestrator.web.auth import auth_policy
+from orchestrator.web.auth import CallerDisabled, auth_policy
 from orchestrator.web.errors import respond
 from orchestrator.web.keys import READS, SESSIONS, USER
 
@@ -206,7 +206,9 @@ async def list_view(request: web.Request, resource: Resource, stmt: Select[Any],
 
 async def read_one(request: web.Request, reader: Rows, what: str) -> Any:
     """The caller's row named by the path's ``uuid``, read with Core; 404 when there is none."""
-    row = await reader.owned(reading(request), caller(request), request.match_info["uuid"])
+    enabled, row = await reader.owned(reading(request), caller(request), request.match_info["uuid"])
+    if not enabled:
+        raise CallerDisabled()  # the auth middleware answers as for a wrong credential
     if row is None:
         raise notexist(what)
     return row

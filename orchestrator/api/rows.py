@@ -35,6 +35,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    and_,
     bindparam,
     cast,
     func,
@@ -42,6 +43,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
+from orchestrator.db.models import User
 from orchestrator.db.reads import Reads
 
 
@@ -133,9 +135,15 @@ class Rows:
 
     @cached_property
     def _owned(self) -> dict[str, Select[Any]]:
-        """Per dialect: one owner's row by uuid, with parameters (a constant statement: prepared)."""
-        c = self.table.c
-        return {d: s.where(c.owner_uuid == bindparam("owner"), c.uuid == bindparam("uuid"))
+        """Per dialect: one owner's row by uuid, with parameters (a constant statement: prepared).
+        Read from the owner's user row, outer-joined: no row at all says the owner is disabled (or
+        gone), a row without the object's columns that the object is not theirs; so the request
+        needs no statement of its own to check its caller (``orchestrator/web/auth.py``)."""
+        c, users = self.table.c, User.__table__
+        mine = and_(c.owner_uuid == users.c.uuid, c.uuid == bindparam("uuid"))
+        return {d: s.add_columns(users.c.uuid.label("caller"))
+                .select_from(users.outerjoin(self.table, mine))
+                .where(users.c.uuid == bindparam("owner"), users.c.disabled.is_(False))
                 for d, s in self._selects.items()}
 
     def _converters(self, dialect: str) -> Callable[[Sequence[Any]], RowView]:
@@ -191,10 +199,18 @@ class Rows:
             total = count or 0
         return rows, total
 
-    async def owned(self, reads: Reads, owner: str, uuid: str) -> RowView | None:
-        """The owner's row ``uuid`` with its related rows, in one prepared statement."""
+    async def owned(self, reads: Reads, owner: str, uuid: str) -> tuple[bool, RowView | None]:
+        """Whether ``owner`` is an enabled user, and their row ``uuid`` with its related rows (None:
+        not theirs), in one prepared statement."""
         found = await reads.fetch(self._owned[reads.dialect.name], {"owner": owner, "uuid": uuid}, prepared=True)
-        return self._views[reads.dialect.name](found[0]) if found else None
+        if not found:
+            return False, None
+        values = found[0]  # the view reads the columns by position: the trailing ``caller`` is left
+        return True, self._views[reads.dialect.name](values) if values[self._uuid] is not None else None
+
+    @cached_property
+    def _uuid(self) -> int:
+        return [c.key for c in self._columns].index("uuid")
 
     async def one(self, reads: Reads, where: Sequence[ColumnElement[bool]]) -> RowView | None:
         """The first row matching ``where`` with its related rows."""

@@ -42,6 +42,7 @@ from orchestrator.domain.drives import refresh_mount_status
 from orchestrator.domain.errors import DomainError, invalid
 from orchestrator.domain.servers import Bulk, delete_servers, write_server
 from orchestrator.domain.uris import link
+from orchestrator.web.auth import confirms_caller
 from orchestrator.web.keys import CAPABILITIES, WORK
 from orchestrator.work.background import Work
 
@@ -210,6 +211,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 @routes.get(path("servers/{uuid}"))
+@confirms_caller
 async def get(request: web.Request) -> web.Response:
     server = await read_one(request, READER, "Server")
     attach_stats(request.app[WORK], [server])
@@ -217,6 +219,7 @@ async def get(request: web.Request) -> web.Response:
 
 
 @routes.get(path("servers/{uuid}/runtime"))
+@confirms_caller
 async def runtime(request: web.Request) -> web.Response:
     server = await read_one(request, READER, "Server")
     attach_stats(request.app[WORK], [server])

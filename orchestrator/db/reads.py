@@ -113,6 +113,11 @@ class SqliteReads(Reads):
         return await self._raw.fetch(sql, args)
 
 
+async def _kept(_conn: asyncpg.Connection) -> None:
+    """No reset when a connection goes back to the pool: asyncpg's own (``RESET ALL``, ``UNLISTEN *``,
+    ...) is a round trip per read, and these connections run nothing but reads."""
+
+
 class PgReads(Reads):
     def __init__(self, engine: AsyncEngine, pool: asyncpg.Pool) -> None:
         super().__init__(engine.dialect)
@@ -121,7 +126,7 @@ class PgReads(Reads):
     @classmethod
     async def open(cls, engine: AsyncEngine) -> PgReads:
         url = engine.url.render_as_string(hide_password=False)
-        pool = await asyncpg.create_pool(asyncpg_dsn(url), min_size=PG_POOL[0], max_size=PG_POOL[1])
+        pool = await asyncpg.create_pool(asyncpg_dsn(url), min_size=PG_POOL[0], max_size=PG_POOL[1], reset=_kept)
         return cls(engine, pool)
 
     async def close(self) -> None:
