@@ -6,7 +6,7 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable
-from functools import partial
+from functools import cache, partial
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -257,15 +257,22 @@ def detail_view(routes: web.RouteTableDef, resource: Resource, one: Callable[[we
     routes.get(path(f"{collection or resource.name}/{{uuid}}"))(detail)
 
 
+@cache
+def _loading(model: Any, related: tuple[Any, ...], joined: bool) -> Select[Any]:
+    """``select(model)`` with its loader options, built once: building the options cost more than
+    the rest of a PUT's statement (bench/api.py's writer)."""
+    load = joinedload if joined else selectinload
+    return select(model).options(*(load(r) for r in related))
+
+
 def owned_rows(model: Any, related: tuple[Any, ...], owner: str) -> Select[Any]:
     """The owner's rows with what their rendering reads, loaded per relation (lists)."""
-    return select(model).where(model.owner_uuid == owner).options(*(selectinload(r) for r in related))
+    return _loading(model, related, False).where(model.owner_uuid == owner)
 
 
 def owned_row(model: Any, related: tuple[Any, ...], owner: str, uuid: str) -> Select[Any]:
     """One of the owner's rows: a single joined query beats a query per relation."""
-    return (select(model).where(model.owner_uuid == owner, model.uuid == uuid)
-            .options(*(joinedload(r) for r in related)))
+    return _loading(model, related, True).where(model.owner_uuid == owner, model.uuid == uuid)
 
 
 async def created(request: web.Request, resource: Resource, rows: Select[Any], model: Any,
