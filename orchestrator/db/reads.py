@@ -32,7 +32,7 @@ from sqlalchemy.sql import Select
 from orchestrator.db import sqlite_inline
 from orchestrator.db.notify import asyncpg_dsn
 
-PG_POOL = (1, 8)  # asyncpg connections for reads (min, max); each statement is short
+PG_POOL = (8, 8)  # asyncpg connections for reads (min, max), all opened at start: none is made mid-load
 
 
 @dataclass(frozen=True)
