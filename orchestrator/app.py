@@ -35,6 +35,7 @@ from orchestrator.config import Config
 from orchestrator.db.engine import make_engine, make_sessionmaker, migrate
 from orchestrator.db.models import User
 from orchestrator.db.notify import Bus
+from orchestrator.db.reads import Reads
 from orchestrator.db.wake import Wakeups
 from orchestrator.domain import pool_room, quotas
 from orchestrator.domain.capabilities import Capabilities
@@ -60,6 +61,7 @@ from orchestrator.web.keys import (
     FEED,
     HOSTS,
     NODE,
+    READS,
     SCHEDULER,
     SESSION_CLASS,
     SESSIONS,
@@ -89,7 +91,8 @@ async def database(app: web.Application) -> AsyncIterator[None]:
     tag_jobs(session_class, app[NODE])  # the jobs this node starts are leased to it
     pool_room.watch(session_class, app[CONFIG].storage_overcommit)  # and the pools the drives are in
     app[SESSION_CLASS], app[SESSIONS] = session_class, make_sessionmaker(engine, session_class)
-    app[AUTH] = Authenticator(app[SESSIONS])
+    app[READS] = await Reads.open(engine)
+    app[AUTH] = Authenticator(app[SESSIONS], app[READS])
     app[COOKIES] = CookieStore(app[SESSIONS])
     app[UPLOADS] = Uploads(app[CONFIG].upload_dir or app[CONFIG].data_dir / "uploads", app[SESSIONS], app[NODE])
     if bus is not None:
@@ -97,6 +100,7 @@ async def database(app: web.Application) -> AsyncIterator[None]:
     yield
     if bus is not None:
         await bus.stop()
+    await app[READS].close()
     await engine.dispose()
 
 

@@ -47,6 +47,7 @@ from orchestrator.domain.drives import check_size, delete_drives, new_drive, rou
 from orchestrator.domain.errors import DomainError, invalid, notexist
 from orchestrator.domain.tagging import TagLookup, set_resource_tags
 from orchestrator.domain.uris import link
+from orchestrator.web.auth import CallerDisabled, confirms_caller
 from orchestrator.web.keys import CAPABILITIES, SCHEDULER, SESSIONS, UPLOADS, WORK
 
 
@@ -147,15 +148,17 @@ async def create(request: web.Request) -> web.Response:
 
 
 @routes.get(path("drives/{uuid}"))
+@confirms_caller
 async def get(request: web.Request) -> web.Response:
     """The caller's drive, or a library drive in drive shape with ``owner: null`` (spec §20.2)."""
     fields = request.query.get("fields")
     only = {f.strip() for f in fields.split(",")} if fields else None
-    async with reading(request) as conn:
-        drive = await READER.owned(conn, caller(request), request.match_info["uuid"])
-        if drive is not None:
-            return respond(DRIVE.dump(drive, only=only))
-        library = await READER.one(conn, [Drive.owner_uuid.is_(None), Drive.uuid == request.match_info["uuid"]])
+    enabled, drive = await READER.owned(reading(request), caller(request), request.match_info["uuid"])
+    if not enabled:
+        raise CallerDisabled()  # the auth middleware answers as for a wrong credential
+    if drive is not None:
+        return respond(DRIVE.dump(drive, only=only))
+    library = await READER.one(reading(request), [Drive.owner_uuid.is_(None), Drive.uuid == request.match_info["uuid"]])
     if library is None:
         raise notexist("Drive")
     return respond({**DRIVE.dump(library, only=only), **LIBRARY_AS_DRIVE})

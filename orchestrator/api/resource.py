@@ -6,7 +6,7 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable
-from functools import partial
+from functools import cache, partial
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -17,11 +17,12 @@ from sqlalchemy.orm import joinedload, selectinload
 from orchestrator.api.fields import Invalid, ListQuery, Resource, ref_id
 from orchestrator.api.rows import Rows
 from orchestrator.db.engine import lock_rows
+from orchestrator.db.reads import Reads
 from orchestrator.domain.errors import DomainError, invalid, notexist
 from orchestrator.domain.uris import API_ROOT
-from orchestrator.web.auth import auth_policy
+from orchestrator.web.auth import CallerDisabled, auth_policy
 from orchestrator.web.errors import respond
-from orchestrator.web.keys import ENGINE, SESSIONS, USER
+from orchestrator.web.keys import READS, SESSIONS, USER
 
 T = TypeVar("T")
 
@@ -102,9 +103,10 @@ def parse_json(raw: bytes) -> Any:
 JSON_MEDIA = re.compile(r"application/([a-z0-9.+-]+\+)?json")
 
 
-def reading(request: web.Request) -> Any:
-    """A Core connection for reads rendered from :class:`Rows` (no ORM session, nothing to commit)."""
-    return request.app[ENGINE].connect()
+def reading(request: web.Request) -> Reads:
+    """Where reads rendered from :class:`Rows` run: the driver's connection (no ORM session,
+    nothing to commit; ``orchestrator/db/reads.py``)."""
+    return request.app[READS]
 
 
 async def read_json(request: web.Request, *, empty: Any = None) -> Any:
@@ -204,9 +206,8 @@ async def list_view(request: web.Request, resource: Resource, stmt: Select[Any],
     With a ``reader`` the rows are read with Core (``stmt`` gives only its where-clause)."""
     lq = list_query(request, resource)
     if reader is not None:
-        async with reading(request) as conn:
-            where = [stmt.whereclause, *lq.where] if stmt.whereclause is not None else lq.where
-            rows, total = await reader.page(conn, where, lq.order_by, lq.offset, lq.limit)
+        where = [stmt.whereclause, *lq.where] if stmt.whereclause is not None else lq.where
+        rows, total = await reader.page(reading(request), where, lq.order_by, lq.offset, lq.limit)
     else:
         async with session(request) as s:
             rows, total = await page(s, stmt, lq)
@@ -218,8 +219,9 @@ async def list_view(request: web.Request, resource: Resource, stmt: Select[Any],
 
 async def read_one(request: web.Request, reader: Rows, what: str) -> Any:
     """The caller's row named by the path's ``uuid``, read with Core; 404 when there is none."""
-    async with reading(request) as conn:
-        row = await reader.owned(conn, caller(request), request.match_info["uuid"])
+    enabled, row = await reader.owned(reading(request), caller(request), request.match_info["uuid"])
+    if not enabled:
+        raise CallerDisabled()  # the auth middleware answers as for a wrong credential
     if row is None:
         raise notexist(what)
     return row
@@ -268,23 +270,29 @@ def detail_view(routes: web.RouteTableDef, resource: Resource, one: Callable[[we
     routes.get(path(f"{collection or resource.name}/{{uuid}}"))(detail)
 
 
+@cache
+def _loading(model: Any, related: tuple[Any, ...], joined: bool) -> Select[Any]:
+    """``select(model)`` with its loader options, built once: building the options cost more than
+    the rest of a PUT's statement (bench/api.py's writer)."""
+    load = joinedload if joined else selectinload
+    return select(model).options(*(load(r) for r in related))
+
+
 def owned_rows(model: Any, related: tuple[Any, ...], owner: str) -> Select[Any]:
     """The owner's rows with what their rendering reads, loaded per relation (lists)."""
-    return select(model).where(model.owner_uuid == owner).options(*(selectinload(r) for r in related))
+    return _loading(model, related, False).where(model.owner_uuid == owner)
 
 
 def owned_row(model: Any, related: tuple[Any, ...], owner: str, uuid: str) -> Select[Any]:
     """One of the owner's rows: a single joined query beats a query per relation."""
-    return (select(model).where(model.owner_uuid == owner, model.uuid == uuid)
-            .options(*(joinedload(r) for r in related)))
+    return _loading(model, related, True).where(model.owner_uuid == owner, model.uuid == uuid)
 
 
 async def created(request: web.Request, resource: Resource, rows: Select[Any], model: Any,
                   uuids: list[str], reader: Rows | None = None) -> web.Response:
     """201 with the new objects in full view, in request order, always in ``objects`` (spec §7.1)."""
     if reader is not None:
-        async with reading(request) as conn:
-            page_rows, _ = await reader.page(conn, [rows.whereclause, model.uuid.in_(uuids)], ())
+        page_rows, _ = await reader.page(reading(request), [rows.whereclause, model.uuid.in_(uuids)], ())
         found = {row.uuid: row for row in page_rows}
     else:
         async with session(request) as s:

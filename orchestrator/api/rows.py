@@ -1,12 +1,14 @@
-"""Rows for output read with SQLAlchemy Core: a model's columns and the related rows its
-rendering reads, without building ORM objects (the identity map, instance state and
-relationship collections cost more than the query on a 1,000-row list).
+"""Rows for output, read below the ORM and below SQLAlchemy's execution (``orchestrator/db/reads.py``):
+a model's columns and the related rows its rendering reads, as plain attributes.
 
-A page is one query for the rows plus one per relationship, ``WHERE <foreign key> IN (<the
-page's keys>)``, and a ``count(*)`` only when the page cannot tell the total (a full ``limit``);
-one row is a single statement with the relationships outer-joined (as ``joinedload`` does).
-The field tables read both through attribute access, as they read ORM rows, so a
-:class:`RowView` is what they get.
+A page, or one row, is one statement: each relationship is a column of its own, the related rows
+aggregated in SQL into a JSON array per row (``json_group_array`` on SQLite, ``json_agg`` on
+PostgreSQL), correlated on the row's key.  No query per object and none per relationship; the
+arrays are decoded by msgspec straight into small structs (one per related table), whose
+attributes the field tables' getters read as they read ORM objects.
+
+The statements are built once per model (and per dialect) with their parameters as bind
+parameters; a page's filters make a statement of their own, compiled for that request.
 
 JSON columns a field shows as stored (``verbatim``: meta, requirements, ...) are read as their
 text and handed to the encoder as ``msgspec.Raw``: neither decoded nor encoded again.
@@ -14,14 +16,35 @@ text and handed to the encoder as ``msgspec.Raw``: neither decoded nor encoded a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
 
 import msgspec
-from sqlalchemy import JSON, ColumnElement, Select, Table, Text, bindparam, cast, func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ColumnElement,
+    DateTime,
+    Integer,
+    Select,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    and_,
+    bindparam,
+    cast,
+    func,
+    select,
+)
+from sqlalchemy.dialects.postgresql import aggregate_order_by
+
+from orchestrator.db.models import User
+from orchestrator.db.reads import Reads
 
 
 class RowView:
@@ -37,16 +60,29 @@ class _Relation:
     table: Table                 # the child table
     parent: str                  # the parent's key column name (``uuid``)
     child: str                   # the child's column naming its parent (``server_uuid``)
-    order: tuple[str, ...]       # the relationship's order_by, child column names
-    primary: tuple[str, ...]     # the child's primary key column names
+    order: tuple[str, ...]       # the relationship's order_by (else the primary key), child column names
+    columns: tuple[str, ...]     # the child's columns read
+    decoder: msgspec.json.Decoder[Any] = field(compare=False)  # the JSON array → list of structs
 
 
 def _relation(attribute: Any) -> _Relation:
     prop = attribute.property
     ((local, remote),) = prop.local_remote_pairs
     table = prop.mapper.local_table
-    order = tuple(c.key for c in (prop.order_by or ()))
-    return _Relation(prop.key, table, local.key, remote.key, order, tuple(c.key for c in table.primary_key))
+    for c in table.c:
+        # The aggregate carries JSON's values: text and numbers come back as the column held them
+        # (booleans would be 0/1 on SQLite, datetimes text); another type would need converting.
+        assert isinstance(c.type, String | Integer), f"{table.name}.{c.key}: related columns are text or integers"
+    order = tuple(c.key for c in (prop.order_by or ())) or tuple(c.key for c in table.primary_key)
+    # array_like: the aggregate writes each row as an array, in column order
+    columns = tuple(c.key for c in table.c if c.key != remote.key)  # not the parent's key again
+    struct = msgspec.defstruct(f"{table.name}_row", [(k, Any) for k in columns], array_like=True)
+    return _Relation(prop.key, table, local.key, remote.key, order, columns, msgspec.json.Decoder(list[struct]))
+
+
+def _utc(text: str) -> datetime:
+    value = datetime.fromisoformat(text)  # SQLite keeps no offset: the store's datetimes are UTC
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -69,106 +105,114 @@ class Rows:
         return self.model.__table__  # type: ignore[no-any-return]
 
     @cached_property
-    def columns(self) -> list[Any]:
-        # the text itself: a cast in SQL (asyncpg's JSON codec would decode a mere type_coerce)
-        return [cast(c, Text).label(c.key) if c.key in self.raw else c
+    def _columns(self) -> list[Any]:
+        # JSON as its text, on every store (asyncpg would decode json otherwise): decoded here, or not at all
+        return [cast(c, Text).label(c.key) if isinstance(c.type, JSON) else c
                 for c in self.table.c if c.key not in self.omit]
 
+    def _aggregate(self, rel: _Relation, dialect: str) -> ColumnElement[Any]:
+        """The related rows of the outer row as one JSON array of arrays, in the relationship's order."""
+        child, parent = rel.table, self.table
+        owned = child.c[rel.child] == parent.c[rel.parent]
+        order = [child.c[k] for k in rel.order]
+        if dialect == "postgresql":
+            rows = func.json_agg(aggregate_order_by(func.json_build_array(*(child.c[k] for k in rel.columns)), *order))
+            found = select(rows).where(owned).correlate(parent).scalar_subquery()
+            return func.coalesce(cast(found, Text), "[]").label(rel.key)
+        # SQLite (3.40) has no ORDER BY inside an aggregate: the rows come ordered from a subquery.
+        ordered = select(*(child.c[k] for k in rel.columns)).where(owned).order_by(*order).correlate(parent).subquery()
+        return select(func.json_group_array(func.json_array(*ordered.c))).scalar_subquery().label(rel.key)
+
     @cached_property
-    def raw(self) -> frozenset[str]:
-        """The verbatim JSON columns: read as text, output as ``msgspec.Raw``."""
-        return frozenset(c.key for c in self.table.c
-                         if c.key in self.verbatim and c.key not in self.omit and isinstance(c.type, JSON))
+    def _selects(self) -> dict[str, Select[Any]]:
+        """Per dialect: the columns and each relationship's aggregate (built once: building costs
+        more than running)."""
+        return {d: select(*self._columns, *(self._aggregate(r, d) for r in self.relations))
+                for d in ("sqlite", "postgresql")}
 
-    def _view(self, names: Sequence[str], values: Sequence[Any]) -> RowView:
-        row = RowView(zip(names, values, strict=True))
-        for key in self.raw:
-            if (text := row.__dict__[key]) is not None:
-                row.__dict__[key] = msgspec.Raw(text)
-        return row
+    def _select(self, reads: Reads) -> Select[Any]:
+        return self._selects[reads.dialect.name]
 
-    async def page(self, conn: AsyncConnection, where: Sequence[ColumnElement[bool]], order_by: Sequence[Any],
+    @cached_property
+    def _owned(self) -> dict[str, Select[Any]]:
+        """Per dialect: one owner's row by uuid, with parameters (a constant statement: prepared).
+        Read from the owner's user row, outer-joined: no row at all says the owner is disabled (or
+        gone), a row without the object's columns that the object is not theirs; so the request
+        needs no statement of its own to check its caller (``orchestrator/web/auth.py``)."""
+        c, users = self.table.c, User.__table__
+        mine = and_(c.owner_uuid == users.c.uuid, c.uuid == bindparam("uuid"))
+        return {d: s.add_columns(users.c.uuid.label("caller"))
+                .select_from(users.outerjoin(self.table, mine))
+                .where(users.c.uuid == bindparam("owner"), users.c.disabled.is_(False))
+                for d, s in self._selects.items()}
+
+    def _converters(self, dialect: str) -> Callable[[Sequence[Any]], RowView]:
+        """``driver row → RowView`` for this dialect, each column's value as the ORM would give it;
+        generated as one dict display (as ``fields._dumper`` generates a view's dump): a 10,000-row
+        list then runs no loop over the columns per row."""
+        env: dict[str, Any] = {"RowView": RowView}
+        items = []
+        for i, c in enumerate(c for c in self.table.c if c.key not in self.omit):
+            kind = c.type.impl if isinstance(c.type, TypeDecorator) else c.type
+            if isinstance(kind, JSON):
+                to: Callable[[Any], Any] | None = msgspec.Raw if c.key in self.verbatim else msgspec.json.decode
+            elif dialect == "sqlite" and isinstance(kind, Boolean):
+                to = bool
+            elif dialect == "sqlite" and isinstance(kind, DateTime):
+                to = _utc
+            else:
+                assert dialect != "sqlite" or isinstance(kind, String | Integer | BigInteger), \
+                    f"{c}: a column type the reader does not convert"
+                to = None
+            if to is None:
+                items.append(f"{c.key!r}: v[{i}]")
+            else:
+                env[f"to{i}"] = to
+                items.append(f"{c.key!r}: to{i}(v[{i}])" if not c.nullable
+                             else f"{c.key!r}: None if v[{i}] is None else to{i}(v[{i}])")
+        start = len(self._columns)
+        for j, r in enumerate(self.relations):
+            env[f"rel{j}"] = r.decoder.decode
+            items.append(f"{r.key!r}: rel{j}(v[{start + j}])")  # never null: [] for none
+        # the source holds only column names, checked identifiers
+        assert all(c.key.isidentifier() for c in self.table.c)
+        exec(f"def view(v):\n    row = RowView()\n    row.__dict__.update({{{', '.join(items)}}})\n"
+             "    return row\n", env)
+        return env["view"]  # type: ignore[no-any-return]
+
+    @cached_property
+    def _views(self) -> dict[str, Callable[[Sequence[Any]], RowView]]:
+        return {d: self._converters(d) for d in ("sqlite", "postgresql")}
+
+    async def page(self, reads: Reads, where: Sequence[ColumnElement[bool]], order_by: Sequence[Any],
                    offset: int = 0, limit: int = 0) -> tuple[list[RowView], int]:
         """One page (``limit`` 0: every row from ``offset``) and the total count after ``where``."""
-        stmt: Select[Any] = select(*self.columns).where(*where).order_by(*order_by).offset(offset)
+        stmt = self._select(reads).where(*where).order_by(*order_by).offset(offset)
         if limit:
             stmt = stmt.limit(limit)
-        result = await conn.execute(stmt)
-        names = list(result.keys())
-        rows = [self._view(names, values) for values in result.all()]
+        view = self._views[reads.dialect.name]
+        rows = [view(values) for values in await reads.fetch(stmt)]
         if (rows or not offset) and (not limit or len(rows) < limit):
             total = offset + len(rows)  # the page reached the end
         else:  # a full page, or past the end: count
-            total = await conn.scalar(select(func.count()).select_from(self.table).where(*where)) or 0
-        if rows and self.relations:
-            await self._attach(conn, rows, where, stmt if limit or offset else None)
+            (count,), = await reads.fetch(select(func.count()).select_from(self.table).where(*where))
+            total = count or 0
         return rows, total
 
-    async def _attach(self, conn: AsyncConnection, rows: list[RowView], where: Sequence[ColumnElement[bool]],
-                      page: Select[Any] | None) -> None:
-        """Each relationship's rows for the page: keyed by the page's rows (``page``: when it is
-        not every row ``where`` selects), one query per relationship."""
-        for rel in self.relations:
-            parents = {getattr(row, rel.parent): row for row in rows}
-            for row in rows:
-                setattr(row, rel.key, [])
-            parent = self.table.c[rel.parent]
-            keys = (select(parent).where(*where) if page is None
-                    else select(page.with_only_columns(parent).subquery()))
-            child = rel.table.c[rel.child]
-            result = await conn.execute(select(rel.table).where(child.in_(keys))
-                                        .order_by(child, *(rel.table.c[k] for k in rel.order)))
-            position = list(result.keys()).index(rel.child)
-            for item in result.all():
-                owner = parents.get(item[position])
-                if owner is not None:
-                    getattr(owner, rel.key).append(item)
-
-    async def owned(self, conn: AsyncConnection, owner: str, uuid: str) -> RowView | None:
-        """The owner's row ``uuid`` with its related rows, in one joined statement."""
-        return await self.one(conn, self._owned, {"owner": owner, "uuid": uuid})
-
-    async def one(self, conn: AsyncConnection, where: Sequence[ColumnElement[bool]] | Select[Any],
-                  params: dict[str, Any] | None = None) -> RowView | None:
-        """The first row matching ``where`` (or the statement :attr:`_owned` built) with its related rows."""
-        stmt, parts = self._joined
-        result = (await conn.execute(where if isinstance(where, Select) else stmt.where(*where), params)).all()
-        if not result:
-            return None
-        (_, names, start, stop, _), *relations = parts
-        row = self._view(names, result[0][start:stop])
-        for key, names, start, stop, primary in relations:
-            seen: dict[tuple[Any, ...], RowView] = {}
-            for values in result:
-                part = values[start:stop]
-                pk = tuple(part[k] for k in primary)
-                if pk not in seen and any(v is not None for v in pk):
-                    seen[pk] = RowView(zip(names, part, strict=True))
-            setattr(row, key, list(seen.values()))
-        return row
+    async def owned(self, reads: Reads, owner: str, uuid: str) -> tuple[bool, RowView | None]:
+        """Whether ``owner`` is an enabled user, and their row ``uuid`` with its related rows (None:
+        not theirs), in one prepared statement."""
+        found = await reads.fetch(self._owned[reads.dialect.name], {"owner": owner, "uuid": uuid}, prepared=True)
+        if not found:
+            return False, None
+        values = found[0]  # the view reads the columns by position: the trailing ``caller`` is left
+        return True, self._views[reads.dialect.name](values) if values[self._uuid] is not None else None
 
     @cached_property
-    def _owned(self) -> Select[Any]:
-        """The joined statement for one owner's row by uuid, built once with parameters: building
-        and keying a statement per request costs more than running it."""
-        c = self.table.c
-        return self._joined[0].where(c.owner_uuid == bindparam("owner"), c.uuid == bindparam("uuid"))
+    def _uuid(self) -> int:
+        return [c.key for c in self._columns].index("uuid")
 
-    @cached_property
-    def _joined(self) -> tuple[Select[Any], list[tuple[str, list[str], int, int, list[int]]]]:
-        """The row outer-joined to each relationship (built once: aliasing costs more than the
-        query), and where each part's columns sit in a result row."""
-        table = self.table
-        joined: Any = table
-        columns: list[Any] = list(self.columns)
-        order: list[Any] = []
-        parts = [("", [c.key for c in columns], 0, len(columns), [])]
-        for i, rel in enumerate(self.relations):
-            alias = rel.table.alias(f"r{i}")
-            joined = joined.outerjoin(alias, alias.c[rel.child] == table.c[rel.parent])
-            names = [c.key for c in alias.c]
-            parts.append((rel.key, names, len(columns), len(columns) + len(names),
-                          [names.index(k) for k in rel.primary]))
-            columns += [c.label(f"r{i}_{c.key}") for c in alias.c]
-            order += [alias.c[k] for k in rel.order or rel.primary]
-        return select(*columns).select_from(joined).order_by(*order), parts
+    async def one(self, reads: Reads, where: Sequence[ColumnElement[bool]]) -> RowView | None:
+        """The first row matching ``where`` with its related rows."""
+        found = await reads.fetch(self._select(reads).where(*where).limit(1))
+        return self._views[reads.dialect.name](found[0]) if found else None

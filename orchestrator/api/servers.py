@@ -43,6 +43,7 @@ from orchestrator.domain.drives import refresh_mount_status
 from orchestrator.domain.errors import DomainError, invalid
 from orchestrator.domain.servers import Bulk, delete_servers, write_server
 from orchestrator.domain.uris import link
+from orchestrator.web.auth import confirms_caller
 from orchestrator.web.keys import CAPABILITIES, WORK
 from orchestrator.work.background import Work
 
@@ -171,7 +172,8 @@ SERVER = Resource("servers", list_methods=("get", "put", "delete", "post"), defa
 
 routes = web.RouteTableDef()
 RELATED = (Server.drive_links, Server.tag_links, Server.job_links)  # what a rendering reads
-READER = Rows(Server, RELATED, omit=("created",), verbatim=SERVER.plain)  # created: only ordered by
+# created: only ordered by; host, avoid: the scheduler's
+READER = Rows(Server, RELATED, omit=("created", "host", "avoid"), verbatim=SERVER.plain)
 
 
 def owned(request: web.Request) -> Select[Any]:
@@ -212,6 +214,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 @routes.get(path("servers/{uuid}"))
+@confirms_caller
 async def get(request: web.Request) -> web.Response:
     server = await read_one(request, READER, "Server")
     attach_stats(request.app[WORK], [server])
@@ -219,6 +222,7 @@ async def get(request: web.Request) -> web.Response:
 
 
 @routes.get(path("servers/{uuid}/runtime"))
+@confirms_caller
 async def runtime(request: web.Request) -> web.Response:
     server = await read_one(request, READER, "Server")
     attach_stats(request.app[WORK], [server])

@@ -159,6 +159,12 @@ class Connection:
     async def rollback(self) -> None:
         self._conn.rollback()
 
+    async def fetch(self, sql: str, parameters: Sequence[Any]) -> list[Any]:
+        """Every row of a read statement, at once (``orchestrator/db/reads.py``: no cursor kept
+        across an ``await``, so one connection serves every coroutine's reads)."""
+        conn = self._conn
+        return await _run(lambda: conn.execute(sql, parameters).fetchall())
+
     async def create_function(self, *args: Any, **kw: Any) -> None:
         self._conn.create_function(*args, **kw)
 

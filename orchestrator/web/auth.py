@@ -27,10 +27,11 @@ from aiohttp import web
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from cachetools import TTLCache
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from orchestrator.db.models import ApiToken, User
+from orchestrator.db.reads import Reads
 from orchestrator.domain.errors import DomainError, Kind, forbidden
 from orchestrator.web.cookies import CookieStore
 from orchestrator.web.errors import HttpError
@@ -114,42 +115,71 @@ def unauthorized(message: str = "Authentication required") -> DomainError:
     return HttpError(Kind.UNAUTHENTICATED, message, CHALLENGE)
 
 
+WRONG = "Wrong e-mail or password"
+
+
+class CallerDisabled(HttpError):
+    """Raised by a read that confirms its caller (:func:`confirms_caller`) and found the caller
+    disabled or gone: the middleware answers as it answers a wrong credential."""
+
+    def __init__(self) -> None:
+        super().__init__(Kind.UNAUTHENTICATED, WRONG, CHALLENGE)
+
+
+ENABLED = select(User.uuid).where(User.uuid == bindparam("user"), User.disabled.is_(False))
+
+
 class Authenticator:
     """Resolves a request's credentials to a user uuid."""
 
-    def __init__(self, sessions: async_sessionmaker, ttl: float = 60.0, size: int = 10_000) -> None:
-        self._sessions = sessions
+    def __init__(self, sessions: async_sessionmaker, reads: Reads, ttl: float = 60.0, size: int = 10_000) -> None:
+        self._sessions, self._reads = sessions, reads
         self._key = secrets.token_bytes(32)
         self._cache: TTLCache[str, str] = TTLCache(maxsize=size, ttl=ttl)  # HMAC of the pair → user uuid
         self.per_user, self.per_address = Throttle(free=10), Throttle(free=100)
         # Checks under way, by the same key: a client opening 32 connections at once costs one scrypt.
         self._checking: dict[str, asyncio.Task[str]] = {}
 
-    async def user_for(self, authorization: str | None, remote: str | None = None) -> str:
+    async def user_for(self, authorization: str | None, remote: str | None = None, *, confirmed: bool = False) -> str:
+        """``confirmed``: the handler's own read confirms the user is enabled (it raises
+        :class:`CallerDisabled` otherwise), so a remembered credential costs no statement here."""
         if not authorization:
             raise unauthorized()
         scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "basic":
-            return await self._basic(value.strip(), remote)
+            return await self._basic(value.strip(), remote, confirmed)
         if scheme.lower() == "bearer":
             return await self._bearer(value.strip())
         raise unauthorized("Unsupported authorization scheme")
 
-    async def _basic(self, value: str, remote: str | None) -> str:
+    @staticmethod
+    def _pair(value: str) -> tuple[str, str]:
         try:
             email, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             raise unauthorized("Malformed Basic credentials") from None
         if not sep:
             raise unauthorized("Malformed Basic credentials")
-        return await self.verify(email, password, remote)
+        return email, password
 
-    async def verify(self, email: str, password: str, remote: str | None = None) -> str:
+    async def _basic(self, value: str, remote: str | None, confirmed: bool) -> str:
+        return await self.verify(*self._pair(value), remote, confirmed=confirmed)
+
+    def _cache_key(self, email: str, password: str) -> str:
+        return hmac.new(self._key, f"{email}\x00{password}".encode("utf-8", "replace"), "sha256").hexdigest()
+
+    def forget(self, authorization: str) -> None:
+        """Drop a remembered Basic credential (its user was found disabled)."""
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "basic":
+            self._cache.pop(self._cache_key(*self._pair(value.strip())), None)
+
+    async def verify(self, email: str, password: str, remote: str | None = None, *, confirmed: bool = False) -> str:
         """The user uuid for an e-mail and password (Basic auth, session login)."""
-        cache_key = hmac.new(self._key, f"{email}\x00{password}".encode("utf-8", "replace"), "sha256").hexdigest()
+        cache_key = self._cache_key(email, password)
         cached = self._cache.get(cache_key)
         if cached is not None:
-            if await self.enabled(cached):
+            if confirmed or await self.enabled(cached):
                 return cached
             # Disabled since: the full check below refuses it, with the work of a wrong password.
             self._cache.pop(cache_key, None)
@@ -183,7 +213,7 @@ class Authenticator:
         if row is None or not matches or row.disabled:
             self.per_user.failed(user_key)
             self.per_address.failed(address_key)
-            raise unauthorized("Wrong e-mail or password")
+            raise unauthorized(WRONG)
         self.per_user.forget(user_key)
         self._cache[cache_key] = row.uuid
         return row.uuid
@@ -191,10 +221,10 @@ class Authenticator:
     async def enabled(self, user: str) -> bool:
         """The user exists and is not disabled: read from the store on every use of a remembered
         credential (sessions, cookies, console tokens, cached Basic pairs), so ``strato users
-        disable`` takes effect on the next request."""
-        async with self._sessions() as session:
-            found = await session.scalar(select(User.uuid).where(User.uuid == user, User.disabled.is_(False)))
-        return found is not None
+        disable`` takes effect on the next request.  The flag is set by another process (the
+        command line), which no cache here would hear of: one prepared statement on the
+        driver's connection, a few microseconds, instead."""
+        return bool(await self._reads.fetch(ENABLED, {"user": user}, prepared=True))
 
     async def _bearer(self, token: str) -> str:
         async with self._sessions() as session:
@@ -241,6 +271,14 @@ def auth_policy(policy: Policy | Callable[[web.Request], Policy]) -> Callable[[H
 public = auth_policy("public")
 
 
+def confirms_caller(handler: H) -> H:
+    """Declare that a handler's read confirms its caller is enabled, in the same statement
+    (``Rows.owned``), raising :class:`CallerDisabled` when not: a remembered Basic credential then
+    costs no statement of its own.  "Disabled is refused at the next request" still holds."""
+    handler.confirms_caller = True  # type: ignore[attr-defined]
+    return handler
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     policy = getattr(request.match_info.handler, "auth_policy", "user")
@@ -264,5 +302,17 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             raise forbidden("CSRF token missing or incorrect (X-CSRFToken header)")
         request[USER] = login.user
         return await handler(request)
-    request[USER] = await request.app[AUTH].user_for(request.headers.get("Authorization"), request.remote)
-    return await handler(request)
+    auth, authorization = request.app[AUTH], request.headers.get("Authorization")
+    confirms = getattr(request.match_info.handler, "confirms_caller", False)
+    request[USER] = await auth.user_for(authorization, request.remote, confirmed=confirms)
+    if not confirms:
+        return await handler(request)
+    try:
+        return await handler(request)
+    except CallerDisabled:
+        # Remembered, but disabled since: the full check, which refuses it after a wrong
+        # credential's work and with its answer (or, enabled again meanwhile, lets it through).
+        assert authorization is not None
+        auth.forget(authorization)
+        request[USER] = await auth.user_for(authorization, request.remote)
+        return await handler(request)

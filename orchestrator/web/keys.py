@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:
     from orchestrator.config import Config
+    from orchestrator.db.reads import Reads
     from orchestrator.domain.capabilities import Capabilities
     from orchestrator.domain.placement import Scheduler
     from orchestrator.domain.uploads import Uploads
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONS = web.AppKey("sessions", async_sessionmaker)
+READS: web.AppKey[Reads] = web.AppKey("reads")  # hot reads on the driver's connection
 SESSION_CLASS: web.AppKey[type[Session]] = web.AppKey("session_class")  # its commits are watched
 AUTH: web.AppKey[Authenticator] = web.AppKey("authenticator")
 CAPABILITIES: web.AppKey[Capabilities] = web.AppKey("capabilities")

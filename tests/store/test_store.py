@@ -409,6 +409,30 @@ def test_bulk_drive_create_and_bulk_delete(backend: StratoServer) -> None:
         d["uuid"] for d in drives[4:]] + [servers[1]["uuid"]]
 
 
+def test_a_disabled_user_is_refused_by_the_reads_that_check_their_caller(backend: StratoServer) -> None:
+    """``GET /servers/{uuid}/``, its ``runtime/`` and ``/drives/{uuid}/`` confirm the caller in their
+    own statement (a remembered Basic credential runs no check of its own there): disabled from the
+    command line, the next of them is refused as a wrong password is, and enabled again answers."""
+    dora = user(backend, "dora")
+    assert dora.auth is not None
+    email = dora.auth[0]
+    drive = create(dora, "drives", drive_body("dora-disk"))[0]
+    srv = create(dora, "servers", server_body("dora-srv"))[0]
+    paths = (f"servers/{srv['uuid']}/", f"servers/{srv['uuid']}/runtime/", f"drives/{drive['uuid']}/")
+    for path in paths:
+        assert dora.get(path).status_code == 200, path  # the credential is remembered from here on
+    assert dora.get(f"servers/{uuidlib.uuid4()}/").status_code == 404
+    backend.cli("users", "disable", email)
+    wrong = Api(backend.base, (email, "not-the-password")).get(paths[0])
+    assert wrong.status_code == 401
+    for path in paths:
+        refused = dora.get(path)
+        assert (refused.status_code, refused.json()) == (401, wrong.json()), path
+    backend.cli("users", "enable", email)
+    answers = [dora.ok("GET", path) for path in paths]  # 200 each
+    assert answers[0] == srv
+
+
 # --- concurrency ---------------------------------------------------------------------------------
 
 
