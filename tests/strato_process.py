@@ -132,14 +132,20 @@ class StratoServer:
         wait_for(up, timeout, f"{count} host(s) up; see {self.log}", interval=0.2)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc, 15)
         remove_libvirt_objects(self.prefix)
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """``proc`` ended: SIGTERM, then SIGKILL if it is still there after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def domain_names(prefix: str, uri: str = "qemu:///system") -> list[str]:

@@ -37,6 +37,7 @@ from tests.strato_process import (
     free_port,
     qemu_reachable_dir,
     remove_libvirt_objects,
+    terminate,
     wait_for,
 )
 
@@ -67,13 +68,8 @@ class Sshd:
         raise RuntimeError("sshd did not accept the test key")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc, 10)
 
 
 def make_sshd(root: Path) -> Sshd:
