@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ROOT.parent / "shared" / "spec"
+QEMU_LOGS = Path("/var/log/libvirt/qemu")
 
 
 def qemu_reachable_dir(name: str) -> Path:
@@ -91,8 +93,8 @@ class StratoServer:
         self.db_args = ["--db", db] if db else []
         # Its own libvirt name prefix (pools, domains) so test servers can share one libvirtd;
         # software emulation because nested KVM guests hang on these machines.
-        self.prefix = f"t{self.port}-"
-        self.env = {"STRATO_AGENT_PREFIX": self.prefix, "STRATO_LOCAL_VIRT_TYPE": "qemu", **(extra_env or {})}
+        self.env = {"STRATO_AGENT_PREFIX": f"t{self.port}-", "STRATO_LOCAL_VIRT_TYPE": "qemu", **(extra_env or {})}
+        self.prefix = self.env["STRATO_AGENT_PREFIX"]  # a caller's own prefix is the one cleaned up
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "serve.log"
 
@@ -162,7 +164,9 @@ def domain_names(prefix: str, uri: str = "qemu:///system") -> list[str]:
 def remove_libvirt_objects(prefix: str, uri: str = "qemu:///system") -> None:
     """Destroy and undefine the domains, storage pools (with their volumes) and secrets whose names
     (a secret's usage) start with ``prefix``: what one test API node or agent made, and nothing else.
-    An RBD pool's images stay: they are in the test's Ceph cluster, which its harness removes."""
+    An RBD pool's images stay: they are in the test's Ceph cluster, which its harness removes.
+    On the machine's own libvirtd the domains' QEMU logs go too (a harness host's are in its
+    own temporary /var/log/libvirt)."""
     import xml.etree.ElementTree as ET
 
     import libvirt
@@ -188,6 +192,9 @@ def remove_libvirt_objects(prefix: str, uri: str = "qemu:///system") -> None:
                 secret.undefine()
     finally:
         conn.close()
+    if uri == "qemu:///system":  # libvirt keeps each domain's QEMU log after the domain is gone
+        for log in QEMU_LOGS.glob(f"{glob.escape(prefix)}*.log*"):
+            log.unlink(missing_ok=True)
 
 
 def load_dump(name: str) -> tuple[str, Any]:
