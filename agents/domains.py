@@ -127,24 +127,35 @@ class Domains:
     # -- reading ----------------------------------------------------------------------------
 
     def list(self) -> list[wire.DomainInfo]:
-        doms = [d for d in self.conn.listAllDomains(0) if d.name().startswith(self.host.prefix)]
-        return sorted((self._describe(d) for d in doms), key=lambda d: d.name)
+        described = []
+        for dom in self.conn.listAllDomains(0):
+            try:
+                if dom.name().startswith(self.host.prefix):
+                    described.append(self._describe(dom))
+            except libvirt.libvirtError as err:
+                if not _vanished(err):
+                    raise
+                # undefined between the listing and its reading (a stop finishing meanwhile): not there
+        return sorted(described, key=lambda d: d.name)
 
     def xml(self, uuid: str) -> wire.Xml:
         return wire.Xml(xml=self._lookup(uuid).XMLDesc(0))
 
     def stats(self, uuids: list[str] | None) -> dict[str, wire.DomainStats]:
-        if uuids is None:
-            doms = [d for d in self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-                    if d.name().startswith(self.host.prefix)]
+        kinds = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BLOCK | libvirt.VIR_DOMAIN_STATS_INTERFACE
+        if uuids is None:  # one call for all: a guest that stops meanwhile is left out, not an error
+            active = self.conn.getAllDomainStats(kinds, libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)
+            records = [(d, r) for d, r in active if d.name().startswith(self.host.prefix)]
         else:
             doms = [self._lookup(u) for u in uuids]
-        if not doms:
-            return {}
-        kinds = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BLOCK | libvirt.VIR_DOMAIN_STATS_INTERFACE
+            records = self.conn.domainListGetStats(doms, kinds, 0) if doms else []
         result: dict[str, wire.DomainStats] = {}
-        for dom, record in self.conn.domainListGetStats(doms, kinds, 0):
-            result[dom.UUIDString()] = self._stats(dom, record)
+        for dom, record in records:
+            try:
+                result[dom.UUIDString()] = self._stats(dom, record)
+            except libvirt.libvirtError as err:
+                if uuids is not None or not _vanished(err):
+                    raise
         return result
 
     def _stats(self, dom: libvirt.virDomain, record: dict[str, Any]) -> wire.DomainStats:
@@ -223,6 +234,11 @@ class Domains:
             sink("domain.lifecycle", wire.DomainLifecycle(uuid=dom.UUIDString(), name=name, state=state, reason=reason))
 
         return self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_lifecycle, None)
+
+
+def _vanished(err: libvirt.libvirtError) -> bool:
+    """The domain went away while being read (undefined by a concurrent call)."""
+    return err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
 
 
 def _active_since(live: Domain, dom: libvirt.virDomain) -> str | None:

@@ -419,7 +419,15 @@ class Storage:
             return rbd.list()
         pool_name, lv = self._pool(pool)
         lv.refresh(0)
-        return sorted((self.describe(pool_name, v) for v in lv.listAllVolumes(0)), key=lambda v: v.name)
+        described = []
+        for vol in lv.listAllVolumes(0):
+            try:
+                described.append(self.describe(pool_name, vol))
+            except libvirt.libvirtError as err:
+                if err.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    raise
+                # deleted between the listing and its reading (a delete finishing meanwhile): not there
+        return sorted(described, key=lambda v: v.name)
 
 
 def _image_info(path: str, shared: bool = False) -> dict[str, Any]:
