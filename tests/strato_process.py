@@ -94,7 +94,9 @@ class StratoServer:
         # Its own libvirt name prefix (pools, domains) so test servers can share one libvirtd;
         # software emulation because nested KVM guests hang on these machines.
         self.env = {"STRATO_AGENT_PREFIX": f"t{self.port}-", "STRATO_LOCAL_VIRT_TYPE": "qemu", **(extra_env or {})}
-        self.prefix = self.env["STRATO_AGENT_PREFIX"]  # a caller's own prefix is the one cleaned up
+        # A caller's own prefix is the one cleaned up; none when it is empty (Strato then derives one
+        # from its data directory: the caller cleans that up, see tests/api/test_installations.py).
+        self.prefix = self.env["STRATO_AGENT_PREFIX"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "serve.log"
 
@@ -136,7 +138,8 @@ class StratoServer:
     def stop(self) -> None:
         if self.proc is not None:
             terminate(self.proc, 15)
-        remove_libvirt_objects(self.prefix)
+        if self.prefix:
+            remove_libvirt_objects(self.prefix)
 
 
 def terminate(proc: subprocess.Popen[Any], timeout: float) -> None:
@@ -167,6 +170,8 @@ def remove_libvirt_objects(prefix: str, uri: str = "qemu:///system") -> None:
     An RBD pool's images stay: they are in the test's Ceph cluster, which its harness removes.
     On the machine's own libvirtd the domains' QEMU logs go too (a harness host's are in its
     own temporary /var/log/libvirt)."""
+    if not prefix:  # every object on the machine would match
+        raise ValueError("remove_libvirt_objects needs a non-empty prefix")
     import xml.etree.ElementTree as ET
 
     import libvirt

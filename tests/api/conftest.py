@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
 import shutil
 import subprocess
@@ -86,7 +87,8 @@ def strato_server() -> Iterator[StratoServer]:
         server.stop()
         for command in ("pool-destroy", "pool-undefine"):
             subprocess.run(["virsh", "-q", command, f"{prefix}default"], capture_output=True, check=False)
-        shutil.rmtree(root, ignore_errors=True)
+        if os.environ.get("STRATO_KEEP_TEST_DIR") is None:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def wait_idle(api: Api, *drive_uuids: str, timeout: float = 30) -> list[dict[str, Any]]:
