@@ -13,6 +13,7 @@ from orchestrator.app import create_app
 from orchestrator.cli.admin import load_config, with_session
 from orchestrator.config import Config
 from orchestrator.hosts.registry import local_pool_dirs, qemu_cannot_reach
+from orchestrator.web.access_log import AccessLog
 from orchestrator.web.tls import Certificate, certificate
 
 
@@ -29,7 +30,8 @@ def serve(args: argparse.Namespace) -> int:
             return 1
     if not config.tls_listen:
         # run_app handles SIGINT and SIGTERM: it stops accepting, finishes requests, runs cleanup_ctx.
-        web.run_app(create_app(config), host=config.host, port=config.port, print=None, shutdown_timeout=10)
+        web.run_app(create_app(config), host=config.host, port=config.port, print=None, shutdown_timeout=10,
+                    access_log_class=AccessLog)
         return 0
     host, _, port = config.tls_listen.rpartition(":")
     cert = certificate(config.data_dir, config.tls_cert, config.tls_key, host.strip("[]"))
@@ -41,7 +43,7 @@ def serve(args: argparse.Namespace) -> int:
 
 async def _serve_both(config: Config, tls_host: str, tls_port: int, cert: Certificate) -> None:
     """Plain HTTP on ``listen`` and HTTPS on ``tls_listen``, one app; SIGINT/SIGTERM end both (cleanup_ctx runs)."""
-    runner = web.AppRunner(create_app(config), handle_signals=False, shutdown_timeout=10)
+    runner = web.AppRunner(create_app(config), handle_signals=False, shutdown_timeout=10, access_log_class=AccessLog)
     await runner.setup()
     try:
         await web.TCPSite(runner, config.host, config.port).start()

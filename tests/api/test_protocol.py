@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import uuid as uuidlib
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 import requests
 
 from tests.api.conftest import assert_error, attach, make_drive, make_server, make_tag, wait_idle
-from tests.strato_process import Api, StratoServer
+from tests.strato_process import Api, StratoServer, wait_for
 
 ROUTES = ["servers/", "servers/detail/", "servers/schema/", "drives/", "drives/detail/", "drives/schema/",
           "tags/", "tags/detail/", "tags/schema/", "capabilities/", "capabilities/schema/"]
@@ -43,6 +44,19 @@ def test_errors_carry_request_id_and_format(alice: Api, anonymous: Api) -> None:
         assert_error(r, r.status_code)
         uuidlib.UUID(r.headers["X-REQUEST-ID"])
     assert_error(alice.get("nothing/here/"), 404, None, "notexist")
+
+
+def test_access_log_line(strato_server: StratoServer, alice: Api) -> None:
+    """Each answered request is one line of the node's log: the request, its status, the bytes
+    sent (headers and body, as aiohttp's own logger counts) and the request id the client was
+    given (to find a client's complaint in the log)."""
+    r = alice.get("servers/?limit=1&fields=uuid",
+                  headers={"User-Agent": "access-log-test/1", "Accept-Encoding": "identity"})
+    wanted = re.compile(r'"GET /api/2\.0/servers/\?limit=1&fields=uuid HTTP/1\.1" 200 (\d+) [\d.]+ms '
+                        f'{re.escape(r.headers["X-REQUEST-ID"])} "access-log-test/1"$')
+    [sent] = wait_for(lambda: [int(m[1]) for entry in strato_server.log.read_text().splitlines()
+                               if (m := wanted.search(entry))], 5, "the access log line")
+    assert len(r.content) < sent < len(r.content) + 1024
 
 
 def test_pagination(new_user: Any) -> None:
