@@ -133,7 +133,7 @@ class Domains:
                 if dom.name().startswith(self.host.prefix):
                     described.append(self._describe(dom))
             except libvirt.libvirtError as err:
-                if not _vanished(err):
+                if not _no_domain(err):
                     raise
                 # undefined between the listing and its reading (a stop finishing meanwhile): not there
         return sorted(described, key=lambda d: d.name)
@@ -154,7 +154,7 @@ class Domains:
             try:
                 result[dom.UUIDString()] = self._stats(dom, record)
             except libvirt.libvirtError as err:
-                if uuids is not None or not _vanished(err):
+                if uuids is not None or not _no_domain(err):
                     raise
         return result
 
@@ -208,7 +208,7 @@ class Domains:
         try:
             return self.conn.lookupByUUIDString(uuid)
         except libvirt.libvirtError as err:
-            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            if _no_domain(err):
                 return None
             raise
 
@@ -236,8 +236,8 @@ class Domains:
         return self.conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_lifecycle, None)
 
 
-def _vanished(err: libvirt.libvirtError) -> bool:
-    """The domain went away while being read (undefined by a concurrent call)."""
+def _no_domain(err: libvirt.libvirtError) -> bool:
+    """No such domain (never was, or undefined by a concurrent call while being read)."""
     return err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
 
 

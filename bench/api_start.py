@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.strato_process import Api, StratoServer, remove_libvirt_objects  # noqa: E402
+from tests.strato_process import Api, StratoServer  # noqa: E402
 
 URI = "qemu:///system"
 TARGET = 1.25
@@ -133,7 +133,6 @@ def main() -> None:
                   f"virsh create {virsh_times[-1] * 1000:.0f} ms", flush=True)
     finally:
         node.stop()  # also destroys/undefines every domain and pool with its prefix (the twin too)
-        remove_libvirt_objects(node.prefix)
         shutil.rmtree(base, ignore_errors=True)
 
     a, v = statistics.median(api_times), statistics.median(virsh_times)

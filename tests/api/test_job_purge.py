@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.api.conftest import make_drive, wait_idle
-from tests.strato_process import ROOT, Api, StratoServer, qemu_reachable_dir, remove_libvirt_objects, wait_for
+from tests.strato_process import ROOT, Api, StratoServer, qemu_reachable_dir, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,7 @@ def node() -> Iterator[tuple[StratoServer, Api]]:
         server.wait_host_up()
         yield server, api
     finally:
-        server.stop()
-        remove_libvirt_objects(server.env["STRATO_AGENT_PREFIX"])
+        server.stop()  # removes the prefix's libvirt objects
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -300,8 +300,7 @@ def ssh_node() -> Iterator[SshNode]:
         wait_for(lambda: node.host_state() == "up", 90, f"ssh1 up; see {server.log}")
         yield node
     finally:
-        server.stop()
+        server.stop()  # removes the prefix's libvirt objects
         sshd.stop()
-        remove_libvirt_objects(prefix)
         if os.environ.get("STRATO_KEEP_TEST_DIR") is None:
             shutil.rmtree(root, ignore_errors=True)
